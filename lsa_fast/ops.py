@@ -1,0 +1,266 @@
+"""The public face of the compiled operators (torch.ops.lsa_fast.*): input checks
+that name the layer and the problem, autograd and fake (meta) registrations, and
+the fallback to lsa_fast/reference.py when the extension is missing."""
+from __future__ import annotations
+
+from typing import Sequence, Union
+
+import torch
+
+from . import reference
+from ._extension import EXTENSION_LOADED
+from .reference import DEFAULT_EPS, CMStatistics, accumulation_dtype
+
+__all__ = [
+    "relative_error",
+    "cm_statistics",
+    "most_vulnerable_layers",
+    "layerwise_regularizer",
+    "layer_moments",
+    "pgd_step",
+]
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_MODES = ("sample", "batch")
+
+
+def relative_error(
+    clean: Sequence[torch.Tensor],
+    perturbed: Sequence[torch.Tensor],
+    mode: str = "sample",
+    eps: float = DEFAULT_EPS,
+    check_finite: bool = True,
+) -> torch.Tensor:
+    """Comparison measure CM = ||phi(x) - phi(x_hat)|| / max(||phi(x)||, eps) for every
+    layer, per sample (mode="sample": [M, L]) or over the whole batch tensor
+    (mode="batch": [L]), in one fused pass. Differentiable w.r.t. both lists.
+
+    Returned in fp32 (fp64 for fp64 inputs). A zero-norm clean layer gives
+    ||diff|| / eps, and an unmoved layer gives 0 with the subgradient 0.
+    check_finite=True raises on NaN/Inf inputs (one host sync on CUDA)."""
+    clean, perturbed = _check_layer_pairs("relative_error", clean, perturbed)
+    if mode not in _MODES:
+        raise ValueError(f"relative_error: mode must be one of {_MODES}, got {mode!r}")
+    if not eps > 0:
+        raise ValueError(f"relative_error: eps must be > 0, got {eps}")
+    if not EXTENSION_LOADED:
+        if check_finite:
+            _check_finite_inputs(clean, perturbed)
+        return reference.relative_error(clean, perturbed, mode, eps)
+    cm, norms = torch.ops.lsa_fast.relative_error(clean, perturbed, mode == "batch", float(eps))
+    if check_finite and not torch.compiler.is_compiling():
+        _check_finite_norms(norms, len(clean))
+    return cm
+
+
+def cm_statistics(cm: torch.Tensor, eta: float) -> CMStatistics:
+    """Algorithm 1 on a CM matrix [M, L] (or [L]): mu and sigma (population) over all
+    entries, per-layer means, and the MVL mask layer_mean - mu > eta * sigma."""
+    cm = _check_cm("cm_statistics", cm)
+    if not EXTENSION_LOADED:
+        return reference.cm_statistics(cm, eta)
+    mu, sigma, layer_mean, _, _, _, mvl = torch.ops.lsa_fast.cm_statistics(cm, float(eta))
+    return CMStatistics(mu, sigma, layer_mean, mvl)
+
+
+def most_vulnerable_layers(cm: torch.Tensor, eta: float) -> list:
+    """The sorted MVL list of Algorithm 1: indices l with CMbar_l - mu > eta * sigma."""
+    mask = cm_statistics(cm, eta).mvl
+    return [int(i) for i in torch.nonzero(mask).flatten().tolist()]
+
+
+def layer_moments(cm: torch.Tensor):
+    """Per-layer (count, mean, M2, min, max) of a [M, L] CM matrix in fp64, for
+    streaming statistics (see lsa_fast.statistics.CMAccumulator)."""
+    cm = _check_cm("layer_moments", cm)
+    if not EXTENSION_LOADED:
+        return reference.layer_moments(cm)
+    cm2 = cm.reshape(-1, cm.shape[-1]).double()
+    _, _, mean, m2, low, high, _ = torch.ops.lsa_fast.cm_statistics(cm2, 0.0)
+    return cm2.shape[0], mean, m2, low, high
+
+
+def layerwise_regularizer(
+    clean_feats: Sequence[torch.Tensor],
+    adv_feats: Sequence[torch.Tensor],
+    layers: Sequence[int],
+    gammas: Union[float, Sequence[float]],
+    mode: str = "sample",
+) -> torch.Tensor:
+    """LR = sum_{l in layers} gamma_l * mean_m CM[m, l] (Algorithm 3): a scalar whose
+    gradient flows into both the clean and the adversarial features."""
+    layers = list(layers)
+    if not layers:
+        raise ValueError("layerwise_regularizer: layers is empty; pass at least one probe index")
+    if len(clean_feats) != len(adv_feats):
+        raise ValueError(
+            f"layerwise_regularizer: {len(clean_feats)} clean features but {len(adv_feats)} adversarial ones"
+        )
+    for index in layers:
+        if not isinstance(index, int) or not 0 <= index < len(clean_feats):
+            raise ValueError(
+                f"layerwise_regularizer: layer index {index!r} is outside the {len(clean_feats)} probe points"
+            )
+    if isinstance(gammas, (int, float)):
+        gammas = [float(gammas)] * len(layers)
+    gammas = [float(g) for g in gammas]
+    if len(gammas) != len(layers):
+        raise ValueError(f"layerwise_regularizer: {len(gammas)} gammas for {len(layers)} layers")
+    cm = relative_error([clean_feats[i] for i in layers], [adv_feats[i] for i in layers], mode)
+    weights = torch.tensor(gammas, dtype=cm.dtype, device=cm.device)
+    per_layer = cm.mean(dim=0) if mode == "sample" else cm
+    return (per_layer * weights).sum()
+
+
+def pgd_step(
+    x_adv: torch.Tensor,
+    grad: torch.Tensor,
+    x_orig: torch.Tensor,
+    alpha: float,
+    eps: float,
+    norm: str = "linf",
+) -> torch.Tensor:
+    """One projected step of PGD in one fused pass. L-inf:
+    clip_[0,1](x + clip_[-eps,eps](x_adv + alpha*sign(g) - x)); L2: normalised
+    gradient step, projection onto the per-sample eps-ball, clip to [0, 1]."""
+    if norm not in ("linf", "l2"):
+        raise ValueError(f"pgd_step: norm must be 'linf' or 'l2', got {norm!r}")
+    for name, tensor in (("grad", grad), ("x_orig", x_orig)):
+        if tensor.shape != x_adv.shape:
+            raise ValueError(f"pgd_step: {name} has shape {tuple(tensor.shape)}, x_adv {tuple(x_adv.shape)}")
+        if tensor.device != x_adv.device or tensor.dtype != x_adv.dtype:
+            raise ValueError(f"pgd_step: {name} is {tensor.dtype} on {tensor.device}, x_adv {x_adv.dtype} on {x_adv.device}")
+    if eps < 0 or alpha < 0:
+        raise ValueError(f"pgd_step: eps and alpha must be >= 0, got eps={eps}, alpha={alpha}")
+    step = reference.pgd_step_linf if norm == "linf" else reference.pgd_step_l2
+    if EXTENSION_LOADED and hasattr(torch.ops.lsa_fast, f"pgd_step_{norm}"):
+        step = getattr(torch.ops.lsa_fast, f"pgd_step_{norm}")
+    return step(x_adv.detach(), grad.detach(), x_orig.detach(), float(alpha), float(eps))
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def _check_layer_pairs(op: str, clean, perturbed):
+    if isinstance(clean, torch.Tensor) or isinstance(perturbed, torch.Tensor):
+        raise TypeError(f"{op}: clean and perturbed must be lists of tensors, one per layer")
+    clean, perturbed = list(clean), list(perturbed)
+    if len(clean) != len(perturbed):
+        raise ValueError(f"{op}: {len(clean)} clean layers but {len(perturbed)} perturbed layers")
+    if not clean:
+        raise ValueError(f"{op}: the layer lists are empty")
+    first = clean[0]
+    for i, (a, b) in enumerate(zip(clean, perturbed)):
+        for side, t in (("clean", a), ("perturbed", b)):
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"{op}: layer {i} ({side}) is a {type(t).__name__}, not a tensor")
+            if t.dtype not in _FLOAT_DTYPES:
+                raise TypeError(f"{op}: layer {i} ({side}) has dtype {t.dtype}; expected a floating dtype")
+            if t.dim() < 1:
+                raise ValueError(f"{op}: layer {i} ({side}) is a 0-d tensor; the first dimension must be the batch")
+            if t.device != first.device:
+                raise ValueError(f"{op}: layer {i} ({side}) is on {t.device} but layer 0 is on {first.device}")
+            if t.dtype != first.dtype:
+                raise TypeError(f"{op}: layer {i} ({side}) has dtype {t.dtype} but layer 0 has {first.dtype}")
+        if a.shape != b.shape:
+            raise ValueError(
+                f"{op}: layer {i} has clean shape {tuple(a.shape)} but perturbed shape {tuple(b.shape)}"
+            )
+        if a.shape[0] != first.shape[0]:
+            raise ValueError(f"{op}: layer {i} has batch size {a.shape[0]} but layer 0 has {first.shape[0]}")
+    if first.shape[0] == 0:
+        raise ValueError(f"{op}: the batch is empty (batch size 0)")
+    return clean, perturbed
+
+
+def _check_finite_inputs(clean, perturbed):
+    for i, (a, b) in enumerate(zip(clean, perturbed)):
+        for side, t in (("clean", a), ("perturbed", b)):
+            if not torch.isfinite(t).all():
+                raise ValueError(f"relative_error: layer {i} ({side}) contains NaN or Inf")
+
+
+def _check_finite_norms(norms: torch.Tensor, num_layers: int):
+    """norms[0] holds ||a-b||^2 sums, norms[1] ||a||^2: a non-finite entry means a
+    NaN/Inf input (or an overflow past fp32 range); say which layer and side."""
+    per_layer = norms.reshape(2, -1, num_layers)
+    finite = torch.isfinite(per_layer).all(dim=1)  # [2, L]
+    if bool(finite.all()):
+        return
+    for layer in range(num_layers):
+        if not bool(finite[1, layer]):
+            raise ValueError(f"relative_error: layer {layer} (clean) contains NaN or Inf")
+        if not bool(finite[0, layer]):
+            raise ValueError(f"relative_error: layer {layer} (perturbed) contains NaN or Inf")
+
+
+def _check_cm(op: str, cm) -> torch.Tensor:
+    if not isinstance(cm, torch.Tensor) or cm.dim() not in (1, 2):
+        raise ValueError(f"{op}: cm must be a [M, L] or [L] tensor")
+    if cm.dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"{op}: cm has dtype {cm.dtype}; expected a floating dtype")
+    if cm.numel() == 0:
+        raise ValueError(f"{op}: cm is empty (shape {tuple(cm.shape)})")
+    cm = cm.detach()
+    if not torch.compiler.is_compiling():
+        bad = ~torch.isfinite(cm.reshape(-1, cm.shape[-1])).all(dim=0)
+        if bool(bad.any()):
+            raise ValueError(f"{op}: cm holds NaN or Inf in layer {int(torch.nonzero(bad)[0])}")
+    return cm if cm.dim() == 2 else cm.unsqueeze(0)
+
+
+# ------------------------------------------------------- autograd and fake registrations
+
+
+def _relative_error_setup_context(ctx, inputs, output):
+    clean, perturbed, batch_mode, eps = inputs
+    _, norms = output
+    ctx.num_layers = len(clean)
+    ctx.batch_mode = batch_mode
+    ctx.eps = eps
+    ctx.save_for_backward(*clean, *perturbed, norms)
+
+
+def _relative_error_backward(ctx, grad_cm, grad_norms):
+    saved = ctx.saved_tensors
+    n = ctx.num_layers
+    clean, perturbed, norms = list(saved[:n]), list(saved[n : 2 * n]), saved[2 * n]
+    if grad_cm is None:
+        return None, None, None, None
+    grads = torch.ops.lsa_fast.relative_error_backward(
+        grad_cm, clean, perturbed, norms, ctx.batch_mode, ctx.eps
+    )
+    return list(grads[:n]), list(grads[n:]), None, None
+
+
+def _register():
+    torch.library.register_autograd(
+        "lsa_fast::relative_error", _relative_error_backward, setup_context=_relative_error_setup_context
+    )
+
+    @torch.library.register_fake("lsa_fast::relative_error")
+    def _relative_error_fake(clean, perturbed, batch_mode, eps):
+        acc = accumulation_dtype(clean[0].dtype)
+        shape = (len(clean),) if batch_mode else (clean[0].shape[0], len(clean))
+        return clean[0].new_empty(shape, dtype=acc), clean[0].new_empty((2, *shape), dtype=acc)
+
+    @torch.library.register_fake("lsa_fast::relative_error_backward")
+    def _relative_error_backward_fake(grad_cm, clean, perturbed, norms, batch_mode, eps):
+        return [torch.empty_like(t) for t in list(clean) + list(perturbed)]
+
+    @torch.library.register_fake("lsa_fast::cm_statistics")
+    def _cm_statistics_fake(cm, eta):
+        layers = cm.shape[-1]
+        scalar = cm.new_empty(())
+        vector = [cm.new_empty((layers,)) for _ in range(4)]
+        return scalar, cm.new_empty(()), *vector, cm.new_empty((layers,), dtype=torch.bool)
+
+    for norm in ("linf", "l2"):
+        if hasattr(torch.ops.lsa_fast, f"pgd_step_{norm}"):
+            torch.library.register_fake(f"lsa_fast::pgd_step_{norm}")(
+                lambda x_adv, grad, x_orig, alpha, eps: torch.empty_like(x_adv)
+            )
+
+
+if EXTENSION_LOADED:
+    _register()
