@@ -27,7 +27,9 @@ ACTIVATION_TYPES = (nn.ReLU, nn.ELU, nn.LeakyReLU)
 # "Learnable layer k" of the paper's figures: the outputs of the convolutions and linear layers.
 LEARNABLE_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
-_PRESETS = {"activations": ACTIVATION_TYPES, "learnable": LEARNABLE_TYPES}
+_PRESETS = {"activations": ACTIVATION_TYPES, "learnable": LEARNABLE_TYPES, "hidden": LEARNABLE_TYPES}
+# "hidden" is "learnable" less the last such module (the classifier that gives the
+# logits): the paper's learnable layers L0, L1, ... that AT-LR-Lk regularises.
 
 Selection = Union[str, Sequence[str], type, Tuple[type, ...], Callable[[str, nn.Module], bool]]
 
@@ -38,6 +40,7 @@ class LayerProbe:
     select:
       "activations" (default) - nn.ReLU, nn.ELU, nn.LeakyReLU modules (subclasses included);
       "learnable"             - nn.Conv1d/2d/3d and nn.Linear modules;
+      "hidden"                - "learnable" less the last one (the output layer): the paper's L0, L1, ...;
       a name or glob pattern, or a list of them (fnmatch on qualified names, "*" crosses dots);
       a module type or tuple of types (isinstance);
       a predicate (qualified_name, module) -> bool.
@@ -313,6 +316,8 @@ def _select_modules(model: nn.Module, select: Selection) -> List[Tuple[str, nn.M
             continue
         seen.add(id(module))
         chosen.append((name or "<root>", module))
+    if select == "hidden":
+        chosen = chosen[:-1]
     if not chosen:
         hint = ""
         if select == "activations":

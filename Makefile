@@ -1,0 +1,29 @@
+# The two commands of the README: `make demo` and `make test`. Both set up a virtual
+# environment in .venv (torch, then lsa_fast built against it) the first time.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+
+.PHONY: setup demo test bench clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: $(SOURCES)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "torch>=2.10" numpy setuptools wheel ninja
+	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test]"
+	touch $@
+
+demo: setup
+	$(BIN)/lsa-fast demo
+
+test: setup
+	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+bench: setup
+	$(BIN)/python benchmarks/bench_relative_error.py
+
+clean:
+	rm -rf build dist *.egg-info lsa_fast/_C*.so

@@ -1,0 +1,1 @@
+"""One module per `lsa-fast` subcommand; see lsa_fast/cli.py."""
