@@ -1,0 +1,262 @@
+"""What every attack shares: argument checks with clear errors, the loss chosen from
+the model's output shape, input gradients that leave the model's parameters alone,
+and the model's train/eval mode during the attack.
+
+Model mode: like torchattacks, an attack runs the model in eval mode by default
+(model_mode="eval"), so BatchNorm statistics are not updated and dropout is off;
+"train" runs it in train mode, "keep" leaves the caller's mode alone. Whatever the
+choice, every submodule's `training` flag is restored afterwards, exactly.
+
+One-logit models (output [N] or [N, 1]) are binary classifiers: the loss is
+BCE-with-logits on y as a float, the predicted class is logit > 0. Models with C >= 2
+logits use cross-entropy and predict argmax.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import numbers
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn.functional as F
+
+MODEL_MODES = ("eval", "train", "keep")
+NORMS = ("linf", "l2")
+
+LossArg = Union[None, str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+
+
+# ----------------------------------------------------------------------------- checks
+
+
+def check_eps(fn: str, eps, name: str = "eps") -> float:
+    """eps is a finite real number >= 0 (a Python number: a tensor would cost a sync)."""
+    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+        raise TypeError(f"{fn}: {name} must be a real number, got {type(eps).__name__}")
+    eps = float(eps)
+    if not math.isfinite(eps) or eps < 0:
+        raise ValueError(f"{fn}: {name} must be a finite number >= 0, got {eps}")
+    return eps
+
+
+def check_steps(fn: str, steps, name: str = "steps") -> int:
+    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+        raise TypeError(f"{fn}: {name} must be an integer, got {type(steps).__name__}")
+    if steps < 1:
+        raise ValueError(f"{fn}: {name} must be >= 1, got {steps}")
+    return int(steps)
+
+
+def check_choice(fn: str, name: str, value, choices) -> str:
+    if value not in choices:
+        raise ValueError(f"{fn}: {name} must be one of {choices}, got {value!r}")
+    return value
+
+
+def check_x(fn: str, x) -> torch.Tensor:
+    """Structure of x only (dtype, rank, batch); its values are checked with the model's
+    output in check_values, so that an attack pays one host sync for all its checks."""
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"{fn}: x must be a tensor, got {type(x).__name__}")
+    if not x.is_floating_point():
+        raise TypeError(f"{fn}: x must be a floating tensor with values in [0, 1], got dtype {x.dtype}")
+    if x.dim() < 1 or x.shape[0] == 0:
+        raise ValueError(f"{fn}: x must have a non-empty batch dimension first, got shape {tuple(x.shape)}")
+    return x.detach()
+
+
+def check_y(fn: str, x: torch.Tensor, y) -> torch.Tensor:
+    if not isinstance(y, torch.Tensor):
+        raise TypeError(f"{fn}: y must be a tensor of labels, got {type(y).__name__}")
+    if y.dim() != 1 or y.shape[0] != x.shape[0]:
+        raise ValueError(
+            f"{fn}: y must be a 1-D tensor with one label per sample ({x.shape[0]}), got shape {tuple(y.shape)}"
+        )
+    if y.device != x.device:
+        raise ValueError(f"{fn}: y is on {y.device} but x is on {x.device}")
+    return y.detach()
+
+
+def check_model_mode(fn: str, model_mode: str) -> str:
+    return check_choice(fn, "model_mode", model_mode, MODEL_MODES)
+
+
+def check_logits(fn: str, logits, batch: int) -> torch.Tensor:
+    """Shape-level checks of the model's output (no sync)."""
+    if not isinstance(logits, torch.Tensor):
+        raise TypeError(f"{fn}: the model must return a tensor of logits, got {type(logits).__name__}")
+    if logits.dim() not in (1, 2) or logits.shape[0] != batch:
+        raise ValueError(
+            f"{fn}: the model must return logits of shape [N], [N, 1] or [N, C] with N = {batch}, "
+            f"got {tuple(logits.shape)}"
+        )
+    return logits
+
+
+def check_values(fn: str, x: torch.Tensor, logits: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None):
+    """The value checks, after the first forward: x in [0, 1], finite logits, labels in
+    range. One host sync for all of them, outside the attack's loop."""
+    flags = [((x < 0) | (x > 1) | torch.isnan(x)).any()]
+    if logits is not None:
+        flags.append(~torch.isfinite(logits).all())
+        if y is not None:
+            flags.append(_labels_out_of_range(fn, logits, y))
+    bad = torch.stack(flags).tolist()
+    if bad[0]:
+        raise ValueError(f"{fn}: x must lie in [0, 1] (inputs are images in [0, 1], normalise inside the model)")
+    if len(bad) > 1 and bad[1]:
+        raise ValueError(f"{fn}: the model returned NaN or Inf logits on the input")
+    if len(bad) > 2 and bad[2]:
+        if is_binary(logits):
+            raise ValueError(f"{fn}: a one-logit model needs labels y in {{0, 1}}")
+        raise ValueError(f"{fn}: labels y must lie in [0, {logits.shape[1] - 1}] for a model with {logits.shape[1]} logits")
+
+
+def _labels_out_of_range(fn: str, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    if is_binary(logits):
+        return ((y != 0) & (y != 1)).any()
+    if y.is_floating_point() or y.dtype == torch.bool:
+        raise TypeError(f"{fn}: a model with {logits.shape[1]} logits needs integer class labels y, got dtype {y.dtype}")
+    return ((y < 0) | (y >= logits.shape[1])).any()
+
+
+def validate(fn: str, model, x: torch.Tensor, y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """A clean forward (no grad) that checks everything once; returns the clean logits."""
+    with torch.no_grad():
+        logits = check_logits(fn, model(x), x.shape[0])
+    check_values(fn, x, logits, y)
+    return logits
+
+
+# ------------------------------------------------------------------------ model mode
+
+
+@contextlib.contextmanager
+def attack_mode(model, model_mode: str = "eval"):
+    """Run the attack in eval/train/the caller's mode; restore every submodule's flag."""
+    if not isinstance(model, torch.nn.Module):
+        yield
+        return
+    saved = [(module, module.training) for module in model.modules()]
+    if model_mode == "eval":
+        model.eval()
+    elif model_mode == "train":
+        model.train()
+    try:
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training
+
+
+# ---------------------------------------------------------------------------- losses
+
+
+def is_binary(logits: torch.Tensor) -> bool:
+    return logits.dim() == 1 or logits.shape[1] == 1
+
+
+def predicted_class(logits: torch.Tensor) -> torch.Tensor:
+    """argmax for C logits; logit > 0 for one logit (returned as int64 like argmax)."""
+    if is_binary(logits):
+        return (logits.reshape(-1) > 0).long()
+    return logits.argmax(dim=1)
+
+
+def correct(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Per-sample bool: the model predicts y."""
+    return predicted_class(logits) == y.long()
+
+
+def per_sample_loss(logits: torch.Tensor, y: torch.Tensor, loss: LossArg = None, fn: str = "attack") -> torch.Tensor:
+    """[N] losses: "ce" (cross-entropy, or BCE-with-logits for one logit), "bce",
+    "dlr" (Croce & Hein 2020, eq. 4), or a callable(logits, y) -> [N]."""
+    if callable(loss):
+        value = loss(logits, y)
+        if not isinstance(value, torch.Tensor) or value.shape != (logits.shape[0],):
+            raise ValueError(f"{fn}: a loss callable must return one value per sample, shape [{logits.shape[0]}]")
+        return value
+    if loss in (None, "ce", "bce"):
+        if is_binary(logits):
+            z = logits.reshape(-1)
+            return F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none")
+        if loss == "bce":
+            raise ValueError(f"{fn}: loss='bce' needs a one-logit model, this one returns {logits.shape[1]} logits")
+        return F.cross_entropy(logits, y, reduction="none")
+    if loss == "dlr":
+        return dlr_loss(logits, y, fn)
+    raise ValueError(f"{fn}: loss must be 'ce', 'bce', 'dlr' or a callable, got {loss!r}")
+
+
+def mean_loss(logits: torch.Tensor, y: torch.Tensor, loss: LossArg = None, fn: str = "attack") -> torch.Tensor:
+    """Scalar loss for the sign/normalised-gradient attacks. The built-in losses use
+    the functional mean reduction, the computation torchattacks' FGSM/PGD make, so
+    the gradient signs agree bit for bit."""
+    if loss in (None, "ce", "bce"):
+        if is_binary(logits):
+            z = logits.reshape(-1)
+            return F.binary_cross_entropy_with_logits(z, y.to(z.dtype))
+        if loss == "bce":
+            raise ValueError(f"{fn}: loss='bce' needs a one-logit model, this one returns {logits.shape[1]} logits")
+        return F.cross_entropy(logits, y)
+    if callable(loss):
+        value = loss(logits, y)
+        return value if value.dim() == 0 else value.sum()
+    return per_sample_loss(logits, y, loss, fn).mean()
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor, fn: str = "apgd") -> torch.Tensor:
+    """DLR = -(z_y - max_{i != y} z_i) / (z_pi1 - z_pi3), Croce & Hein 2020 eq. (4);
+    shift- and scale-invariant in the logits. Needs C >= 3."""
+    if is_binary(logits) or logits.shape[1] < 3:
+        raise ValueError(f"{fn}: the DLR loss needs a model with at least 3 logits, got {tuple(logits.shape)}")
+    z_sorted, order = logits.sort(dim=1)
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    top_is_y = order[:, -1] == y
+    z_other = torch.where(top_is_y, z_sorted[:, -2], z_sorted[:, -1])
+    return -(z_y - z_other) / (z_sorted[:, -1] - z_sorted[:, -3] + 1e-12)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor, fn: str = "apgd") -> torch.Tensor:
+    """Targeted DLR = -(z_y - z_t) / (z_pi1 - (z_pi3 + z_pi4) / 2), Croce & Hein 2020
+    eq. (5). Needs C >= 4."""
+    if is_binary(logits) or logits.shape[1] < 4:
+        raise ValueError(f"{fn}: the targeted DLR loss needs a model with at least 4 logits, got {tuple(logits.shape)}")
+    z_sorted = logits.sort(dim=1)[0]
+    z_y = logits.gather(1, y[:, None]).squeeze(1)
+    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    return -(z_y - z_t) / (z_sorted[:, -1] - 0.5 * (z_sorted[:, -3] + z_sorted[:, -4]) + 1e-12)
+
+
+# ------------------------------------------------------------------------ gradients
+
+
+def input_gradient(
+    model,
+    x_adv: torch.Tensor,
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    fn: str = "attack",
+    check: Optional[Callable[[torch.Tensor], None]] = None,
+):
+    """(d objective / d x_adv, logits, objective value), differentiating w.r.t. the
+    input only: torch.autograd.grad never touches the parameters' .grad. `check`
+    sees the logits before the loss (an out-of-range label must raise here, not in
+    cross_entropy, which on CUDA is a device-side assert)."""
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = check_logits(fn, model(x_adv), x_adv.shape[0])
+        if check is not None:
+            check(logits.detach())
+        value = objective(logits)
+    if not value.requires_grad:
+        raise ValueError(f"{fn}: the model's output does not depend on x (no gradient flows to the input)")
+    (grad,) = torch.autograd.grad(value.sum(), x_adv, allow_unused=True)
+    if grad is None:
+        grad = torch.zeros_like(x_adv)
+    return grad.detach(), logits.detach(), value.detach()
+
+
+def sign_for(targeted: bool) -> float:
+    """Untargeted attacks ascend the loss on y; targeted ones descend it on the target y."""
+    return -1.0 if targeted else 1.0

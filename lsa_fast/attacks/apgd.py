@@ -1,0 +1,219 @@
+"""APGD, Auto-PGD (Croce & Hein 2020, "Reliable evaluation of adversarial robustness
+with an ensemble of diverse parameter-free attacks", Algorithm 1), with the CE and DLR
+losses and the targeted DLR version (APGD-T), L-inf and L2.
+
+Read beside the paper:
+- step size eta^(0) = 2 eps; checkpoints w_j = ceil(p_j N) with p_0 = 0, p_1 = 0.22,
+  p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06): windows of 0.22 N steps, each
+  0.03 N shorter than the last, at least 0.06 N (as the authors' code computes them);
+- z^(k+1) = P(x^(k) + eta^(k) step(grad)),
+  x^(k+1) = P(x^(k) + alpha (z^(k+1) - x^(k)) + (1 - alpha)(x^(k) - x^(k-1))),
+  alpha = 0.75 (alpha = 1 for the first step);
+- at a checkpoint the step size halves, and the iterate restarts from the best point,
+  for the samples where
+    condition 1: the loss increased in at most rho * (w_j - w_{j-1}) of the window's
+                 steps (the paper writes "<", the authors' code "<="; we follow the code), or
+    condition 2: the step size was not halved at the last checkpoint and the best loss
+                 has not improved since.
+
+Per-sample bookkeeping is torch.where throughout: no host sync in the loop. Restarts
+run on the whole batch (no data-dependent subsetting, no sync) and keep, per sample,
+the first misclassified point found, else the highest-loss point.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from ._common import (
+    NORMS,
+    LossArg,
+    attack_mode,
+    check_choice,
+    check_eps,
+    check_model_mode,
+    check_steps,
+    check_x,
+    check_y,
+    correct,
+    dlr_targeted_loss,
+    input_gradient,
+    is_binary,
+    per_sample_loss,
+    validate,
+)
+
+MOMENTUM = 0.75  # alpha of Algorithm 1
+
+
+def apgd(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int = 100,
+    norm: str = "linf",
+    loss: LossArg = "ce",
+    targeted: bool = False,
+    n_restarts: int = 1,
+    n_target_classes: int = 9,
+    rho: float = 0.75,
+    generator: Optional[torch.Generator] = None,
+    *,
+    model_mode: str = "eval",
+) -> torch.Tensor:
+    """APGD with `steps` iterations per run and `n_restarts` random restarts.
+
+    loss: "ce" (cross-entropy; BCE-with-logits for a one-logit model), "dlr", or a
+    callable(logits, y) -> [N]. targeted=True is APGD-T: for each of the
+    n_target_classes most likely wrong classes of the clean input (capped at C - 1),
+    n_restarts runs of the targeted loss (targeted DLR for loss="dlr", -CE(target) for
+    loss="ce"); y stays the true label, success is any misclassification.
+    Returns x_hat detached, x's dtype and shape: a misclassified point where one was
+    found, else the highest-loss point."""
+    eps = check_eps("apgd", eps)
+    steps = check_steps("apgd", steps)
+    n_restarts = check_steps("apgd", n_restarts, "n_restarts")
+    n_target_classes = check_steps("apgd", n_target_classes, "n_target_classes")
+    check_choice("apgd", "norm", norm, NORMS)
+    if not callable(loss):
+        check_choice("apgd", "loss", loss, ("ce", "dlr"))
+    if not 0 < rho <= 1:
+        raise ValueError(f"apgd: rho must lie in (0, 1], got {rho}")
+    x = check_x("apgd", x)
+    y = check_y("apgd", x, y)
+    check_model_mode("apgd", model_mode)
+
+    with attack_mode(model, model_mode):
+        clean_logits = validate("apgd", model, x, y)
+        if eps == 0:
+            return x.clone()
+        objectives = _objectives(clean_logits, y, loss, targeted, n_target_classes, n_restarts)
+        x_out = x.clone()
+        out_fooled = torch.zeros_like(y, dtype=torch.bool)
+        out_loss = torch.full((x.shape[0],), float("-inf"), dtype=clean_logits.dtype, device=x.device)
+        for objective in objectives:
+            x_run, fooled, best_loss = _apgd_run(model, x, y, eps, steps, norm, objective, rho, generator)
+            # First success wins; among still-robust samples the highest loss wins.
+            take = ~out_fooled & (fooled | (best_loss > out_loss))
+            x_out = torch.where(_per_sample(take, x), x_run, x_out)
+            out_loss = torch.where(take, best_loss.to(out_loss.dtype), out_loss)
+            out_fooled = out_fooled | fooled
+    return x_out
+
+
+def _objectives(clean_logits, y, loss, targeted, n_target_classes, n_restarts):
+    """One per-sample loss function per run: restarts x target classes."""
+    if not targeted:
+        return [lambda logits: per_sample_loss(logits, y, loss, "apgd")] * n_restarts
+    if callable(loss):
+        raise ValueError("apgd: targeted=True takes loss='dlr' or 'ce', not a callable")
+    if is_binary(clean_logits):
+        raise ValueError("apgd: targeted=True needs a model with C >= 3 logits (a one-logit model has one wrong class)")
+    classes = clean_logits.shape[1]
+    ranked = clean_logits.argsort(dim=1)  # ascending: ranked[:, -1] is the top class
+    runs = []
+    for rank in range(2, min(n_target_classes, classes - 1) + 2):
+        target = ranked[:, -rank]  # auto-attack: the rank-th most likely class at x
+        if loss == "dlr":
+            objective = lambda logits, t=target: dlr_targeted_loss(logits, y, t, "apgd")
+        else:
+            objective = lambda logits, t=target: -per_sample_loss(logits, t, "ce", "apgd")
+        runs.extend([objective] * n_restarts)
+    return runs
+
+
+def _apgd_run(model, x, y, eps, steps, norm, objective, rho, generator):
+    """One run of Algorithm 1. Returns (x_hat, fooled, best loss), all per sample."""
+    window = max(int(0.22 * steps), 1)  # w_1 - w_0
+    window_min = max(int(0.06 * steps), 1)
+    window_decrease = max(int(0.03 * steps), 1)
+
+    x_adv = _project(_random_start(x, eps, norm, generator), x, eps, norm)
+    grad, logits, loss = input_gradient(model, x_adv, objective, "apgd")
+    fooled = ~correct(logits, y)
+    x_fooled = x_adv.clone()
+    x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
+
+    step_size = torch.full(_shape(x), 2 * eps, dtype=x.dtype, device=x.device)  # eta^(0) = 2 eps
+    x_prev = x_adv
+    loss_prev = loss
+    increases = torch.zeros_like(loss)  # steps of this window where the loss went up
+    since_checkpoint = 0
+    reduced_last = torch.ones_like(fooled)  # no condition 2 at the first checkpoint (authors' code)
+    loss_best_last = loss_best.clone()
+
+    for i in range(steps):
+        momentum = MOMENTUM if i > 0 else 1.0
+        z = _project(x_adv + step_size * _direction(grad, norm), x, eps, norm)
+        x_next = _project(x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - x_prev), x, eps, norm)
+        x_prev, x_adv = x_adv, x_next
+
+        grad, logits, loss = input_gradient(model, x_adv, objective, "apgd")
+        now_fooled = ~correct(logits, y)
+        x_fooled = torch.where(_per_sample(now_fooled & ~fooled, x), x_adv, x_fooled)
+        fooled = fooled | now_fooled
+
+        increases = increases + (loss > loss_prev).to(increases.dtype)
+        loss_prev = loss
+        improved = loss > loss_best
+        x_best = torch.where(_per_sample(improved, x), x_adv, x_best)
+        grad_best = torch.where(_per_sample(improved, x), grad, grad_best)
+        loss_best = torch.where(improved, loss, loss_best)
+
+        since_checkpoint += 1
+        if since_checkpoint == window:  # checkpoint w_j
+            condition_1 = increases <= rho * window
+            condition_2 = ~reduced_last & (loss_best_last >= loss_best)
+            reduce = condition_1 | condition_2
+            step_size = torch.where(_per_sample(reduce, x), step_size / 2, step_size)
+            x_adv = torch.where(_per_sample(reduce, x), x_best, x_adv)
+            grad = torch.where(_per_sample(reduce, x), grad_best, grad)
+            reduced_last = reduce
+            loss_best_last = loss_best.clone()
+            increases = torch.zeros_like(increases)
+            since_checkpoint = 0
+            window = max(window - window_decrease, window_min)
+
+    x_hat = torch.where(_per_sample(fooled, x), x_fooled, x_best)
+    return x_hat, fooled, loss_best
+
+
+def _random_start(x, eps, norm, generator):
+    """auto-attack's start: on the L-inf sphere (t / max|t|, t ~ U(-1, 1)) or the L2
+    sphere (Gaussian direction) of radius eps."""
+    if norm == "linf":
+        t = torch.empty_like(x).uniform_(-1, 1, generator=generator)
+        scale = t.reshape(x.shape[0], -1).abs().amax(dim=1)
+    else:
+        t = torch.empty_like(x).normal_(generator=generator)
+        scale = torch.linalg.vector_norm(t.reshape(x.shape[0], -1), dim=1) + 1e-12
+    return x + eps * t / scale.reshape(_shape(x))
+
+
+def _direction(grad, norm):
+    if norm == "linf":
+        return grad.sign()
+    return grad / (_norm(grad) + 1e-12)
+
+
+def _project(v, x, eps, norm):
+    """P: onto the eps-ball around x, then onto [0, 1]."""
+    if norm == "linf":
+        return torch.clamp(torch.clamp(v, min=x - eps, max=x + eps), min=0, max=1)
+    delta = v - x
+    length = _norm(delta)
+    return torch.clamp(x + delta * (torch.clamp(length, max=eps) / (length + 1e-12)), min=0, max=1)
+
+
+def _norm(t):
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).reshape(_shape(t))
+
+
+def _shape(x):
+    return (x.shape[0],) + (1,) * (x.dim() - 1)
+
+
+def _per_sample(mask, x):
+    return mask.reshape(_shape(x))

@@ -1,0 +1,50 @@
+"""FGSM (Goodfellow, Shlens, Szegedy 2015): one signed-gradient step of size eps."""
+from __future__ import annotations
+
+import torch
+
+from ._common import (
+    LossArg,
+    attack_mode,
+    check_eps,
+    check_model_mode,
+    check_values,
+    check_x,
+    check_y,
+    input_gradient,
+    mean_loss,
+    sign_for,
+)
+
+
+def fgsm(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    *,
+    loss: LossArg = None,
+    targeted: bool = False,
+    model_mode: str = "eval",
+    generator=None,
+) -> torch.Tensor:
+    """x_hat = clip_[0,1](x + eps * sign(grad_x J(f(x), y))).
+
+    loss: None/"ce" picks cross-entropy (C logits) or BCE-with-logits (one logit);
+    targeted=True reads y as target classes and descends the loss. generator is
+    unused (FGSM draws nothing) and accepted so every attack takes the same keywords.
+    Returns x_hat detached, with x's dtype and shape."""
+    eps = check_eps("fgsm", eps)
+    x = check_x("fgsm", x)
+    y = check_y("fgsm", x, y)
+    check_model_mode("fgsm", model_mode)
+    sign = sign_for(targeted)
+    with attack_mode(model, model_mode):
+        grad, _, _ = input_gradient(
+            model,
+            x,
+            lambda logits: sign * mean_loss(logits, y, loss, "fgsm"),
+            "fgsm",
+            check=lambda logits: check_values("fgsm", x, logits, y),
+        )
+    return torch.clamp(x + eps * grad.sign(), min=0, max=1)

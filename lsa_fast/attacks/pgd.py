@@ -1,0 +1,88 @@
+"""PGD (Madry et al. 2018) under the L-inf and L2 threat models, in torchattacks'
+PGD / PGDL2 update order; each step is one fused lsa_fast.ops.pgd_step."""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .. import ops
+from ._common import (
+    NORMS,
+    LossArg,
+    attack_mode,
+    check_choice,
+    check_eps,
+    check_model_mode,
+    check_steps,
+    check_values,
+    check_x,
+    check_y,
+    input_gradient,
+    mean_loss,
+    sign_for,
+)
+
+
+def pgd(
+    model,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    alpha: Optional[float] = None,
+    steps: int = 10,
+    random_start: bool = True,
+    norm: str = "linf",
+    generator: Optional[torch.Generator] = None,
+    loss: LossArg = None,
+    *,
+    targeted: bool = False,
+    model_mode: str = "eval",
+) -> torch.Tensor:
+    """`steps` projected gradient steps of size alpha (default 2.5 * eps / steps,
+    Madry et al.) inside the eps-ball around x, clipped to [0, 1].
+
+    norm="linf": signed steps; norm="l2": steps along grad / ||grad||, projection
+    onto the per-sample L2 ball. random_start: uniform in the L-inf ball, or (L2) a
+    Gaussian direction scaled to a radius U(0, eps), as torchattacks draws them.
+    loss: None/"ce" (cross-entropy or BCE for one logit), "bce", "dlr", or a
+    callable(logits, y). targeted=True reads y as target classes.
+    Returns x_hat detached, x's dtype and shape; no host sync inside the loop."""
+    eps = check_eps("pgd", eps)
+    steps = check_steps("pgd", steps)
+    alpha = 2.5 * eps / steps if alpha is None else check_eps("pgd", alpha, "alpha")
+    check_choice("pgd", "norm", norm, NORMS)
+    x = check_x("pgd", x)
+    y = check_y("pgd", x, y)
+    check_model_mode("pgd", model_mode)
+    sign = sign_for(targeted)
+
+    def objective(logits):
+        return sign * mean_loss(logits, y, loss, "pgd")
+
+    if eps == 0:
+        # The eps-ball is the point x (and the L2 projection would divide 0 by 0).
+        check_values("pgd", x)
+        return x.clone()
+    x_adv = random_start_point(x, eps, norm, generator) if random_start else x.clone()
+    with attack_mode(model, model_mode):
+        for step in range(steps):
+            # The value checks (x in [0,1], finite logits, labels) cost one sync: do them once.
+            check = (lambda logits: check_values("pgd", x, logits, y)) if step == 0 else None
+            grad, _, _ = input_gradient(model, x_adv, objective, "pgd", check=check)
+            x_adv = ops.pgd_step(x_adv, grad, x, alpha, eps, norm=norm)
+    return x_adv
+
+
+def random_start_point(x: torch.Tensor, eps: float, norm: str, generator=None) -> torch.Tensor:
+    """L-inf: x + U(-eps, eps) per element; L2: x + eps * r * d / ||d||, d ~ N(0, I),
+    r ~ U(0, 1) per sample (torchattacks' PGDL2). Both clipped to [0, 1]."""
+    if norm == "linf":
+        delta = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+    else:
+        direction = torch.empty_like(x).normal_(generator=generator)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        length = torch.linalg.vector_norm(direction.reshape(x.shape[0], -1), dim=1).reshape(shape)
+        radius = torch.empty(shape, dtype=x.dtype, device=x.device).uniform_(0, 1, generator=generator)
+        delta = direction * (radius / length * eps)
+    return torch.clamp(x + delta, min=0, max=1)

@@ -1,0 +1,268 @@
+"""Accuracy over an epsilon grid (the paper's Tables 2-4), the R&G score (the sum of
+those accuracies in %), and robust accuracy as the per-sample worst case over an
+attack ensemble (APGD-CE, then APGD-T, as AutoAttack runs them).
+
+Data: a loader yielding (x, y) batches, or one (x, y) pair of tensors. Batches are
+moved to the model's device. Models are evaluated in eval mode (restored afterwards);
+counts stay on the device and are read once at the end.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+
+import torch
+
+from .attacks import make_attack, predicted_class
+from .attacks._common import attack_mode
+
+PAPER_EPS_GRIDS: Dict[str, Tuple[float, ...]] = {
+    "moons": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
+    "mnist": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
+    "cifar10": (0.0, 0.01, 0.03, 0.1, 0.2),
+}
+
+Data = Union[Iterable, Tuple[torch.Tensor, torch.Tensor]]
+AttackArg = Union[str, Callable[..., torch.Tensor]]
+
+
+def accuracy(model, data: Data) -> float:
+    """Clean accuracy in % over a loader or an (x, y) pair."""
+    correct, total = _zero_counts(model), 0
+    with attack_mode(model, "eval"), torch.no_grad():
+        for x, y in _batches(model, data):
+            correct = correct + _count_correct(model, x, y)
+            total += y.shape[0]
+    return _percent("accuracy", correct, total)
+
+
+def evaluate(
+    model,
+    data: Data,
+    attack: AttackArg = "fgsm",
+    eps_grid: Sequence[float] = PAPER_EPS_GRIDS["moons"],
+    row: Optional[str] = None,
+    **attack_kw,
+) -> "EvaluationTable":
+    """Accuracy in % under `attack` at each eps of the grid (eps 0 = clean accuracy),
+    as a one-row EvaluationTable named `row` (default: the model's class name).
+
+    attack: a name of lsa_fast.attacks.ATTACKS ("fgsm", "pgd", "apgd-ce", ...) with
+    attack_kw passed to it (steps=, generator=, ...), or a callable(model, x, y, eps)."""
+    eps_grid = tuple(float(eps) for eps in eps_grid)
+    if not eps_grid:
+        raise ValueError("evaluate: eps_grid is empty")
+    if any(not (eps >= 0 and math.isfinite(eps)) for eps in eps_grid):
+        raise ValueError(f"evaluate: every eps must be a finite number >= 0, got {eps_grid}")
+    if isinstance(attack, str):
+        attacks = [make_attack(attack, eps, **attack_kw) for eps in eps_grid]
+        attack_name = attacks[0].name
+    elif callable(attack):
+        attacks = [_bind(attack, eps, attack_kw) for eps in eps_grid]
+        attack_name = getattr(attack, "__name__", type(attack).__name__)
+    else:
+        raise TypeError(f"evaluate: attack must be a name or a callable, got {type(attack).__name__}")
+
+    correct = [_zero_counts(model) for _ in eps_grid]
+    total = 0
+    with attack_mode(model, "eval"):
+        for x, y in _batches(model, data):
+            for i, (eps, bound) in enumerate(zip(eps_grid, attacks)):
+                x_eval = x if eps == 0 else bound(model, x, y)
+                with torch.no_grad():
+                    correct[i] = correct[i] + _count_correct(model, x_eval, y)
+            total += y.shape[0]
+    accuracies = _percents("evaluate", correct, total)
+    table = EvaluationTable(eps_grid=eps_grid, attack=attack_name)
+    table.add_row(row if row is not None else type(model).__name__, accuracies)
+    return table
+
+
+def rg_score(accuracies) -> float:
+    """R&G: the sum of the accuracies in % over the eps grid (paper Table 2: Normal
+    97.07 + 93.63 + 82.5 + 76.83 + 63.79 + 52.35 = 466.17). Takes a sequence, a
+    mapping eps -> accuracy, or an EvaluationTable with one row."""
+    if isinstance(accuracies, EvaluationTable):
+        if len(accuracies.rows) != 1:
+            raise ValueError("rg_score: the table has several rows; use table.rg_scores()")
+        accuracies = next(iter(accuracies.rows.values()))
+    if isinstance(accuracies, dict):
+        accuracies = list(accuracies.values())
+    return float(sum(float(a) for a in accuracies))
+
+
+def robust_accuracy(
+    model,
+    data: Data,
+    eps: float,
+    attacks: Sequence[AttackArg] = ("apgd-ce", "apgd-t"),
+    **attack_kw,
+) -> float:
+    """Robust accuracy in %: a sample counts only if it is classified correctly and
+    no attack of the ensemble fools it. Each attack runs only on the samples still
+    robust after the ones before it (AutoAttack's order)."""
+    if not attacks:
+        raise ValueError("robust_accuracy: attacks is empty")
+    bound = [make_attack(a, eps, **attack_kw) if isinstance(a, str) else _bind(a, eps, attack_kw) for a in attacks]
+    robust_count, total = _zero_counts(model), 0
+    with attack_mode(model, "eval"):
+        for x, y in _batches(model, data):
+            with torch.no_grad():
+                robust = predicted_class(model(x)) == y.long()
+            for attack in bound:
+                # One host sync per attack and batch, to attack only the robust samples.
+                index = torch.nonzero(robust).flatten()
+                if index.numel() == 0:
+                    break
+                x_adv = attack(model, x[index], y[index])
+                with torch.no_grad():
+                    still = predicted_class(model(x_adv)) == y[index].long()
+                robust = robust.index_put((index,), still)
+            robust_count = robust_count + robust.sum()
+            total += y.shape[0]
+    return _percent("robust_accuracy", robust_count, total)
+
+
+@dataclasses.dataclass
+class EvaluationTable:
+    """Accuracies (%) per row (model or training method) over an eps grid, with the
+    R&G score per row; prints as a markdown table like the paper's."""
+
+    eps_grid: Tuple[float, ...]
+    rows: Dict[str, List[float]] = dataclasses.field(default_factory=dict)
+    attack: str = "fgsm"
+
+    def __post_init__(self):
+        self.eps_grid = tuple(float(eps) for eps in self.eps_grid)
+        rows, self.rows = dict(self.rows), {}
+        for name, accuracies in rows.items():
+            self.add_row(name, accuracies)
+
+    def add_row(self, name: str, accuracies: Sequence[float]) -> None:
+        accuracies = [float(a) for a in accuracies]
+        if len(accuracies) != len(self.eps_grid):
+            raise ValueError(
+                f"EvaluationTable.add_row: row {name!r} has {len(accuracies)} accuracies "
+                f"for {len(self.eps_grid)} eps values {self.eps_grid}"
+            )
+        self.rows[str(name)] = accuracies
+
+    def rg(self, name: str) -> float:
+        return rg_score(self.rows[name])
+
+    def rg_scores(self) -> Dict[str, float]:
+        return {name: rg_score(accuracies) for name, accuracies in self.rows.items()}
+
+    def to_markdown(self, digits: int = 2) -> str:
+        header = ["Method"] + [f"{eps:g}" for eps in self.eps_grid] + ["R&G"]
+        lines = [
+            f"Accuracy (%) under {self.attack.upper()} per eps",
+            "",
+            "| " + " | ".join(header) + " |",
+            "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|",
+        ]
+        for name, accuracies in self.rows.items():
+            cells = [f"{a:.{digits}f}" for a in accuracies] + [f"{rg_score(accuracies):.{digits}f}"]
+            lines.append("| " + " | ".join([name] + cells) + " |")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.to_markdown()
+
+    def to_dict(self) -> dict:
+        return {
+            "attack": self.attack,
+            "eps_grid": list(self.eps_grid),
+            "rows": {name: list(accuracies) for name, accuracies in self.rows.items()},
+            "rg": self.rg_scores(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "EvaluationTable":
+        try:
+            return cls(eps_grid=tuple(data["eps_grid"]), rows=dict(data["rows"]), attack=data.get("attack", "fgsm"))
+        except (KeyError, TypeError) as error:
+            raise ValueError(f"EvaluationTable.from_dict: not an evaluation table ({error})") from None
+
+    def to_json(self, path: Union[str, os.PathLike]) -> None:
+        """Written to a temporary file beside `path`, then renamed over it: a reader
+        never sees half a file."""
+        path = os.fspath(path)
+        directory = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(prefix=".evaluation-", suffix=".json.tmp", dir=directory)
+        try:
+            with os.fdopen(fd, "w") as handle:
+                json.dump(self.to_dict(), handle, indent=2)
+                handle.write("\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def from_json(cls, path: Union[str, os.PathLike]) -> "EvaluationTable":
+        with open(path) as handle:
+            return cls.from_dict(json.load(handle))
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _bind(attack: Callable, eps: float, attack_kw: dict):
+    def bound(model, x, y):
+        return attack(model, x, y, eps, **attack_kw)
+
+    return bound
+
+
+def _device(model) -> Optional[torch.device]:
+    if isinstance(model, torch.nn.Module):
+        for tensor in model.parameters():
+            return tensor.device
+        for tensor in model.buffers():
+            return tensor.device
+    return None
+
+
+def _batches(model, data: Data):
+    device = _device(model)
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        data = [data]
+    for batch in data:
+        if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+            raise ValueError("evaluation: each batch must be an (x, y) pair")
+        x, y = batch[0], batch[1]
+        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+            raise TypeError("evaluation: each batch must hold two tensors (x, y)")
+        if y.dim() != 1 or y.shape[0] != x.shape[0]:
+            raise ValueError(f"evaluation: y must hold one label per sample, got x {tuple(x.shape)}, y {tuple(y.shape)}")
+        if device is not None:
+            x, y = x.to(device), y.to(device)
+        yield x, y
+
+
+def _zero_counts(model) -> torch.Tensor:
+    return torch.zeros((), dtype=torch.int64, device=_device(model))
+
+
+def _count_correct(model, x, y) -> torch.Tensor:
+    return (predicted_class(model(x)) == y.long()).sum()
+
+
+def _percent(fn: str, count: torch.Tensor, total: int) -> float:
+    if total == 0:
+        raise ValueError(f"{fn}: the data holds no samples")
+    return 100.0 * int(count) / total
+
+
+def _percents(fn: str, counts: List[torch.Tensor], total: int) -> List[float]:
+    if total == 0:
+        raise ValueError(f"{fn}: the data holds no samples")
+    return [100.0 * c / total for c in torch.stack(counts).tolist()]
