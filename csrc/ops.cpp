@@ -26,4 +26,7 @@ STABLE_TORCH_LIBRARY(lsa_fast, m) {
       "bool batch_mode, float eps) -> Tensor[]");
   // mu, sigma, per-layer mean, M2, min, max and the MVL mask of Algorithm 1.
   m.def("cm_statistics(Tensor cm, float eta) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  // One projected PGD step, fused: x_adv' = clip_[0,1](x + proj_eps(x_adv + step(g) - x)).
+  m.def("pgd_step_linf(Tensor x_adv, Tensor grad, Tensor x_orig, float alpha, float eps) -> Tensor");
+  m.def("pgd_step_l2(Tensor x_adv, Tensor grad, Tensor x_orig, float alpha, float eps) -> Tensor");
 }
