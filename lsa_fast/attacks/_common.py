@@ -183,7 +183,7 @@ def per_sample_loss(logits: torch.Tensor, y: torch.Tensor, loss: LossArg = None,
             return F.binary_cross_entropy_with_logits(z, y.to(z.dtype), reduction="none")
         if loss == "bce":
             raise ValueError(f"{fn}: loss='bce' needs a one-logit model, this one returns {logits.shape[1]} logits")
-        return F.cross_entropy(logits, y, reduction="none")
+        return F.cross_entropy(logits, y.long(), reduction="none")
     if loss == "dlr":
         return dlr_loss(logits, y, fn)
     raise ValueError(f"{fn}: loss must be 'ce', 'bce', 'dlr' or a callable, got {loss!r}")
@@ -199,7 +199,7 @@ def mean_loss(logits: torch.Tensor, y: torch.Tensor, loss: LossArg = None, fn: s
             return F.binary_cross_entropy_with_logits(z, y.to(z.dtype))
         if loss == "bce":
             raise ValueError(f"{fn}: loss='bce' needs a one-logit model, this one returns {logits.shape[1]} logits")
-        return F.cross_entropy(logits, y)
+        return F.cross_entropy(logits, y.long())
     if callable(loss):
         value = loss(logits, y)
         return value if value.dim() == 0 else value.sum()
@@ -212,6 +212,7 @@ def dlr_loss(logits: torch.Tensor, y: torch.Tensor, fn: str = "apgd") -> torch.T
     if is_binary(logits) or logits.shape[1] < 3:
         raise ValueError(f"{fn}: the DLR loss needs a model with at least 3 logits, got {tuple(logits.shape)}")
     z_sorted, order = logits.sort(dim=1)
+    y = y.long()
     z_y = logits.gather(1, y[:, None]).squeeze(1)
     top_is_y = order[:, -1] == y
     z_other = torch.where(top_is_y, z_sorted[:, -2], z_sorted[:, -1])
@@ -224,8 +225,8 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     if is_binary(logits) or logits.shape[1] < 4:
         raise ValueError(f"{fn}: the targeted DLR loss needs a model with at least 4 logits, got {tuple(logits.shape)}")
     z_sorted = logits.sort(dim=1)[0]
-    z_y = logits.gather(1, y[:, None]).squeeze(1)
-    z_t = logits.gather(1, target[:, None]).squeeze(1)
+    z_y = logits.gather(1, y.long()[:, None]).squeeze(1)
+    z_t = logits.gather(1, target.long()[:, None]).squeeze(1)
     return -(z_y - z_t) / (z_sorted[:, -1] - 0.5 * (z_sorted[:, -3] + z_sorted[:, -4]) + 1e-12)
 
 
