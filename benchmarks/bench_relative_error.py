@@ -1,0 +1,156 @@
+"""Core benchmark (issue: core kernels): the fused comparison measure over all probed
+layers, forward and the regulariser's backward, against the eager reference,
+torch.compile of the reference, torch._foreach_norm (batch mode) and the pure-Python
+LayersSustainabilityAnalysis package, on the ReLU activations of paper model B (MNIST
+CNN, batch 256) and of model C (VGG-19, batch 128). Prints a table of ratios and
+writes benchmarks/results/<device>.json.
+
+  python benchmarks/bench_relative_error.py [--device cpu|cuda] [--quick] [--no-compile]
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import harness  # noqa: E402
+
+import lsa_fast  # noqa: E402
+from lsa_fast import reference  # noqa: E402
+from lsa_fast.models import build_model  # noqa: E402
+from lsa_fast.probes import LayerProbe  # noqa: E402
+
+WORKLOADS = {
+    # name: (model, input shape per sample, batch)
+    "model B (MNIST CNN) b256": ("B", (1, 28, 28), 256),
+    "model C (VGG-19) b128": ("C", (3, 32, 32), 128),
+}
+
+
+def activations(model_name, shape, batch, device):
+    torch.manual_seed(0)
+    model = build_model(model_name).to(device).eval()
+    x = torch.rand(batch, *shape, device=device)
+    x_hat = (x + 0.03 * torch.randn_like(x)).clamp(0, 1)
+    with torch.no_grad():
+        clean, perturbed = LayerProbe(model, select="activations").capture_pair(x, x_hat)
+    return model, x, x_hat, [c.contiguous() for c in clean], [p.contiguous() for p in perturbed]
+
+
+def foreach_batch_mode(clean, perturbed):
+    diffs = torch._foreach_sub(clean, perturbed)
+    return torch.stack(torch._foreach_norm(diffs)) / torch.stack(torch._foreach_norm(clean))
+
+
+def bench_workload(name, model_name, shape, batch, device, use_compile, bandwidth, quick):
+    model, x, x_hat, clean, perturbed = activations(model_name, shape, batch, device)
+    nbytes = sum(t.numel() * t.element_size() for t in clean + perturbed)  # each read once
+    run = lambda fn: harness.time_it(fn, device, min_run_time=0.3 if quick else 1.0)  # noqa: E731
+    fused = lambda: lsa_fast.relative_error(clean, perturbed, check_finite=False)  # noqa: E731
+    eager = lambda: reference.relative_error(clean, perturbed)  # noqa: E731
+    times = {"fused": run(fused), "eager reference": run(eager)}
+    if use_compile:
+        try:
+            compiled = torch.compile(reference.relative_error, dynamic=False)
+            times["torch.compile(reference)"] = run(lambda: compiled(clean, perturbed))
+        except Exception as error:  # compile needs a working toolchain; report, don't fail
+            print(f"  torch.compile unavailable: {type(error).__name__}: {str(error)[:120]}")
+    times["fused (batch mode)"] = run(lambda: lsa_fast.relative_error(clean, perturbed, "batch", check_finite=False))
+    times["torch._foreach_norm (batch mode)"] = run(lambda: foreach_batch_mode(clean, perturbed))
+
+    # backward of the regulariser over all layers: fused vs eager autograd
+    layers = list(range(len(clean)))
+    a = [t.clone().requires_grad_() for t in clean]
+    b = [t.clone().requires_grad_() for t in perturbed]
+
+    def fused_backward():
+        lsa_fast.layerwise_regularizer(a, b, layers, 1.0).backward()
+
+    def eager_backward():
+        reference.layerwise_regularizer(a, b, layers, [1.0] * len(layers)).backward()
+
+    times["fused fwd+bwd"] = run(fused_backward)
+    times["eager fwd+bwd"] = run(eager_backward)
+
+    if device == "cpu":
+        try:
+            from LayerSustainabilityAnalysis import LayerSustainabilityAnalysis as Reference
+            from lsa_fast.compat import LayerSustainabilityAnalysis as Compat
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ours = Compat(model)
+                times["compat representation_comparisons (2 forwards + CM)"] = run(
+                    lambda: ours.representation_comparisons(x, x_hat, verbose=False))
+                # a fresh reference object per call: its hooks accumulate across calls
+                times["LayersSustainabilityAnalysis representation_comparisons (call 1)"] = run(
+                    lambda: _reference_call(Reference, model, x, x_hat))
+        except ImportError as error:
+            print(f"  LayersSustainabilityAnalysis not installed: {error}")
+
+    rows = []
+    for label, seconds in times.items():
+        row = {"workload": name, "implementation": label, "ms": round(seconds * 1e3, 3)}
+        if label in ("fused", "fused (batch mode)"):
+            row["GB/s"] = round(nbytes / seconds / 1e9, 1)
+            row["% of copy bw"] = round(100 * nbytes / seconds / bandwidth, 1)
+        rows.append(row)
+    ratios = {
+        "fused vs eager (fwd)": times["eager reference"] / times["fused"],
+        "fused vs torch.compile (fwd)": times.get("torch.compile(reference)", float("nan")) / times["fused"],
+        "fused vs foreach (batch mode)": times["torch._foreach_norm (batch mode)"] / times["fused (batch mode)"],
+        "fused vs eager (fwd+bwd)": times["eager fwd+bwd"] / times["fused fwd+bwd"],
+        "fused % of copy bandwidth": 100 * nbytes / times["fused"] / bandwidth,
+    }
+    compat = "compat representation_comparisons (2 forwards + CM)"
+    if compat in times:
+        ratios["compat vs LSA package (whole call)"] = (
+            times["LayersSustainabilityAnalysis representation_comparisons (call 1)"] / times[compat])
+    return {"activation_bytes": nbytes, "layers": len(clean), "times_ms": {k: v * 1e3 for k, v in times.items()},
+            "ratios": ratios}, rows
+
+
+def _reference_call(reference_class, model, x, x_hat):
+    analysis = reference_class(model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        import contextlib
+        import io
+
+        with contextlib.redirect_stdout(io.StringIO()):
+            return analysis.representation_comparisons(x, x_hat)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--quick", action="store_true", help="shorter timings")
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on CPU)")
+    parser.add_argument("--out", default=None, help="results file name (default: the device)")
+    args = parser.parse_args()
+    info = harness.environment(args.device)
+    print(f"lsa_fast relative_error benchmark on {info['device']} ({info['threads']} threads), torch {info['torch']}")
+    print(f"backend: {lsa_fast.backend()}")
+    bandwidth = harness.copy_bandwidth(args.device)
+    print(f"copy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s")
+    results, table = {}, []
+    for name, (model_name, shape, batch) in WORKLOADS.items():
+        print(f"\n{name} ...", flush=True)
+        results[name], rows = bench_workload(
+            name, model_name, shape, batch, args.device, not args.no_compile, bandwidth, args.quick)
+        table += rows
+    harness.print_table("times", table, ["workload", "implementation", "ms", "GB/s", "% of copy bw"])
+    ratio_rows = [{"workload": w, "ratio": k, "value": f"{v:.2f}"} for w, r in results.items() for k, v in r["ratios"].items()]
+    harness.print_table("ratios (baseline time / fused time; bandwidth in %)", ratio_rows, ["workload", "ratio", "value"])
+    path = harness.write_results(args.out or harness.device_slug(info, args.device),
+                                 {"benchmark": "relative_error", "environment": info,
+                                  "copy_bandwidth_GBps": bandwidth / 1e9, "results": results})
+    print(f"\nresults written to {path}")
+
+
+if __name__ == "__main__":
+    main()
