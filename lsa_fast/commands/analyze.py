@@ -1,0 +1,227 @@
+"""`lsa-fast analyze`: Layer Sustainability Analysis of a (trained) model on a dataset's
+test split; writes report.json, report.md and lsa.png into --out.
+
+    lsa-fast analyze --model A --checkpoint ckpt.pt --perturbations fgsm:0.1,pgd:0.1,gaussian:0.1 --eta 1.0 --out lsa-report
+
+eps values are in the dataset's own units (the paper's): for Moons, the units of the
+moons before lsa_fast.data maps them into [0, 1]^2, so fgsm:0.1 attacks with 0.1 / 5 in
+input units; the report records both. Under torchrun each rank analyses a shard of the
+data and rank 0 writes the report of the whole set.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+
+from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_units
+from ..attacks import make_attack, parse_attack_spec
+from ..data import DATASET_NAMES, default_data_dir, load_dataset, make_loader
+from ..models import MODEL_DATASET, build_model
+from ..report import atomic_write_text
+
+REPORT_FILES = ("report.json", "report.md", "lsa.png")
+
+
+def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name,
+        help="find a model's most vulnerable layers (LSA) and write a report",
+        description=(
+            "Layer Sustainability Analysis (Khalooei et al., arXiv:2202.02626, Algorithms 1 and 2): perturb "
+            "the test set, measure the relative error of every learnable layer, list the most vulnerable "
+            "layers (MVL) and write report.json, report.md and lsa.png."
+        ),
+    )
+    parser.add_argument("--model", default=None,
+                        help="A, B, C, D, wrn-28-10, wrn-34-10 or package.module:attr (default: the checkpoint's)")
+    parser.add_argument("--checkpoint", default=None, metavar="PATH",
+                        help="weights: a state_dict file, or a trainer checkpoint (a dict with 'model')")
+    parser.add_argument("--dataset", default=None, choices=DATASET_NAMES,
+                        help="default: the dataset of the model (A: moons, B: mnist, C/D: cifar10)")
+    parser.add_argument("--data", default=None, metavar="DIR",
+                        help="where MNIST / CIFAR-10 lie (default: $LSA_FAST_DATA or ./data); moons is generated")
+    parser.add_argument("--split", default="test", choices=("test", "train"), help="which split to analyse (test)")
+    parser.add_argument("--perturbations", default="fgsm:0.1,pgd:0.1,gaussian:0.1", metavar="SPECS",
+                        help="comma-separated name:eps, eps in the dataset's units "
+                             "(fgsm, fgsm-rs, pgd, pgd-l2, apgd, trades, gaussian, salt, pepper, salt-and-pepper, speckle)")
+    parser.add_argument("--eta", type=float, default=1.0, help="MVL threshold: layer mean - mu > eta * sigma (1.0)")
+    parser.add_argument("--eta-sweep", default=",".join(f"{e:g}" for e in DEFAULT_ETA_SWEEP), metavar="ETAS",
+                        help="comma-separated etas whose MVL lists the report also gives")
+    parser.add_argument("--select", default="hidden",
+                        help="probe points: hidden (Conv/Linear outputs but the last: L0, L1, ...), learnable, "
+                             "activations, or a module name / glob pattern (default: hidden)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--limit", type=int, default=None, metavar="N", help="analyse only the first N samples")
+    parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noises (0)")
+    parser.add_argument("--out", default="lsa-report", metavar="DIR", help="output directory (lsa-report)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args: argparse.Namespace) -> int:
+    state, config = _read_checkpoint(args.checkpoint) if args.checkpoint else (None, {})
+    model_name = args.model or config.get("model")
+    if not model_name:
+        raise ValueError("--model is required (the checkpoint does not name its model)" if args.checkpoint
+                         else "--model is required (A, B, C, D or package.module:attr)")
+    model_name = str(model_name)
+    # The trainer's checkpoints record the constructor arguments of the model they hold.
+    same_model = config.get("model") is not None and str(config.get("model")) == model_name
+    kwargs = config.get("model_kwargs") if same_model and isinstance(config.get("model_kwargs"), dict) else {}
+    model = build_model(model_name, **kwargs)  # an unknown name fails here, before anything else
+    if state is not None:
+        _load_weights(model, state, args.checkpoint, model_name)
+    dataset = args.dataset or config.get("dataset") or _model_dataset(model_name)
+    if dataset is None:
+        raise ValueError(f"--dataset is required for model {model_name!r} (one of {', '.join(DATASET_NAMES)})")
+    perturbations = _perturbations(args.perturbations, dataset)
+    eta_sweep = _floats("--eta-sweep", args.eta_sweep)
+    if args.batch_size < 1:
+        raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+
+    distributed, owned = _init_distributed()
+    try:
+        device = _device(args.device, distributed)
+        model.to(device)
+        data_dir = args.data if args.data is not None else default_data_dir()
+        data = load_dataset(dataset, data_dir, train=args.split == "train", limit=args.limit)
+        sampler = ShardSampler(len(data)) if distributed else None
+        loader = make_loader(data, args.batch_size, sampler=sampler)
+        torch.manual_seed(args.seed)
+        report = analyze(model, loader, perturbations, eta=args.eta, select=args.select, device=device,
+                         progress=not args.no_progress, eta_sweep=eta_sweep, dataset=dataset, model_name=model_name)
+        if distributed and torch.distributed.get_rank() != 0:
+            return 0
+        return _write(report, args.out)
+    finally:
+        if owned:
+            torch.distributed.destroy_process_group()
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _write(report, out: str) -> int:
+    os.makedirs(out, exist_ok=True)
+    json_path, md_path, png_path = (os.path.join(out, name) for name in REPORT_FILES)
+    report.to_json(json_path)
+    atomic_write_text(md_path, report.to_markdown() + "\n")
+    written = [json_path, md_path]
+    try:
+        report.plot(png_path)
+        written.append(png_path)
+    except ImportError as error:
+        print(f"lsa-fast analyze: figure skipped: {error}", file=sys.stderr)
+    print(report.to_markdown(details=False))
+    print()
+    for name, mvl in report.mvl_lists().items():
+        print(f"MVL {name} (eta={report.eta:g}): {mvl}")
+    print(f"report written to {os.path.abspath(out)}: {', '.join(os.path.basename(p) for p in written)}")
+    return 0
+
+
+def _read_checkpoint(path: str):
+    """(state_dict, config) from a plain state_dict file or a trainer checkpoint
+    {"model": state_dict, "config": {"model": name, "model_kwargs": {...}, "dataset": ...}, ...}."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"--checkpoint {path}: no such file")
+    try:
+        # weights_only: a checkpoint is data; unpickling arbitrary objects could run code.
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # truncated zip, foreign pickle, random bytes: all mean "not a checkpoint"
+        raise ValueError(
+            f"--checkpoint {path}: cannot be read as a PyTorch checkpoint ({os.path.getsize(path)} bytes; truncated, "
+            f"or not written by torch.save): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        ) from None
+    if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
+        config = loaded.get("config") if isinstance(loaded.get("config"), dict) else {}
+        state = loaded["model"]
+    elif isinstance(loaded, dict):
+        state, config = loaded, {}
+    else:
+        raise ValueError(f"--checkpoint {path}: holds a {type(loaded).__name__}, not a state_dict or a checkpoint dict")
+    bad = [key for key, value in state.items() if not isinstance(value, torch.Tensor)]
+    if not state or bad:
+        what = "is empty" if not state else f"has non-tensor entries {bad[:5]}"
+        raise ValueError(f"--checkpoint {path}: not a state_dict (a dict of tensors): it {what}")
+    return state, config
+
+
+def _load_weights(model, state, path: str, model_name: str) -> None:
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())
+        raise ValueError(f"--checkpoint {path}: its weights do not fit model {model_name!r}: {detail[:600]}") from None
+
+
+def _model_dataset(name: str):
+    key = name.strip().upper()
+    if key in MODEL_DATASET:
+        return MODEL_DATASET[key]
+    if key.startswith("WRN"):
+        return "cifar10"
+    return None
+
+
+def _perturbations(text: str, dataset: str) -> dict:
+    """{spec as written: attack bound with eps in input units}."""
+    specs = [s.strip() for s in str(text).split(",") if s.strip()]
+    if not specs:
+        raise ValueError("--perturbations is empty; e.g. fgsm:0.1,pgd:0.1,gaussian:0.1")
+    perturbations = {}
+    for spec in specs:
+        try:
+            name, eps = parse_attack_spec(spec)
+        except ValueError as error:
+            raise ValueError(f"--perturbations: {error}") from None
+        if eps is None:
+            raise ValueError(f"--perturbations: {spec!r} has no eps; write name:eps, e.g. {spec}:0.1")
+        if spec in perturbations:
+            raise ValueError(f"--perturbations: {spec!r} is given twice")
+        perturbations[spec] = make_attack(name, eps_to_input_units(dataset, eps, name))
+    return perturbations
+
+
+def _floats(option: str, text: str):
+    try:
+        return [float(part) for part in str(text).split(",") if part.strip()]
+    except ValueError:
+        raise ValueError(f"{option}: expected comma-separated numbers, got {text!r}") from None
+
+
+def _device(name, distributed: bool) -> torch.device:
+    if name is None:
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as error:
+        raise ValueError(f"--device {name!r}: {error}") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"--device {name}: CUDA is not available on this machine")
+        if distributed and device.index is None:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+    return device
+
+
+def _init_distributed():
+    """(distributed, owned): distributed under torchrun with more than one process or
+    inside an initialised process group; owned when this command started the group
+    (and so ends it)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size() > 1, False
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False, False
+    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
+    return True, True
