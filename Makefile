@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 
-.PHONY: setup demo test bench clean
+.PHONY: setup demo test cpp-test bench clean
 
 setup: $(VENV)/.installed
 
@@ -19,11 +19,17 @@ $(VENV)/.installed: $(SOURCES)
 demo: setup
 	$(BIN)/lsa-fast demo
 
-test: setup
+test: setup cpp-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider
+
+# The C++ unit tests through CMake (CPU kernels; the CUDA ones are compiled by setup).
+cpp-test: setup
+	cmake -S . -B cmake-build -DPython3_EXECUTABLE=$(abspath $(BIN)/python) > cmake-build.log
+	cmake --build cmake-build -j2 >> cmake-build.log
+	ctest --test-dir cmake-build --output-on-failure
 
 bench: setup
 	$(BIN)/python benchmarks/bench_relative_error.py
 
 clean:
-	rm -rf build dist *.egg-info lsa_fast/_C*.so
+	rm -rf build dist cmake-build cmake-build.log *.egg-info lsa_fast/_C*.so

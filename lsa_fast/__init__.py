@@ -1,6 +1,11 @@
 """lsa_fast: fused Layer Sustainability Analysis (LSA) and layer-wise regularised
-adversarial training (AT-LR), after Khalooei et al., arXiv:2202.02626."""
+adversarial training (AT-LR), after Khalooei et al., arXiv:2202.02626.
+
+Submodules: ops (the fused operators), probes, attacks, analysis, training,
+evaluation, models, data, compat, report, cli."""
+from . import attacks
 from ._extension import backend
+from .evaluation import EvaluationTable, evaluate, rg_score, robust_accuracy
 from .ops import (
     cm_statistics,
     layer_moments,
@@ -9,6 +14,7 @@ from .ops import (
     pgd_step,
     relative_error,
 )
+from .probes import LayerProbe, check_same_sequence
 from .reference import CMStatistics
 from .statistics import CMAccumulator
 
@@ -24,4 +30,11 @@ __all__ = [
     "pgd_step",
     "CMStatistics",
     "CMAccumulator",
+    "LayerProbe",
+    "check_same_sequence",
+    "attacks",
+    "evaluate",
+    "rg_score",
+    "robust_accuracy",
+    "EvaluationTable",
 ]

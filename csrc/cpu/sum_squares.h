@@ -33,9 +33,8 @@ template <typename acc_t>
 using Lanes = typename LanesOf<acc_t>::type;
 
 template <typename scalar_t, typename acc_t>
-inline __attribute__((always_inline)) Lanes<acc_t> load_lanes(const scalar_t* p) {
+inline __attribute__((always_inline)) void load_lanes(const scalar_t* p, Lanes<acc_t>& v) {
   constexpr int kLanes = 64 / sizeof(acc_t);
-  Lanes<acc_t> v;
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     std::memcpy(&v, p, sizeof v);  // unaligned load
   } else {  // fp16/bf16: widen element by element
@@ -43,7 +42,6 @@ inline __attribute__((always_inline)) Lanes<acc_t> load_lanes(const scalar_t* p)
     for (int j = 0; j < kLanes; ++j) wide[j] = static_cast<acc_t>(p[j]);
     std::memcpy(&v, wide, sizeof v);
   }
-  return v;
 }
 
 // out[0] += sum (a - b)^2, out[1] += sum a^2 over n elements, in acc_t.
@@ -54,8 +52,10 @@ inline __attribute__((always_inline)) void sum_squares(
   Lanes<acc_t> diff = {}, clean = {};
   int64_t i = 0;
   for (; i + kLanes <= n; i += kLanes) {
-    const Lanes<acc_t> x = load_lanes<scalar_t, acc_t>(a + i);
-    const Lanes<acc_t> t = x - load_lanes<scalar_t, acc_t>(b + i);
+    Lanes<acc_t> x, y;
+    load_lanes<scalar_t, acc_t>(a + i, x);
+    load_lanes<scalar_t, acc_t>(b + i, y);
+    const Lanes<acc_t> t = x - y;
     diff += t * t;
     clean += x * x;
   }
