@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
-from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
+from typing import Callable, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 from torch.utils.data import Sampler

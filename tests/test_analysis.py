@@ -249,6 +249,15 @@ def test_progress_goes_to_stderr(capsys):
     assert "4" in captured.err  # tqdm's n/total or the plain "batch 4/4" line
 
 
+def test_progress_without_tqdm_prints_plain_lines(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "tqdm", None)
+    model = build_model("A")
+    data = load_dataset("moons", train=False, n_samples=64)
+    analyze(model, make_loader(data, 16), ["gaussian:0.01"], progress=True)
+    captured = capsys.readouterr()
+    assert captured.out == "" and "LSA: batch 4/4" in captured.err
+
+
 # ---------------------------------------------------------------------------- the report
 
 
