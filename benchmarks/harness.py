@@ -52,10 +52,12 @@ def copy_bandwidth(device: str, megabytes: int = 256) -> float:
 
 
 def environment(device: str) -> dict:
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
-    except OSError:
-        commit = ""
+    commit = os.environ.get("LSA_FAST_COMMIT", "")
+    if not commit:
+        try:
+            commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=RESULTS.parent).stdout.strip()
+        except OSError:
+            pass
     info = {
         "device": torch.cuda.get_device_name() if device == "cuda" else (platform.processor() or platform.machine()),
         "threads": torch.get_num_threads(),

@@ -34,6 +34,8 @@ def test_cuda_kernels_are_compiled_where_the_toolchain_allows():
 
 
 def test_csrc_includes_only_the_stable_api():
+    if not (ROOT / "csrc").is_dir():
+        pytest.skip("testing an installed wheel: no csrc/ beside the tests")
     offenders = []
     for path in (ROOT / "csrc").rglob("*"):
         if path.suffix in {".h", ".cuh", ".cpp", ".cu"}:

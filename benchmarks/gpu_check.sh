@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# One command for a machine with a GPU and no network (torch, pytest, hypothesis,
+# ninja preinstalled): install the wheel built elsewhere (or build in place when none
+# is given), run the CUDA tests, compute-sanitizer memcheck and racecheck on a small
+# workload, and the GPU benchmarks; logs and results go to OUTDIR.
+#
+#   benchmarks/gpu_check.sh [dist/lsa_fast-...-cp39-abi3-linux_x86_64.whl] [OUTDIR]
+# OUTDIR defaults to $OUT, else ./gpu_check_out. LSA_FAST_COMMIT names the source
+# commit when the tree has no .git (the device tool copies the working tree only).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+WHEEL=${1:-}
+OUTDIR=$(mkdir -p "${2:-${OUT:-gpu_check_out}}" && cd "${2:-${OUT:-gpu_check_out}}" && pwd)
+PYTHON=${PYTHON:-python3}
+export LSA_FAST_COMMIT=${LSA_FAST_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
+export PYTHONUNBUFFERED=1
+status=0
+step() { echo; echo "== $*"; }
+
+step "environment" | tee "$OUTDIR/env.txt"
+{ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1
+  "$PYTHON" -c 'import torch, sys; print("python", sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name())'
+  echo "commit $LSA_FAST_COMMIT"; } 2>&1 | tee -a "$OUTDIR/env.txt"
+
+step "install"
+if [ -n "$WHEEL" ]; then
+  "$PYTHON" -m pip install --no-deps --force-reinstall -q "$WHEEL" 2>&1 | tee "$OUTDIR/install.log"
+else
+  "$PYTHON" -m pip install --no-build-isolation --no-deps -q . 2>&1 | tee "$OUTDIR/install.log"
+fi
+# Run from a copy of the tests, so that the installed package (not the source) is used.
+WORK=$(mktemp -d); cp -r tests benchmarks pyproject.toml "$WORK/"; cd "$WORK"
+"$PYTHON" -c 'import lsa_fast; b = lsa_fast.backend(); print(b); assert b["cuda"], "no CUDA kernels"' 2>&1 | tee -a "$OUTDIR/install.log" || status=1
+
+step "CUDA tests"
+timeout 240 "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tee "$OUTDIR/cuda_tests.log" | tail -5
+[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+
+SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
+for tool in memcheck racecheck; do
+  step "compute-sanitizer --tool $tool"
+  if [ -z "$SANITIZER" ]; then echo "compute-sanitizer not found" | tee "$OUTDIR/sanitizer_$tool.log"; continue; fi
+  timeout 120 "$SANITIZER" --tool "$tool" --error-exitcode 3 "$PYTHON" benchmarks/sanitizer_workload.py \
+    > "$OUTDIR/sanitizer_$tool.log" 2>&1
+  code=$?; tail -3 "$OUTDIR/sanitizer_$tool.log"; [ $code -eq 0 ] || status=1
+done
+
+step "benchmarks"
+timeout 240 "$PYTHON" benchmarks/bench_relative_error.py --device cuda 2>&1 | tee "$OUTDIR/bench_relative_error.log" | tail -30
+if [ -f benchmarks/bench_attacks.py ]; then
+  timeout 150 "$PYTHON" benchmarks/bench_attacks.py --device cuda --batch 512 2>&1 | tee "$OUTDIR/bench_attacks.log" | tail -20
+fi
+cp benchmarks/results/*.json "$OUTDIR/" 2>/dev/null
+echo; echo "gpu_check: status $status; logs and results in $OUTDIR"
+exit $status
