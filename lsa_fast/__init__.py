@@ -5,6 +5,7 @@ Submodules: ops (the fused operators), probes, attacks, analysis, training,
 evaluation, models, data, compat, report, cli."""
 from . import attacks
 from ._extension import backend
+from .analysis import ShardSampler, analyze, eps_to_input_units
 from .evaluation import EvaluationTable, evaluate, rg_score, robust_accuracy
 from .ops import (
     cm_statistics,
@@ -16,6 +17,7 @@ from .ops import (
 )
 from .probes import LayerProbe, check_same_sequence
 from .reference import CMStatistics
+from .report import LSAReport, PerturbationResult
 from .statistics import CMAccumulator
 
 __version__ = "0.1.0"
@@ -37,4 +39,9 @@ __all__ = [
     "rg_score",
     "robust_accuracy",
     "EvaluationTable",
+    "analyze",
+    "eps_to_input_units",
+    "ShardSampler",
+    "LSAReport",
+    "PerturbationResult",
 ]

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import importlib
 from collections import OrderedDict
-from typing import Callable, Dict, Optional, Sequence, Tuple
+from typing import Union, Callable, Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -96,11 +96,19 @@ class Normalize(nn.Module):
 
 
 class MoonsMLP(nn.Module):
-    """Model A: 2 -> 100 -> 100 -> 100 -> 1 with ELU; one logit per sample, shape [N, 1]."""
+    """Model A: 2 -> 100 -> 100 -> 100 -> 1 with ELU; one logit per sample, shape [N, 1].
+
+    normalize="moons" (the default) maps the [0, 1]^2 inputs of lsa_fast.data back to
+    moons coordinates inside the model (x * MOONS_SCALE + MOONS_LOW), so the layers see
+    what the paper's model A sees while attacks keep the [0, 1] convention."""
 
     def __init__(self, in_features: int = 2, hidden: int = 100,
-                 normalize: Optional[Tuple[Sequence[float], Sequence[float]]] = None):
+                 normalize: Union[str, None, Tuple[Sequence[float], Sequence[float]]] = "moons"):
         super().__init__()
+        if normalize == "moons":
+            from .data import MOONS_LOW, MOONS_SCALE
+
+            normalize = ([-low / MOONS_SCALE for low in MOONS_LOW], [1.0 / MOONS_SCALE] * 2)
         self.normalize = Normalize(*normalize) if normalize is not None else None
         self.fc1 = nn.Linear(in_features, hidden)
         self.act1 = nn.ELU()

@@ -239,17 +239,7 @@ class LSAReport:
         noise dashed), each perturbation's MVL layers ringed, the pooled adversarial MVL
         shaded; written atomically to
         path (format from its suffix, PNG by default). Returns the path."""
-        try:
-            from matplotlib.backends.backend_agg import FigureCanvasAgg
-            from matplotlib.figure import Figure
-        except ImportError:
-            raise ImportError(
-                "LSAReport.plot needs matplotlib, which is not installed: pip install matplotlib "
-                "(or pip install lsa_fast[plot])"
-            ) from None
-        # A Figure on an Agg canvas: no pyplot, so no GUI backend and no global state.
-        figure = Figure(figsize=(min(24.0, max(6.0, 0.6 * len(self.layer_names) + 3.0)) + 3.0, 4.5))
-        FigureCanvasAgg(figure)
+        figure = new_figure((min(24.0, max(6.0, 0.6 * len(self.layer_names) + 3.0)) + 3.0, 4.5), "LSAReport.plot")
         axes = figure.add_subplot(1, 1, 1)
         xs = list(range(len(self.layer_names)))
         ringed = False
@@ -283,20 +273,81 @@ class LSAReport:
         axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         figure.tight_layout()
 
-        path = os.fspath(path)
-        suffix = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".lsa-", suffix="." + suffix, dir=directory)
-        os.close(fd)
-        try:
-            figure.savefig(tmp, format=suffix, dpi=dpi)
-            os.chmod(tmp, _FILE_MODE)
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
-        return path
+        return save_figure(figure, path, dpi)
+
+
+# ---------------------------------------------------------------------------- figures
+
+
+def new_figure(size, who: str):
+    """A matplotlib Figure on an Agg canvas: no pyplot, so no GUI backend and no
+    global state. A clear ImportError when matplotlib is missing."""
+    try:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+    except ImportError:
+        raise ImportError(
+            f"{who} needs matplotlib, which is not installed: pip install matplotlib "
+            "(or pip install lsa_fast[plot])"
+        ) from None
+    figure = Figure(figsize=size)
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def save_figure(figure, path: PathLike, dpi: int = 120) -> str:
+    """Atomic write of a figure (format from the suffix, PNG by default)."""
+    path = os.fspath(path)
+    suffix = os.path.splitext(path)[1].lstrip(".").lower() or "png"
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".lsa-", suffix="." + suffix, dir=directory)
+    os.close(fd)
+    try:
+        figure.savefig(tmp, format=suffix, dpi=dpi)
+        os.chmod(tmp, _FILE_MODE)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def plot_decision_boundaries(models, x, y, path: PathLike, resolution: int = 200, dpi: int = 120) -> str:
+    """The paper's Fig. 7: the decision regions of 2-d binary models (one logit, class
+    = logit > 0) over [0, 1]^2 with the points, one panel per model. models: a dict
+    name -> model. Returns the path."""
+    import torch
+
+    models = dict(models)
+    figure = new_figure((4.2 * len(models), 4.0), "plot_decision_boundaries")
+    x, y = x.detach().cpu().float(), y.detach().cpu()
+    low = (x.min() - 0.05).clamp(min=0).item()  # the points' square, inside [0, 1]
+    high = (x.max() + 0.05).clamp(max=1).item()
+    ticks = torch.linspace(low, high, resolution)
+    grid_y, grid_x = torch.meshgrid(ticks, ticks, indexing="ij")
+    points = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)
+    for i, (name, model) in enumerate(models.items()):
+        axes = figure.add_subplot(1, len(models), i + 1)
+        parameter = next(model.parameters(), None)
+        device = parameter.device if parameter is not None else torch.device("cpu")
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            logits = model(points.to(device)).reshape(-1).float().cpu()
+        model.train(was_training)
+        axes.contourf(ticks, ticks, (logits > 0).float().reshape(resolution, resolution), levels=[-0.5, 0.5, 1.5],
+                      colors=["#c6dbef", "#fdd0a2"], alpha=0.8)
+        axes.contour(ticks, ticks, logits.reshape(resolution, resolution), levels=[0.0], colors="k", linewidths=1.0)
+        axes.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=4, linewidths=0)
+        axes.set_title(name, fontsize=10)
+        axes.set_xlim(low, high)
+        axes.set_ylim(low, high)
+        axes.set_aspect("equal")
+        axes.set_xticks([])
+        axes.set_yticks([])
+    figure.tight_layout()
+    return save_figure(figure, path, dpi)
 
 
 # ---------------------------------------------------------------------------- files
