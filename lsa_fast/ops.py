@@ -86,9 +86,13 @@ def layerwise_regularizer(
     layers: Sequence[int],
     gammas: Union[float, Sequence[float]],
     mode: str = "sample",
+    check_finite: bool = False,
 ) -> torch.Tensor:
     """LR = sum_{l in layers} gamma_l * mean_m CM[m, l] (Algorithm 3): a scalar whose
-    gradient flows into both the clean and the adversarial features."""
+    gradient flows into both the clean and the adversarial features.
+
+    check_finite is off by default: this runs inside training steps, which must not
+    wait on the GPU; a NaN feature makes the loss NaN, which the trainer reports."""
     layers = list(layers)
     if not layers:
         raise ValueError("layerwise_regularizer: layers is empty; pass at least one probe index")
@@ -106,10 +110,13 @@ def layerwise_regularizer(
     gammas = [float(g) for g in gammas]
     if len(gammas) != len(layers):
         raise ValueError(f"layerwise_regularizer: {len(gammas)} gammas for {len(layers)} layers")
-    cm = relative_error([clean_feats[i] for i in layers], [adv_feats[i] for i in layers], mode)
-    weights = torch.tensor(gammas, dtype=cm.dtype, device=cm.device)
+    cm = relative_error([clean_feats[i] for i in layers], [adv_feats[i] for i in layers], mode,
+                        check_finite=check_finite)
     per_layer = cm.mean(dim=0) if mode == "sample" else cm
-    return (per_layer * weights).sum()
+    # Python-float weights: no host-to-device copy of a gamma tensor in every step.
+    if all(g == gammas[0] for g in gammas):
+        return per_layer.sum() * gammas[0]
+    return sum(per_layer[i] * g for i, g in enumerate(gammas))
 
 
 def pgd_step(
