@@ -1,0 +1,195 @@
+"""Training checkpoints: written atomically, read with torch.load(weights_only=True),
+checked before use, plus the RNG snapshots that make a resumed run continue exactly.
+
+A checkpoint is a dict of tensors and plain containers only (no pickled classes), so a
+file from an untrusted source cannot run code when it is loaded:
+
+    format, version        "lsa_fast.checkpoint", 1
+    model                  state_dict of the bare model (never the DDP wrapper)
+    optimizer, scheduler,  their state_dicts ({} for an absent scaler)
+    scaler
+    epoch                  completed epochs; step_in_epoch > 0 means "stopped inside
+    step_in_epoch          epoch `epoch` after that many batches" (SIGTERM)
+    config                 TrainConfig.to_dict()
+    mvl, metrics, rng, ... see lsa_fast.training.ATLRTrainer.state_dict
+
+Writes go to a temporary file in the target's directory, then os.replace: a crash
+mid-write leaves the previous checkpoint intact, never half a file.
+"""
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Union
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "CHECKPOINT_VERSION",
+    "CHECKPOINT_NAME",
+    "FINAL_NAME",
+    "save_checkpoint",
+    "load_checkpoint",
+    "resolve_checkpoint",
+    "capture_rng_state",
+    "restore_rng_state",
+]
+
+CHECKPOINT_FORMAT = "lsa_fast.checkpoint"
+CHECKPOINT_VERSION = 1
+CHECKPOINT_NAME = "checkpoint.pt"  # the latest state of a run directory (resume from it)
+FINAL_NAME = "final.pt"  # written once training has finished
+
+PathLike = Union[str, "os.PathLike[str]"]
+_REQUIRED = ("model", "config", "epoch")
+
+
+def save_checkpoint(state: Mapping, path: PathLike) -> Path:
+    """Write `state` (a dict; format and version are added) to `path` atomically."""
+    path = Path(path)
+    payload = {"format": CHECKPOINT_FORMAT, "version": CHECKPOINT_VERSION}
+    payload.update(state)
+    directory = path.parent if str(path.parent) else Path(".")
+    directory.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(payload, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is shared like any output
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_directory(directory)
+    return path
+
+
+def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None] = "cpu") -> Dict:
+    """Read and check a checkpoint (a file, or a run directory: its final.pt, else its
+    checkpoint.pt). FileNotFoundError if absent; ValueError naming the file if it is
+    truncated, corrupt, unsafe to load, or not an lsa_fast checkpoint."""
+    path = resolve_checkpoint(path)
+    size = path.stat().st_size
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
+        raise ValueError(f"{path}: {_why_unreadable(path, size, error)}") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not an lsa_fast checkpoint (it holds a {type(state).__name__}, "
+                         f"expected a dict with format {CHECKPOINT_FORMAT!r})")
+    found = state.get("format")
+    if found != CHECKPOINT_FORMAT:
+        keys = sorted(str(k) for k in state)[:8]
+        raise ValueError(f"{path}: not an lsa_fast checkpoint (format {found!r}, expected "
+                         f"{CHECKPOINT_FORMAT!r}; keys {keys})")
+    if state.get("version") != CHECKPOINT_VERSION:
+        raise ValueError(f"{path}: checkpoint version {state.get('version')!r}, this lsa_fast reads "
+                         f"version {CHECKPOINT_VERSION}")
+    missing = [key for key in _REQUIRED if key not in state]
+    if missing:
+        raise ValueError(f"{path}: incomplete lsa_fast checkpoint, missing {missing}")
+    if not isinstance(state["model"], dict) or not all(isinstance(v, torch.Tensor) for v in state["model"].values()):
+        raise ValueError(f"{path}: the checkpoint's 'model' entry is not a state_dict of tensors")
+    if not isinstance(state["config"], dict):
+        raise ValueError(f"{path}: the checkpoint's 'config' entry is not a dict")
+    state["path"] = str(path)
+    return state
+
+
+def resolve_checkpoint(path: PathLike, prefer=(FINAL_NAME, CHECKPOINT_NAME)) -> Path:
+    """A file as is; a directory -> the first of `prefer` it holds."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        for name in prefer:
+            if (path / name).is_file():
+                return path / name
+        raise FileNotFoundError(f"{path}: the directory holds no checkpoint (looked for "
+                                f"{', '.join(prefer)})")
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    return path
+
+
+def capture_rng_state(generators: Optional[Mapping[str, Optional[torch.Generator]]] = None) -> Dict:
+    """Every random stream a training step can draw from, as tensors and plain values:
+    torch CPU, CUDA (all devices, if CUDA is in use), NumPy's and Python's global
+    generators, and the named torch.Generators (the attack's, the loader's)."""
+    np_state = np.random.get_state()
+    py_version, py_internal, py_gauss = random.getstate()
+    cuda = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = [state.clone() for state in torch.cuda.get_rng_state_all()]
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": cuda,
+        "numpy": {
+            "kind": str(np_state[0]),
+            "keys": torch.from_numpy(np.asarray(np_state[1], dtype=np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "cached_gaussian": float(np_state[4]),
+        },
+        "python": {"version": int(py_version), "state": torch.tensor(py_internal, dtype=torch.int64),
+                   "gauss_next": py_gauss},
+        "generators": {name: gen.get_state() for name, gen in (generators or {}).items() if gen is not None},
+    }
+
+
+def restore_rng_state(state: Mapping, generators: Optional[Mapping[str, Optional[torch.Generator]]] = None) -> None:
+    """The inverse of capture_rng_state. CUDA states are restored only where CUDA is
+    available and the counts of devices agree."""
+    torch.set_rng_state(state["torch"].cpu())
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all([s.cpu() for s in cuda])
+    np_state = state["numpy"]
+    np.random.set_state((np_state["kind"], np_state["keys"].numpy().astype(np.uint32), np_state["pos"],
+                         np_state["has_gauss"], np_state["cached_gaussian"]))
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
+    saved = state.get("generators") or {}
+    for name, gen in (generators or {}).items():
+        if gen is not None and name in saved:
+            gen.set_state(saved[name].cpu())
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def _why_unreadable(path: Path, size: int, error: Exception) -> str:
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    # torch's weights_only message is long; its "WeightsUnpickler error" line says what was refused.
+    detail = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
+    text = f"{type(error).__name__}: {detail}"[:300]
+    if size == 0:
+        return "empty file, not a checkpoint"
+    with open(path, "rb") as handle:
+        head = handle.read(4)
+    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
+        return f"truncated checkpoint ({size} bytes on disk; the zip archive is incomplete): {text}"
+    if "Unsupported global" in str(error):
+        return (f"refusing to load: the file holds pickled objects that are not plain tensors "
+                f"and containers, so it is not an lsa_fast checkpoint ({text})")
+    return f"truncated, corrupt or not a checkpoint ({size} bytes on disk): {text}"
+
+
+def _fsync_directory(directory: Path) -> None:
+    # Makes the rename itself durable; not every platform can open a directory.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,119 @@
+"""`lsa-fast eval`: accuracy of a trained checkpoint under an attack over an eps grid,
+as a row of the paper's tables with its R&G score (the sum of the accuracies).
+
+    lsa-fast eval --checkpoint runs/x --attack fgsm --eps-grid 0,0.1,0.2,0.3,0.4,0.5
+
+The model and dataset come from the checkpoint's config; eps values are in the
+dataset's own units (moons coordinates, pixel fractions for images), like the paper's
+tables, and the default grid is the paper's for the dataset.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+from ..checkpoint import load_checkpoint
+from ..training import TrainConfig, eps_to_input_units, run_name
+
+
+def register(subparsers, name: str) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        name, help="accuracy of a checkpoint over an eps grid, with the R&G score",
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True,
+                        help="a checkpoint file, or a run directory (its final.pt, else checkpoint.pt)")
+    parser.add_argument("--attack", default="fgsm", help="attack name (fgsm, fgsm-rs, pgd, apgd-ce, ...; default fgsm)")
+    parser.add_argument("--eps-grid", help="comma-separated eps in dataset units (default: the paper's grid)")
+    parser.add_argument("--steps", type=int, help="steps of iterative attacks (their default otherwise)")
+    parser.add_argument("--model", help="override the checkpoint's model name")
+    parser.add_argument("--dataset", help="override the checkpoint's dataset")
+    parser.add_argument("--data", metavar="DIR", help="where MNIST / CIFAR-10 files are")
+    parser.add_argument("--limit", type=int, help="evaluate the first N test samples")
+    parser.add_argument("--batch-size", type=int, default=256, help="default 256")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of randomised attacks (default 0)")
+    parser.add_argument("--name", help="row name (default: the paper's name of the run, e.g. AT-PGD-LR-L2)")
+    parser.add_argument("--out", metavar="FILE.json", help="also write the table as JSON")
+    parser.set_defaults(run=run)
+    return parser
+
+
+def run(args) -> int:
+    from ..data import load_dataset, make_loader
+    from ..evaluation import PAPER_EPS_GRIDS, EvaluationTable, evaluate
+    from ..models import build_model
+
+    state = load_checkpoint(args.checkpoint)
+    where = state["path"]
+    config = TrainConfig.from_dict(state["config"])
+    model_name = args.model or config.model
+    dataset = (args.dataset or config.dataset or "").strip().lower().replace("-", "").replace("_", "")
+    if not model_name or not dataset:
+        raise ValueError(f"{where}: the checkpoint does not say which model/dataset it holds; give --model and --dataset")
+    grid = _parse_grid(args.eps_grid) if args.eps_grid else list(PAPER_EPS_GRIDS.get(dataset, ()))
+    if not grid:
+        raise ValueError(f"no paper eps grid for dataset {dataset!r}; give --eps-grid")
+
+    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
+                          ("cpu" if args.device == "auto" else args.device))
+    model = build_model(model_name, **(config.model_kwargs if not args.model else {}))
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {error}") from None
+    model.to(device).eval()
+
+    options = {}
+    data_options = config.data_options if dataset == config.dataset else {}
+    if dataset == "moons":
+        for key in ("noise",):
+            if key in data_options:
+                options[key] = data_options[key]
+        if "n_test" in data_options:
+            options["n_samples"] = data_options["n_test"]
+    if args.limit is not None:
+        options["limit"] = args.limit
+    data_dir = args.data or data_options.get("data_dir")
+    test_set = load_dataset(dataset, data_dir, train=False, **options)
+    loader = make_loader(test_set, args.batch_size, shuffle=False)
+
+    attack_kw = {}
+    if args.steps is not None:
+        attack_kw["steps"] = args.steps
+    generator = torch.Generator(device=device)  # randomised attacks repeat under --seed
+    generator.manual_seed(args.seed)
+    attack_kw["generator"] = generator
+    row = args.name or run_name(config, state.get("mvl"))
+    input_grid = [eps_to_input_units(dataset, eps) for eps in grid]
+    measured = evaluate(model, loader, attack=args.attack, eps_grid=input_grid, row=row, **attack_kw)
+    # The same row, labelled with the eps in dataset units as the paper prints them.
+    table = EvaluationTable(eps_grid=tuple(grid), attack=measured.attack, rows=dict(measured.rows))
+    print(f"{where}: {model_name} on {dataset} ({len(test_set)} test samples)", file=sys.stderr)
+    print(table.to_markdown())
+    print(f"R&G = {table.rg(row):.2f}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        table.to_json(args.out)
+        print(f"table written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def _parse_grid(text: str):
+    values = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part:
+            continue
+        try:
+            value = float(part)
+        except ValueError:
+            raise ValueError(f"--eps-grid: {part!r} is not a number") from None
+        if not value >= 0 or value == float("inf"):
+            raise ValueError(f"--eps-grid: every eps must be a finite number >= 0, got {part}")
+        values.append(value)
+    if not values:
+        raise ValueError("--eps-grid is empty")
+    return values
