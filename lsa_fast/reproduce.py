@@ -147,6 +147,8 @@ def run_reproduce(dataset: str, out_dir="runs/reproduce", settings: Optional[Rep
     if settings.dataset != table.dataset:
         raise ValueError(f"run_reproduce: settings are for {settings.dataset!r}, not {table.dataset!r}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    for row in table.rows:
+        _train_config(table, row, 0, settings)  # a bad optimizer, schedule, amp... fails now, not after hours
     started = time.perf_counter()
     images = None if table.dataset == "moons" else _load_images(table.dataset, data_dir, settings)  # fail before writing
     out = Path(out_dir)
@@ -533,7 +535,7 @@ def plot_cm_layers(summary: Dict, path, dpi: int = 120) -> str:
             axes.set_ylim(bottom=0)
             axes.grid(True, alpha=0.3)
             axes.set_title(f"model {model}, {base.upper()} family: {attack.upper()} at eps "
-                           f"{summary['settings']['cm_eps']:g}", fontsize=9)
+                           f"{summary['settings']['cm_eps']:.3g}", fontsize=9)
             if j == 0:
                 axes.set_ylabel("mean relative error (CM)")
             if i == len(attacks) - 1:
@@ -549,16 +551,9 @@ def plot_cm_layers(summary: Dict, path, dpi: int = 120) -> str:
 def _run_one(table: PaperTable, row: PaperRow, seed: int, settings: ReproduceSettings, train_set, test_set,
              device: torch.device, progress: bool) -> Dict:
     dataset = table.dataset
-    kwargs = dict(settings.model_kwargs.get(row.model, {}))
-    config = TrainConfig(
-        base=row.base, eps=eps_to_input_units(dataset, settings.train_eps), steps=settings.attack_steps,
-        beta=settings.trades_beta, lr_layers=None if row.lr_layer is None else [row.lr_layer], gammas=settings.gamma,
-        epochs=settings.epochs, batch_size=settings.batch_size, optimizer=settings.optimizer, lr=settings.lr,
-        schedule=settings.schedule, weight_decay=settings.weight_decay, amp=settings.amp, seed=seed,
-        model=row.model, model_kwargs=kwargs, dataset=dataset, extra={"paper_row": row.name},
-    )
+    config = _train_config(table, row, seed, settings)
     torch.manual_seed(seed)  # the initial weights: the same for every row of a seed
-    model = build_model(row.model, **kwargs)
+    model = build_model(row.model, **config.model_kwargs)
     pin = device.type == "cuda"
     loader = make_loader(train_set, settings.batch_size, shuffle=True, seed=seed, pin_memory=pin)
     trainer = ATLRTrainer(model, config, loader, device=device)
@@ -597,6 +592,19 @@ def _run_one(table: PaperTable, row: PaperRow, seed: int, settings: ReproduceSet
         "difference_norm": difference_norm,
         "train_accuracy": result.metrics[-1]["train_acc"] if result.metrics else None,
     }
+
+
+def _train_config(table: PaperTable, row: PaperRow, seed: int, settings: ReproduceSettings) -> TrainConfig:
+    """The row's TrainConfig: the shared settings plus only what the row's name says
+    (its base and regularised layer) and the seed."""
+    return TrainConfig(
+        base=row.base, eps=eps_to_input_units(table.dataset, settings.train_eps), steps=settings.attack_steps,
+        beta=settings.trades_beta, lr_layers=None if row.lr_layer is None else [row.lr_layer], gammas=settings.gamma,
+        epochs=settings.epochs, batch_size=settings.batch_size, optimizer=settings.optimizer, lr=settings.lr,
+        schedule=settings.schedule, weight_decay=settings.weight_decay, amp=settings.amp, seed=seed,
+        model=row.model, model_kwargs=dict(settings.model_kwargs.get(row.model, {})), dataset=table.dataset,
+        extra={"paper_row": row.name},
+    )
 
 
 def _layer_norms(model, loader, attack, device: torch.device) -> Tuple[List[float], List[float]]:
@@ -675,7 +683,7 @@ def _paired(a: Sequence[float], b: Sequence[float]) -> Dict:
 def _verdict(mean: float, std: Optional[float], n: int) -> str:
     """"yes" when the mean paired difference exceeds the std of the differences."""
     if n < 2 or std is None:
-        return f"undecided (1 seed; difference {'> 0' if mean > 0 else '<= 0'})"
+        return f"undecided (1 seed; the sign alone says {'yes' if mean > 0 else 'no'})"
     if mean > std:
         return "yes"
     if mean < -std:
