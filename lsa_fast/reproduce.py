@@ -445,8 +445,8 @@ def _claims_markdown(summary: Dict) -> str:
               "A CM that falls through a larger denominator means a larger clean output, not a steadier layer.", "",
               "| LR variant | layer | clean norm ratio | change norm ratio |", "|---|---|---:|---:|"]
     for item in claims["cm_parts"]:
-        lines.append(f"| {item['row']} | L{item['layer']} | {item['clean_norm_ratio']:.3g} | "
-                     f"{item['difference_norm_ratio']:.3g} |")
+        ratios = ["-" if r is None else f"{r:.3g}" for r in (item["clean_norm_ratio"], item["difference_norm_ratio"])]
+        lines.append(f"| {item['row']} | L{item['layer']} | {ratios[0]} | {ratios[1]} |")
     return "\n".join(lines)
 
 
@@ -691,11 +691,12 @@ def _verdict(mean: float, std: Optional[float], n: int) -> str:
     return "no: within the seed spread"
 
 
-def _ratio(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], k: int) -> float:
-    """mean over seeds of a[seed][k] / mean over seeds of b[seed][k]."""
+def _ratio(a: Sequence[Sequence[float]], b: Sequence[Sequence[float]], k: int) -> Optional[float]:
+    """mean over seeds of a[seed][k] / mean over seeds of b[seed][k]; None for a zero
+    denominator (a dead layer), which strict JSON could not hold as infinity."""
     top = sum(values[k] for values in a) / len(a)
     bottom = sum(values[k] for values in b) / len(b)
-    return top / bottom if bottom > 0 else float("inf")
+    return top / bottom if bottom > 0 else None
 
 
 def _stricter(mean: float, std_a: Optional[float], std_b: Optional[float]) -> Optional[bool]:
