@@ -103,7 +103,8 @@ class TrainConfig:
     eps and alpha are in model-input units (see eps_to_input_units). lr_layers: None or
     [] (no regulariser), a list of probe indices, "0,2", "auto" (train normally for
     warmup_epochs, run LSA with FGSM at eps on up to lsa_samples training samples, take
-    the MVL at eta), or the path of an LSA report JSON (its "mvl"). gammas: one value
+    the MVL at eta), or the path of an LSA report JSON, read at once: lr_layers becomes
+    its MVL and extra["mvl_report"] names the file. gammas: one value
     for every layer, or one per layer. lr / weight_decay / schedule None or "auto" pick
     the AT defaults of the optimiser and base (see the module docstring). batch_size is
     the global batch (per rank: batch_size / world size). model, model_kwargs, dataset,
@@ -149,6 +150,10 @@ class TrainConfig:
         self.beta = _real("beta", self.beta, minimum=0.0)
         self.attack_mode = _choice("attack_mode", self.attack_mode, ATTACK_MODES)
         self.lr_layers = _normalise_layers(self.lr_layers)
+        if isinstance(self.lr_layers, str) and self.lr_layers != "auto":
+            # A report is read once, here: the run (and its checkpoints) never need the file again.
+            self.extra = {**self.extra, "mvl_report": self.lr_layers} if isinstance(self.extra, dict) else self.extra
+            self.lr_layers = _read_report_mvl(self.lr_layers)
         self.gammas = _normalise_gammas(self.gammas)
         self.eta = _real("eta", self.eta)
         self.warmup_epochs = _integer("warmup_epochs", self.warmup_epochs, minimum=0)
@@ -237,8 +242,6 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig: lr_layers='auto' trains normally for warmup_epochs="
                                  f"{self.warmup_epochs} before LSA, so epochs must exceed it (got epochs={self.epochs})")
             return
-        if isinstance(layers, str):
-            layers = _read_report_mvl(layers)
         if isinstance(self.gammas, list) and len(self.gammas) not in (1, len(layers)):
             raise ValueError(f"TrainConfig: {len(self.gammas)} gammas for {len(layers)} regularised layers "
                              f"{list(layers)}; give one gamma (used for every layer) or one per layer")
@@ -697,8 +700,6 @@ class ATLRTrainer:
         layers = self.config.lr_layers
         if layers is None or layers == "auto":
             return None
-        if isinstance(layers, str):
-            layers = _read_report_mvl(layers)
         layers = [int(l) for l in layers]
         self._check_layers(layers, "lr_layers")
         return layers
@@ -734,7 +735,8 @@ class ATLRTrainer:
     def _should_stop(self, index: int) -> bool:
         if self.world_size == 1:
             return self._stop_requested
-        if (index + 1) % self.stop_check_every != 0:
+        # Every rank counts the same batches (DistributedSampler evens the shards out).
+        if (self.epoch * self.steps_per_epoch + index + 1) % self.stop_check_every and index + 1 < self.steps_per_epoch:
             return False
         # Every rank must stop at the same batch; one small collective every few steps.
         import torch.distributed as dist
@@ -974,8 +976,7 @@ def _normalise_layers(layers):
         if all(p.lstrip("-").isdigit() for p in parts):
             layers = [int(p) for p in parts]
         else:
-            _read_report_mvl(text)  # a clear error now, not after hours of training
-            return text
+            return text  # an LSA report; TrainConfig reads its MVL
     if isinstance(layers, (int, numbers.Integral)) and not isinstance(layers, bool):
         layers = [layers]
     if not isinstance(layers, (list, tuple)):

@@ -71,7 +71,9 @@ def test_mvl_from_an_lsa_report_file(moons, tmp_path):
     report = tmp_path / "lsa.json"
     report.write_text(json.dumps({"format": "lsa_fast.LSAReport/1", "combined": {"mvl": [1, 2]}}))
     trainer = make_trainer(moons, base="fgsm", lr_layers=str(report), gammas=[0.1, 0.2], epochs=1)
-    assert trainer.mvl == [1, 2]
+    report.unlink()  # read once, when the config was made: checkpoints hold the list
+    assert trainer.mvl == [1, 2] and trainer.config.lr_layers == [1, 2]
+    assert trainer.config.extra["mvl_report"] == str(report)
     assert trainer._gamma_weights.tolist() == pytest.approx([0.1, 0.2])
 
 

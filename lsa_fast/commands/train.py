@@ -223,19 +223,27 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
 
 
 def _check_resume_args(args, config: TrainConfig, model_dataset) -> None:
-    """With --resume the checkpoint defines the run. Run options given anyway (the same
-    command line relaunched with --resume appended) must describe the same run."""
-    if not any(getattr(args, name, None) not in (None, False) for name in _RUN_OPTIONS):
+    """With --resume the checkpoint defines the run. Run options given anyway (e.g. the
+    same command line relaunched with --resume appended) must agree with it."""
+    given = [name for name in _RUN_OPTIONS if getattr(args, name, None) not in (None, False)]
+    if not given:
         return
     if args.model is None and args.dataset is None:
         args.model, args.dataset = config.model, config.dataset
-    wanted = _config_from_args(args, model_dataset).to_dict()
-    saved = config.to_dict()
-    differing = [key for key in saved if key != "extra" and wanted.get(key) != saved[key]]
-    if differing:
-        details = "; ".join(f"{key} {wanted.get(key)!r} (the run has {saved[key]!r})" for key in differing)
-        raise ValueError(f"--resume continues the run as it was configured, but these options differ from "
-                         f"its checkpoint: {details}")
+    wanted = _config_from_args(args, model_dataset)
+    renamed = {"gamma": "gammas", "no_random_start": "random_start"}
+    conflicts = []
+    for name in given:
+        if name in ("n_train", "n_test", "noise", "limit"):
+            mine, theirs = wanted.data_options.get(name), config.data_options.get(name)
+        else:
+            key = renamed.get(name, name)
+            mine, theirs = getattr(wanted, key), getattr(config, key)
+        if mine != theirs:
+            conflicts.append(f"--{name.replace('_', '-')}: {mine!r} (the run has {theirs!r})")
+    if conflicts:
+        raise ValueError("--resume continues the run as it was configured, but these options differ from its "
+                         "checkpoint: " + "; ".join(conflicts))
 
 
 def _say(rank: int, message: str, final: bool = False) -> None:
