@@ -25,7 +25,6 @@ from __future__ import annotations
 import warnings
 from typing import Dict, List
 
-import numpy as np
 import torch
 from torch import nn
 

@@ -96,14 +96,14 @@ def layerwise_regularizer(
     layers = list(layers)
     if not layers:
         raise ValueError("layerwise_regularizer: layers is empty; pass at least one probe index")
-    if len(clean_feats) != len(adv_feats):
-        raise ValueError(
-            f"layerwise_regularizer: {len(clean_feats)} clean features but {len(adv_feats)} adversarial ones"
-        )
+    # The clean capture may stop after the deepest regularised layer, so the two lists
+    # need only hold every selected index.
+    available = min(len(clean_feats), len(adv_feats))
     for index in layers:
-        if not isinstance(index, int) or not 0 <= index < len(clean_feats):
+        if not isinstance(index, int) or not 0 <= index < available:
             raise ValueError(
-                f"layerwise_regularizer: layer index {index!r} is outside the {len(clean_feats)} probe points"
+                f"layerwise_regularizer: layer index {index!r} is outside the {available} probe points "
+                f"({len(clean_feats)} clean, {len(adv_feats)} adversarial)"
             )
     if isinstance(gammas, (int, float)):
         gammas = [float(gammas)] * len(layers)

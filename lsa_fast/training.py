@@ -59,8 +59,9 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from .data import MOONS_SCALE, make_loader
-from .ops import most_vulnerable_layers, relative_error
+from .data import make_loader
+from .analysis import analyze
+from .ops import layerwise_regularizer
 from .probes import LayerProbe
 
 __all__ = [
@@ -69,7 +70,6 @@ __all__ = [
     "ATLRTrainer",
     "TrainResult",
     "StepLoss",
-    "eps_to_input_units",
     "make_train_loader",
     "setup_distributed",
     "teardown_distributed",
@@ -84,15 +84,6 @@ AMP_MODES = ("none", "bf16", "fp16")
 ATTACK_MODES = ("auto", "train", "eval")
 METRICS_NAME = "metrics.jsonl"
 CONFIG_NAME = "config.json"
-
-
-def eps_to_input_units(dataset: Optional[str], eps: float) -> float:
-    """An eps in the dataset's own (the paper's) units -> model-input units: eps /
-    MOONS_SCALE for moons (lsa_fast.data maps the moons into [0, 1]^2), unchanged for
-    image datasets (already in [0, 1]) and for unknown datasets."""
-    if dataset is not None and str(dataset).strip().lower() == "moons":
-        return float(eps) / MOONS_SCALE
-    return float(eps)
 
 
 @dataclasses.dataclass
@@ -393,10 +384,7 @@ class ATLRTrainer:
         else:
             task = _task_loss(logits, y, self.binary)
         if layers:
-            # check_finite=False: the NaN check costs a host sync per step; a NaN shows in the loss.
-            cm = relative_error([clean_feats[l] for l in layers], [adv_feats[l] for l in layers],
-                                "sample", check_finite=False)
-            regularizer = (cm.mean(dim=0) * self._gamma_weights).sum()
+            regularizer = layerwise_regularizer(clean_feats, adv_feats, layers, self._gammas)
             total = task + regularizer
         else:
             regularizer = torch.zeros((), dtype=torch.float32, device=x.device)
@@ -722,7 +710,7 @@ class ATLRTrainer:
         gammas = self.config.gammas
         values = [float(gammas)] * len(self.mvl) if not isinstance(gammas, list) else (
             gammas * len(self.mvl) if len(gammas) == 1 else list(gammas))
-        self._gamma_weights = torch.tensor(values, dtype=torch.float32, device=self.device)  # once, not per step
+        self._gammas = values
         self._probe = LayerProbe(self.module, select="hidden", capture_grad=True)
         self._clean_probe = LayerProbe(self.module, select="hidden", capture_grad=True, stop_after=max(self.mvl))
 
@@ -860,36 +848,10 @@ def _two_logits(z: torch.Tensor) -> torch.Tensor:
 
 
 def _lsa(model: nn.Module, loader: DataLoader, eps: float, eta: float, device: torch.device):
-    """(per-layer mean CM, MVL) under FGSM at eps: lsa_fast.analysis.analyze when it
-    is there, else the same computation here (probes + relative_error + Algorithm 1)."""
-    try:
-        from .analysis import analyze
-    except ImportError:
-        analyze = None
-    if analyze is not None:
-        report = analyze(model, loader, [make_attack("fgsm", eps)], eta=eta, device=device, progress=False)
-        result = report.combined if report.combined is not None else report.perturbations[0]
-        return [float(v) for v in result.layer_mean], [int(l) for l in result.mvl]
-    probe = LayerProbe(model, select="hidden")
-    saved = [(module, module.training) for module in model.modules()]
-    model.eval()
-    cms = []
-    try:
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            x_hat = fgsm(model, x, y, eps)
-            with torch.no_grad():
-                clean, perturbed = probe.capture_pair(x, x_hat)
-                cms.append(relative_error(clean, perturbed, "sample"))
-    finally:
-        for module, training in saved:
-            module.training = training
-    cm = torch.cat(cms)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        gathered = [None] * torch.distributed.get_world_size()
-        torch.distributed.all_gather_object(gathered, cm.cpu())
-        cm = torch.cat(gathered)
-    return cm.double().mean(dim=0).tolist(), most_vulnerable_layers(cm, eta)
+    """(per-layer mean CM, MVL) under FGSM at eps, by lsa_fast.analysis.analyze."""
+    report = analyze(model, loader, [make_attack("fgsm", eps)], eta=eta, device=device, progress=False)
+    result = report.combined if report.combined is not None else report.perturbations[0]
+    return [float(v) for v in result.layer_mean], [int(l) for l in result.mvl]
 
 
 # ------------------------------------------------------------------- helpers

@@ -43,11 +43,13 @@ def test_scalar_gamma_is_broadcast():
 
 def test_bad_arguments():
     clean, adv = features("cpu", requires_grad=False)
-    with pytest.raises(ValueError, match="layer index 3 is outside the 3 probe points"):
+    with pytest.raises(ValueError, match=r"layer index 3 is outside the 3 probe points \(3 clean, 3 adversarial\)"):
         lsa_fast.layerwise_regularizer(clean, adv, [0, 3], 1.0)
     with pytest.raises(ValueError, match="1 gammas for 2 layers"):
         lsa_fast.layerwise_regularizer(clean, adv, [0, 1], [1.0])
     with pytest.raises(ValueError, match="layers is empty"):
         lsa_fast.layerwise_regularizer(clean, adv, [], 1.0)
-    with pytest.raises(ValueError, match="3 clean features but 2"):
-        lsa_fast.layerwise_regularizer(clean, adv[:2], [0], 1.0)
+    with pytest.raises(ValueError, match=r"layer index 2 is outside the 2 probe points \(3 clean, 2 adversarial\)"):
+        lsa_fast.layerwise_regularizer(clean, adv[:2], [2], 1.0)
+    # a clean capture stopped after the deepest selected layer is fine
+    lsa_fast.layerwise_regularizer(clean[:2], adv, [1], 1.0)

@@ -10,7 +10,8 @@ import lsa_fast.training as training
 from lsa_fast import reference
 from lsa_fast.data import load_dataset, make_loader
 from lsa_fast.models import build_model
-from lsa_fast.training import ATLRTrainer, TrainConfig, eps_to_input_units, make_train_loader, run_name
+from lsa_fast.analysis import eps_to_input_units
+from lsa_fast.training import ATLRTrainer, TrainConfig, make_train_loader, run_name
 
 torch.set_num_threads(1)
 
@@ -74,7 +75,7 @@ def test_mvl_from_an_lsa_report_file(moons, tmp_path):
     report.unlink()  # read once, when the config was made: checkpoints hold the list
     assert trainer.mvl == [1, 2] and trainer.config.lr_layers == [1, 2]
     assert trainer.config.extra["mvl_report"] == str(report)
-    assert trainer._gamma_weights.tolist() == pytest.approx([0.1, 0.2])
+    assert trainer._gammas == pytest.approx([0.1, 0.2])
 
 
 def test_bf16_autocast_and_grad_clip_on_cpu(moons):
@@ -115,17 +116,18 @@ def test_schedules_follow_at_practice():
 def test_lr_gradient_reaches_the_clean_and_the_adversarial_features(moons, monkeypatch):
     trainer = make_trainer(moons, base="fgsm", lr_layers=[0, 1], gammas=1.0)
     seen = {}
-    original = training.relative_error
+    original = training.layerwise_regularizer
 
-    def recording(clean, perturbed, *args, **kwargs):
-        for name, tensors in (("clean", clean), ("adv", perturbed)):
+    def recording(clean_feats, adv_feats, layers, *args, **kwargs):
+        for name, features in (("clean", clean_feats), ("adv", adv_feats)):
+            tensors = [features[l] for l in layers]
             for t in tensors:
                 assert t.requires_grad, f"the {name} features reach the regulariser detached"
                 t.retain_grad()
-            seen[name] = list(tensors)
-        return original(clean, perturbed, *args, **kwargs)
+            seen[name] = tensors
+        return original(clean_feats, adv_feats, layers, *args, **kwargs)
 
-    monkeypatch.setattr(training, "relative_error", recording)
+    monkeypatch.setattr(training, "layerwise_regularizer", recording)
     x, y = first_batch(moons)
     trainer.compute_loss(x, y).regularizer.backward()
     for name in ("clean", "adv"):

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 
 from ..checkpoint import load_checkpoint
-from ..training import TrainConfig, eps_to_input_units, run_name
+from ..analysis import eps_to_input_units
+from ..training import TrainConfig, run_name
 
 
 def register(subparsers, name: str) -> argparse.ArgumentParser:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from ..analysis import eps_to_input_units
 from ..checkpoint import CHECKPOINT_NAME, FINAL_NAME, load_checkpoint
 from ..training import (
     BASES,
@@ -24,7 +25,6 @@ from ..training import (
     SCHEDULES,
     ATLRTrainer,
     TrainConfig,
-    eps_to_input_units,
     make_train_loader,
     run_name,
     seed_everything,
