@@ -19,6 +19,7 @@ from .probes import LayerProbe, check_same_sequence
 from .reference import CMStatistics
 from .report import LSAReport, PerturbationResult
 from .statistics import CMAccumulator
+from .training import ATLRTrainer, TrainConfig, TrainResult
 
 __version__ = "0.1.0"
 
@@ -44,4 +45,7 @@ __all__ = [
     "ShardSampler",
     "LSAReport",
     "PerturbationResult",
+    "ATLRTrainer",
+    "TrainConfig",
+    "TrainResult",
 ]

@@ -494,3 +494,17 @@ def test_attacks_on_cuda_match_cpu():
     g = torch.Generator(device="cuda").manual_seed(0)
     x_hat = A.apgd(cuda_model, x.cuda(), y.cuda(), 0.1, steps=10, generator=g)
     assert x_hat.device.type == "cuda" and (x_hat - x.cuda()).abs().max() <= 0.1 + 1e-6
+
+
+def test_no_value_checks_skips_the_value_check_only():
+    """Inside no_value_checks() an out-of-range x is not looked at (no host sync);
+    outside it is a clear error again."""
+    from lsa_fast.attacks import fgsm, no_value_checks
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 3))
+    x = torch.full((2, 4), 2.0)
+    y = torch.tensor([0, 1])
+    with no_value_checks():
+        fgsm(model, x, y, eps=0.1)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        fgsm(model, x, y, eps=0.1)

@@ -14,6 +14,7 @@ logits use cross-entropy and predict argmax.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import math
 import numbers
 from typing import Callable, Optional, Union
@@ -94,9 +95,26 @@ def check_logits(fn: str, logits, batch: int) -> torch.Tensor:
     return logits
 
 
+_VALUE_CHECKS = contextvars.ContextVar("lsa_fast_attack_value_checks", default=True)
+
+
+@contextlib.contextmanager
+def no_value_checks():
+    """Skip the value checks (and their one host sync per attack call) inside this
+    block: for training loops that checked their first batch and must not wait on
+    the GPU in every step. Shape and argument checks still run."""
+    token = _VALUE_CHECKS.set(False)
+    try:
+        yield
+    finally:
+        _VALUE_CHECKS.reset(token)
+
+
 def check_values(fn: str, x: torch.Tensor, logits: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None):
     """The value checks, after the first forward: x in [0, 1], finite logits, labels in
     range. One host sync for all of them, outside the attack's loop."""
+    if not _VALUE_CHECKS.get():
+        return
     flags = [((x < 0) | (x > 1) | torch.isnan(x)).any()]
     if logits is not None:
         flags.append(~torch.isfinite(logits).all())
