@@ -1,11 +1,11 @@
 // CPU inner loops of relative_error over raw pointers (no torch types), so that the
 // C++ unit tests exercise them directly.
 //
-// Vectorisation without -march=native: the sums keep 16 (fp32) or 8 (fp64)
-// independent lanes in GCC vector types, which compile to SSE2 for the x86-64
-// baseline (no reassociation of a serial sum is needed), and relative_error.cpp
-// builds the loops a second time with target("avx2,fma") and picks that copy at run
-// time when the processor has AVX2 (function multiversioning by hand).
+// Vectorisation without -march=native: the sums keep independent lanes in 16-byte
+// GCC vector types, which compile to SSE2 for the x86-64 baseline (no reassociation
+// of a serial sum is needed), and relative_error.cpp builds the loops a second time
+// with target("avx2,fma") and picks that copy at run time when the processor has
+// AVX2 (function multiversioning by hand).
 #pragma once
 
 #include <cstdint>
@@ -17,29 +17,32 @@
 namespace lsa_fast {
 namespace cpu {
 
-// 64 bytes of accumulators per sum: 16 fp32 or 8 fp64 lanes, in GCC vector types
-// (4 SSE2 or 2 AVX registers each), added in a fixed order at the end.
+// 16-byte GCC vector types (one SSE2 register: 4 fp32 or 2 fp64 lanes), kUnroll of
+// them per sum so that the additions do not wait on each other; wider generic
+// vectors make GCC spill the accumulators to the stack.
 template <typename acc_t>
-struct LanesOf;
+struct NativeOf;
 template <>
-struct LanesOf<float> {
-  typedef float type __attribute__((vector_size(64)));
+struct NativeOf<float> {
+  typedef float type __attribute__((vector_size(16)));
 };
 template <>
-struct LanesOf<double> {
-  typedef double type __attribute__((vector_size(64)));
+struct NativeOf<double> {
+  typedef double type __attribute__((vector_size(16)));
 };
 template <typename acc_t>
-using Lanes = typename LanesOf<acc_t>::type;
+using Native = typename NativeOf<acc_t>::type;
+
+constexpr int kUnroll = 4;
 
 template <typename scalar_t, typename acc_t>
-inline __attribute__((always_inline)) void load_lanes(const scalar_t* p, Lanes<acc_t>& v) {
-  constexpr int kLanes = 64 / sizeof(acc_t);
+inline __attribute__((always_inline)) void load_native(const scalar_t* p, Native<acc_t>& v) {
+  constexpr int kWidth = 16 / sizeof(acc_t);
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     std::memcpy(&v, p, sizeof v);  // unaligned load
   } else {  // fp16/bf16: widen element by element
-    acc_t wide[kLanes];
-    for (int j = 0; j < kLanes; ++j) wide[j] = static_cast<acc_t>(p[j]);
+    acc_t wide[kWidth];
+    for (int j = 0; j < kWidth; ++j) wide[j] = static_cast<acc_t>(p[j]);
     std::memcpy(&v, wide, sizeof v);
   }
 }
@@ -48,27 +51,32 @@ inline __attribute__((always_inline)) void load_lanes(const scalar_t* p, Lanes<a
 template <typename scalar_t, typename acc_t>
 inline __attribute__((always_inline)) void sum_squares(
     const scalar_t* a, const scalar_t* b, int64_t n, acc_t* out) {
-  constexpr int kLanes = 64 / sizeof(acc_t);
-  Lanes<acc_t> diff = {}, clean = {};
+  constexpr int kWidth = 16 / sizeof(acc_t);
+  constexpr int kStep = kWidth * kUnroll;
+  Native<acc_t> diff[kUnroll] = {}, clean[kUnroll] = {};
   int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    Lanes<acc_t> x, y;
-    load_lanes<scalar_t, acc_t>(a + i, x);
-    load_lanes<scalar_t, acc_t>(b + i, y);
-    const Lanes<acc_t> t = x - y;
-    diff += t * t;
-    clean += x * x;
+  for (; i + kStep <= n; i += kStep) {
+    for (int u = 0; u < kUnroll; ++u) {
+      Native<acc_t> x, y;
+      load_native<scalar_t, acc_t>(a + i + u * kWidth, x);
+      load_native<scalar_t, acc_t>(b + i + u * kWidth, y);
+      const Native<acc_t> t = x - y;
+      diff[u] += t * t;
+      clean[u] += x * x;
+    }
   }
-  for (int j = 0; i < n; ++i, ++j) {
+  acc_t diff_total = 0, clean_total = 0;  // fixed order: the same input gives the same bits
+  for (int u = 0; u < kUnroll; ++u) {
+    for (int j = 0; j < kWidth; ++j) {
+      diff_total += diff[u][j];
+      clean_total += clean[u][j];
+    }
+  }
+  for (; i < n; ++i) {
     const acc_t x = static_cast<acc_t>(a[i]);
     const acc_t t = x - static_cast<acc_t>(b[i]);
-    diff[j] += t * t;
-    clean[j] += x * x;
-  }
-  acc_t diff_total = 0, clean_total = 0;
-  for (int j = 0; j < kLanes; ++j) {  // fixed order: the same input gives the same bits
-    diff_total += diff[j];
-    clean_total += clean[j];
+    diff_total += t * t;
+    clean_total += x * x;
   }
   out[0] += diff_total;
   out[1] += clean_total;
