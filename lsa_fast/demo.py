@@ -21,6 +21,7 @@ from .data import load_dataset, make_loader
 from .evaluation import PAPER_EPS_GRIDS, EvaluationTable, evaluate
 from .models import build_model
 from .report import atomic_write_text, plot_decision_boundaries
+from .threads import torch_threads
 from .training import ATLRTrainer, TrainConfig
 
 
@@ -51,7 +52,11 @@ class DemoSettings:
 
 def run_demo(out_dir="runs/demo", settings: Optional[DemoSettings] = None, device=None,
              progress: bool = True, log=print) -> Dict:
-    settings = settings or DemoSettings()
+    with torch_threads(1, device or "cpu"):
+        return _run_demo(out_dir, settings or DemoSettings(), device, progress, log)
+
+
+def _run_demo(out_dir, settings: DemoSettings, device, progress: bool, log) -> Dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
