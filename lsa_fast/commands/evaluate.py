@@ -10,11 +10,13 @@ tables, and the default grid is the paper's for the dataset.
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
 import torch
 
+from ..attacks import ATTACKS, canonical_name
 from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
 from ..training import TrainConfig, run_name
@@ -27,7 +29,7 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--checkpoint", required=True,
                         help="a checkpoint file, or a run directory (its final.pt, else checkpoint.pt)")
     parser.add_argument("--attack", default="fgsm", help="attack name (fgsm, fgsm-rs, pgd, apgd-ce, ...; default fgsm)")
-    parser.add_argument("--eps-grid", help="comma-separated eps in dataset units (default: the paper's grid)")
+    parser.add_argument("--eps-grid", "--eps", dest="eps_grid", help="comma-separated eps in dataset units (default: the paper's grid)")
     parser.add_argument("--steps", type=int, help="steps of iterative attacks (their default otherwise)")
     parser.add_argument("--model", help="override the checkpoint's model name")
     parser.add_argument("--dataset", help="override the checkpoint's dataset")
@@ -83,12 +85,15 @@ def run(args) -> int:
 
     attack_kw = {}
     if args.steps is not None:
+        attack_fn = ATTACKS[canonical_name(args.attack)]
+        if "steps" not in inspect.signature(attack_fn).parameters:
+            raise ValueError(f"--steps applies to iterative attacks (pgd, apgd, trades, ...), not {args.attack}")
         attack_kw["steps"] = args.steps
     generator = torch.Generator(device=device)  # randomised attacks repeat under --seed
     generator.manual_seed(args.seed)
     attack_kw["generator"] = generator
     row = args.name or run_name(config, state.get("mvl"))
-    input_grid = [eps_to_input_units(dataset, eps) for eps in grid]
+    input_grid = [eps_to_input_units(dataset, eps, args.attack) for eps in grid]
     measured = evaluate(model, loader, attack=args.attack, eps_grid=input_grid, row=row, **attack_kw)
     # The same row, labelled with the eps in dataset units as the paper prints them.
     table = EvaluationTable(eps_grid=tuple(grid), attack=measured.attack, rows=dict(measured.rows))
