@@ -116,14 +116,20 @@ def bench_workload(name, model_name, shape, batch, device, use_compile, bandwidt
 
 
 def _reference_call(reference_class, model, x, x_hat):
-    analysis = reference_class(model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import contextlib
-        import io
+    """The reference's first call: its hooks go on the model and are never removed,
+    so they are cleared after each call (else every repetition runs all the earlier
+    ones' hooks too)."""
+    import contextlib
+    import io
 
-        with contextlib.redirect_stdout(io.StringIO()):
+    analysis = reference_class(model)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
             return analysis.representation_comparisons(x, x_hat)
+    finally:
+        for module in model.modules():
+            module._forward_hooks.clear()
 
 
 def main():

@@ -82,14 +82,36 @@ inline __attribute__((always_inline)) void sum_squares(
   out[1] += clean_total;
 }
 
-// grad_a = c1 (a - b) - c2 a, grad_b = -c1 (a - b) over n elements.
+template <typename scalar_t, typename acc_t>
+inline __attribute__((always_inline)) void store_native(const Native<acc_t>& v, scalar_t* p) {
+  constexpr int kWidth = 16 / sizeof(acc_t);
+  if constexpr (std::is_same_v<scalar_t, acc_t>) {
+    std::memcpy(p, &v, sizeof v);  // unaligned store
+  } else {  // fp16/bf16: narrow element by element
+    for (int j = 0; j < kWidth; ++j) p[j] = static_cast<scalar_t>(v[j]);
+  }
+}
+
+// grad_a = c1 (a - b) - c2 a, grad_b = -c1 (a - b) over n elements, in the same
+// 16-byte vectors as the sums.
 template <typename scalar_t, typename acc_t>
 inline __attribute__((always_inline)) void relative_error_grads(
     const scalar_t* a, const scalar_t* b, int64_t n, GradCoefficients<acc_t> k,
     scalar_t* grad_a, scalar_t* grad_b) {
-  for (int64_t i = 0; i < n; ++i) {
-    acc_t x = static_cast<acc_t>(a[i]);
-    acc_t t = x - static_cast<acc_t>(b[i]);
+  constexpr int kWidth = 16 / sizeof(acc_t);
+  const Native<acc_t> c1 = Native<acc_t>{} + k.c1, c2 = Native<acc_t>{} + k.c2;
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    Native<acc_t> x, y;
+    load_native<scalar_t, acc_t>(a + i, x);
+    load_native<scalar_t, acc_t>(b + i, y);
+    const Native<acc_t> t = x - y;
+    store_native<scalar_t, acc_t>(c1 * t - c2 * x, grad_a + i);
+    store_native<scalar_t, acc_t>(-(c1 * t), grad_b + i);
+  }
+  for (; i < n; ++i) {
+    const acc_t x = static_cast<acc_t>(a[i]);
+    const acc_t t = x - static_cast<acc_t>(b[i]);
     grad_a[i] = static_cast<scalar_t>(k.c1 * t - k.c2 * x);
     grad_b[i] = static_cast<scalar_t>(-k.c1 * t);
   }
