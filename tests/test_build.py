@@ -70,3 +70,27 @@ def test_fallback_runs_the_reference_with_one_warning():
     env = dict(os.environ, LSA_FAST_DISABLE_EXTENSION="1")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=ROOT, check=True)
     assert out.stdout.split() == ["reference", "[[1.0],", "[1.0]]", "1"], out.stdout + out.stderr
+
+
+def test_fatbin_holds_sm80_sm90_code_and_ptx():
+    """The CUDA kernels ship as sm_80 and sm_90 code plus PTX for newer GPUs (the
+    default TORCH_CUDA_ARCH_LIST "8.0;9.0+PTX"). cuobjdump ships in triton."""
+    if not lsa_fast.backend()["cuda"]:
+        pytest.skip("a CPU-only build")
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        pytest.skip("TORCH_CUDA_ARCH_LIST overrides the default architectures")
+    try:
+        import triton
+    except ImportError:
+        triton = None
+    candidates = [shutil.which("cuobjdump"), "/usr/local/cuda/bin/cuobjdump"]
+    if triton is not None:
+        candidates.append(str(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"))
+    tool = next((c for c in candidates if c and os.path.exists(c)), None)
+    if tool is None:
+        pytest.skip("no cuobjdump")
+    library = str(next(Path(lsa_fast.__file__).parent.glob("_C*.so")))
+    elves = subprocess.run([tool, "--list-elf", library], capture_output=True, text=True, check=True).stdout
+    ptx = subprocess.run([tool, "--list-ptx", library], capture_output=True, text=True, check=True).stdout
+    assert "sm_80" in elves and "sm_90" in elves, elves
+    assert "sm_90" in ptx, ptx
