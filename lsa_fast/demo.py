@@ -39,8 +39,8 @@ class DemoSettings:
     train_eps: float = 0.3  # AT radius (paper units; /5 in input units)
     pgd_steps: int = 10
     lsa_eps: float = 0.3
-    noise_strength: float = 0.3  # gaussian/speckle std, in input units
-    noise_amount: float = 0.1  # salt/pepper fraction of coordinates
+    noise_std: float = 0.3  # gaussian std (paper units, like eps) and speckle std (relative)
+    noise_amount: float = 0.05  # salt/pepper: the fraction of coordinates set to 1/0
     eta: float = 0.5
     gamma: float = 1.0
     eval_grid: tuple = PAPER_EPS_GRIDS["moons"]
@@ -71,10 +71,12 @@ def _run_demo(out_dir, settings: DemoSettings, device, progress: bool, log) -> D
     normal = _train(settings, "none", None, train_loader, device, progress, out / "normal")
 
     log("\n[2/4] Layer Sustainability Analysis of the normally trained model (test set)")
+    # Noises of the attacks' size, as the paper compares them (Fig. 5).
     eps_in = eps_to_input_units("moons", settings.lsa_eps)
+    std_in = eps_to_input_units("moons", settings.noise_std, "gaussian")
     perturbations = [
-        f"fgsm:{eps_in}", f"pgd:{eps_in}", f"gaussian:{settings.noise_strength}",
-        f"salt:{settings.noise_amount}", f"pepper:{settings.noise_amount}", f"speckle:{settings.noise_strength}",
+        f"fgsm:{eps_in}", f"pgd:{eps_in}", f"gaussian:{std_in}",
+        f"salt:{settings.noise_amount}", f"pepper:{settings.noise_amount}", f"speckle:{std_in}",
     ]
     report = analyze(normal, test_loader, perturbations, eta=settings.eta, dataset="moons",
                      model_name="A", progress=progress)
