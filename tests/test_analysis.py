@@ -376,7 +376,7 @@ def test_cli_bad_checkpoints(tmp_path, capsys):
     cases = [
         (truncated, "cannot be read as a PyTorch checkpoint"),
         (foreign, "cannot be read as a PyTorch checkpoint"),
-        (tmp_path / "missing.pt", "no such file"),
+        (tmp_path / "missing.pt", "no such checkpoint file"),
         (good, "do not fit model 'B'"),
     ]
     for path, message in cases:

@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from ..checkpoint import resolve_checkpoint
 from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_units
 from ..attacks import make_attack, parse_attack_spec
 from ..data import DATASET_NAMES, default_data_dir, load_dataset, make_loader
@@ -130,8 +131,10 @@ def _write(report, out: str) -> int:
 def _read_checkpoint(path: str):
     """(state_dict, config) from a plain state_dict file or a trainer checkpoint
     {"model": state_dict, "config": {"model": name, "model_kwargs": {...}, "dataset": ...}, ...}."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"--checkpoint {path}: no such file")
+    try:  # a run directory of `lsa-fast train` -> its final.pt (else checkpoint.pt)
+        path = str(resolve_checkpoint(path))
+    except FileNotFoundError as error:
+        raise FileNotFoundError(f"--checkpoint {error}") from None
     try:
         # weights_only: a checkpoint is data; unpickling arbitrary objects could run code.
         loaded = torch.load(path, map_location="cpu", weights_only=True)
