@@ -8,6 +8,7 @@
 #include <torch/csrc/stable/tensor.h>
 
 #include "../common/cm_math.h"
+#include "../common/cm_statistics_outputs.h"
 #include "../common/dispatch.h"
 #include "block_reduce.cuh"
 #include "launch.cuh"
@@ -66,32 +67,20 @@ __global__ void __launch_bounds__(kThreads) cm_statistics_kernel(
 }  // namespace
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> cm_statistics_cuda(Tensor cm, double eta) {
-  STD_TORCH_CHECK(cm.dim() == 1 || cm.dim() == 2, "cm_statistics: cm must be [M, L] or [L]");
-  STD_TORCH_CHECK(cm.numel() > 0, "cm_statistics: cm is empty");
   torch::stable::accelerator::DeviceGuard guard(cm.get_device_index());
-  const cudaStream_t stream = current_stream(cm);
-  const int64_t layers = cm.size(cm.dim() - 1);
-  const int64_t samples = cm.numel() / layers;
-  cm = torch::stable::contiguous(cm);
-  const auto dtype = cm.scalar_type();
-  Tensor scratch = torch::stable::new_empty(cm, {2, layers}, torch::headeronly::ScalarType::Double);
-  Tensor mu = torch::stable::new_empty(cm, {}, dtype);
-  Tensor sigma = torch::stable::new_empty(cm, {}, dtype);
-  Tensor mean = torch::stable::new_empty(cm, {layers}, dtype);
-  Tensor m2 = torch::stable::new_empty(cm, {layers}, dtype);
-  Tensor low = torch::stable::new_empty(cm, {layers}, dtype);
-  Tensor high = torch::stable::new_empty(cm, {layers}, dtype);
-  Tensor mvl = torch::stable::new_empty(cm, {layers}, torch::headeronly::ScalarType::Bool);
-  dispatch_floating(dtype, "cm_statistics", [&](auto tag) {
+  CMStatisticsOutputs out = prepare_cm_statistics(cm);
+  Tensor scratch = torch::stable::new_empty(out.cm, {2, out.layers}, torch::headeronly::ScalarType::Double);
+  dispatch_floating(out.cm.scalar_type(), "cm_statistics", [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
     auto ptr = [](Tensor& t) { return static_cast<scalar_t*>(t.mutable_data_ptr()); };
     double* scratch_ptr = static_cast<double*>(scratch.mutable_data_ptr());
-    cm_statistics_kernel<scalar_t><<<1, kThreads, 0, stream>>>(
-        static_cast<const scalar_t*>(cm.const_data_ptr()), samples, layers, eta, scratch_ptr, scratch_ptr + layers,
-        ptr(mu), ptr(sigma), ptr(mean), ptr(m2), ptr(low), ptr(high), static_cast<bool*>(mvl.mutable_data_ptr()));
+    cm_statistics_kernel<scalar_t><<<1, kThreads, 0, current_stream(out.cm)>>>(
+        static_cast<const scalar_t*>(out.cm.const_data_ptr()), out.samples, out.layers, eta, scratch_ptr,
+        scratch_ptr + out.layers, ptr(out.mu), ptr(out.sigma), ptr(out.mean), ptr(out.m2), ptr(out.low),
+        ptr(out.high), static_cast<bool*>(out.mvl.mutable_data_ptr()));
     check_launch("cm_statistics");
   });
-  return {mu, sigma, mean, m2, low, high, mvl};
+  return out.as_tuple();
 }
 
 STABLE_TORCH_LIBRARY_IMPL(lsa_fast, CUDA, m) {
