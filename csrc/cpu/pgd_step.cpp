@@ -10,6 +10,7 @@
 #include "../common/dispatch.h"
 #include "../common/pgd_inputs.h"
 #include "../common/pgd_math.h"
+#include "sum_squares.h"
 
 namespace lsa_fast {
 namespace cpu {
@@ -28,6 +29,38 @@ void linf_kernel(const scalar_t* x_adv, const scalar_t* grad, const scalar_t* x,
   });
 }
 
+// ||g||^2, <x_adv - x, g> and ||x_adv - x||^2 of one sample, in 16-byte vector lanes
+// (sum_squares.h) so that the three sums vectorise.
+template <typename scalar_t, typename acc_t>
+void l2_sums(const scalar_t* x_adv, const scalar_t* grad, const scalar_t* x, int64_t n, acc_t& grad_sq, acc_t& dot,
+             acc_t& delta0_sq) {
+  constexpr int kWidth = 16 / sizeof(acc_t);
+  Native<acc_t> gg = {}, dg = {}, dd = {};
+  int64_t i = 0;
+  for (; i + kWidth <= n; i += kWidth) {
+    Native<acc_t> g, a, b;
+    load_native<scalar_t, acc_t>(grad + i, g);
+    load_native<scalar_t, acc_t>(x_adv + i, a);
+    load_native<scalar_t, acc_t>(x + i, b);
+    const Native<acc_t> d0 = a - b;
+    gg += g * g;
+    dg += d0 * g;
+    dd += d0 * d0;
+  }
+  for (int j = 0; j < kWidth; ++j) {  // fixed order
+    grad_sq += gg[j];
+    dot += dg[j];
+    delta0_sq += dd[j];
+  }
+  for (; i < n; ++i) {
+    const acc_t g = static_cast<acc_t>(grad[i]);
+    const acc_t d0 = static_cast<acc_t>(x_adv[i]) - static_cast<acc_t>(x[i]);
+    grad_sq += g * g;
+    dot += d0 * g;
+    delta0_sq += d0 * d0;
+  }
+}
+
 template <typename scalar_t>
 void l2_kernel(const scalar_t* x_adv, const scalar_t* grad, const scalar_t* x, scalar_t* out, int64_t batch,
                int64_t per_sample, double alpha, double eps) {
@@ -37,13 +70,7 @@ void l2_kernel(const scalar_t* x_adv, const scalar_t* grad, const scalar_t* x, s
     for (int64_t m = begin; m < end; ++m) {
       const int64_t offset = m * per_sample;
       acc_t grad_sq = 0, dot = 0, delta0_sq = 0;
-      for (int64_t i = offset; i < offset + per_sample; ++i) {
-        const acc_t g = static_cast<acc_t>(grad[i]);
-        const acc_t d0 = static_cast<acc_t>(x_adv[i]) - static_cast<acc_t>(x[i]);
-        grad_sq += g * g;
-        dot += d0 * g;
-        delta0_sq += d0 * d0;
-      }
+      l2_sums<scalar_t, acc_t>(x_adv + offset, grad + offset, x + offset, per_sample, grad_sq, dot, delta0_sq);
       const auto k = l2_step_coefficients<acc_t>(grad_sq, dot, delta0_sq, alpha, eps);
       for (int64_t i = offset; i < offset + per_sample; ++i) {
         out[i] = static_cast<scalar_t>(l2_step<acc_t>(x_adv[i], grad[i], x[i], k));
