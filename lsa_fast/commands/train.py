@@ -19,12 +19,9 @@ import torch
 
 from ..analysis import eps_to_input_units
 from ..checkpoint import CHECKPOINT_NAME, FINAL_NAME, load_checkpoint
+from ..train_config import BASES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..training import (
-    BASES,
-    OPTIMIZERS,
-    SCHEDULES,
     ATLRTrainer,
-    TrainConfig,
     make_train_loader,
     run_name,
     seed_everything,

@@ -1,0 +1,279 @@
+"""TrainConfig: everything that defines an AT-LR run (lsa_fast.training), checked on
+creation so that a bad configuration fails before any training starts."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import numbers
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+__all__ = ["TrainConfig", "BASES", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "ATTACK_MODES"]
+
+BASES = ("none", "fgsm", "fast", "pgd", "apgd", "trades")
+OPTIMIZERS = ("sgd", "adam")
+SCHEDULES = ("auto", "constant", "piecewise", "cosine", "cyclic")
+AMP_MODES = ("none", "bf16", "fp16")
+ATTACK_MODES = ("auto", "train", "eval")
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything that defines an AT-LR run; checked on creation (ValueError naming the
+    field), stored as a plain dict in every checkpoint.
+
+    eps and alpha are in model-input units (see eps_to_input_units). lr_layers: None or
+    [] (no regulariser), a list of probe indices, "0,2", "auto" (train normally for
+    warmup_epochs, run LSA with FGSM at eps on up to lsa_samples training samples, take
+    the MVL at eta), or the path of an LSA report JSON, read at once: lr_layers becomes
+    its MVL and extra["mvl_report"] names the file. gammas: one value
+    for every layer, or one per layer. lr / weight_decay / schedule None or "auto" pick
+    the AT defaults of the optimiser and base (see the module docstring). batch_size is
+    the global batch (per rank: batch_size / world size). model, model_kwargs, dataset,
+    data_options record what the run trained (the CLI rebuilds from them); extra holds
+    free JSON notes.
+    """
+
+    base: str = "pgd"
+    eps: float = 8 / 255
+    alpha: Optional[float] = None
+    steps: int = 10
+    random_start: bool = True
+    beta: float = 6.0
+    attack_mode: str = "auto"
+    lr_layers: Union[None, str, Sequence[int]] = None
+    gammas: Union[float, Sequence[float]] = 1.0
+    eta: float = 1.0
+    warmup_epochs: int = 1
+    lsa_samples: int = 2048
+    epochs: int = 10
+    batch_size: int = 128
+    optimizer: str = "sgd"
+    lr: Optional[float] = None
+    momentum: float = 0.9
+    weight_decay: Optional[float] = None
+    schedule: str = "auto"
+    amp: str = "none"
+    channels_last: bool = False
+    grad_clip: Optional[float] = None
+    seed: int = 0
+    model: Optional[str] = None
+    model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    dataset: Optional[str] = None
+    data_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.base = _choice("base", self.base, BASES, aliases={"normal": "none", "fgsm-rs": "fast", "trade": "trades"})
+        self.eps = _real("eps", self.eps, minimum=0.0)
+        self.alpha = None if self.alpha is None else _real("alpha", self.alpha, minimum=0.0, strict=True)
+        self.steps = _integer("steps", self.steps, minimum=1)
+        self.random_start = bool(self.random_start)
+        self.beta = _real("beta", self.beta, minimum=0.0)
+        self.attack_mode = _choice("attack_mode", self.attack_mode, ATTACK_MODES)
+        self.lr_layers = _normalise_layers(self.lr_layers)
+        if isinstance(self.lr_layers, str) and self.lr_layers != "auto":
+            # A report is read once, here: the run (and its checkpoints) never need the file again.
+            self.extra = {**self.extra, "mvl_report": self.lr_layers} if isinstance(self.extra, dict) else self.extra
+            self.lr_layers = _read_report_mvl(self.lr_layers)
+        self.gammas = _normalise_gammas(self.gammas)
+        self.eta = _real("eta", self.eta)
+        self.warmup_epochs = _integer("warmup_epochs", self.warmup_epochs, minimum=0)
+        self.lsa_samples = _integer("lsa_samples", self.lsa_samples, minimum=1)
+        self.epochs = _integer("epochs", self.epochs, minimum=1)
+        self.batch_size = _integer("batch_size", self.batch_size, minimum=1)
+        self.optimizer = _choice("optimizer", self.optimizer, OPTIMIZERS)
+        self.lr = None if self.lr is None else _real("lr", self.lr, minimum=0.0, strict=True)
+        self.momentum = _real("momentum", self.momentum, minimum=0.0)
+        if self.momentum >= 1:
+            raise ValueError(f"TrainConfig: momentum must lie in [0, 1), got {self.momentum}")
+        self.weight_decay = None if self.weight_decay is None else _real("weight_decay", self.weight_decay, minimum=0.0)
+        self.schedule = _choice("schedule", self.schedule, SCHEDULES, aliases={"one-cycle": "cyclic", "onecycle": "cyclic"})
+        self.amp = _choice("amp", "none" if self.amp in (None, False) else self.amp, AMP_MODES,
+                           aliases={"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "off": "none"})
+        self.channels_last = bool(self.channels_last)
+        self.grad_clip = None if self.grad_clip is None else _real("grad_clip", self.grad_clip, minimum=0.0, strict=True)
+        self.seed = _integer("seed", self.seed, minimum=0)
+        for name in ("model_kwargs", "data_options", "extra"):
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                raise ValueError(f"TrainConfig: {name} must be a dict, got {type(value).__name__}")
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError) as error:
+                raise ValueError(f"TrainConfig: {name} must hold JSON values only ({error})") from None
+        self._check_regulariser()
+
+    # -------------------------------------------------------------- derived values
+
+    @property
+    def uses_regulariser(self) -> bool:
+        return self.lr_layers is not None
+
+    def resolved_lr(self) -> float:
+        return self.lr if self.lr is not None else (0.1 if self.optimizer == "sgd" else 1e-3)
+
+    def resolved_weight_decay(self) -> float:
+        if self.weight_decay is not None:
+            return self.weight_decay
+        return 5e-4 if self.optimizer == "sgd" else 0.0
+
+    def resolved_schedule(self) -> str:
+        if self.schedule != "auto":
+            return self.schedule
+        if self.base == "fast":
+            return "cyclic"
+        return "piecewise" if self.optimizer == "sgd" else "constant"
+
+    def resolved_attack_mode(self) -> str:
+        if self.attack_mode != "auto":
+            return self.attack_mode
+        return "eval" if self.base == "trades" else "train"
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Plain JSON-able values (what checkpoints and config.json store)."""
+        data = dataclasses.asdict(self)
+        if isinstance(data["lr_layers"], tuple):
+            data["lr_layers"] = list(data["lr_layers"])
+        if isinstance(data["gammas"], tuple):
+            data["gammas"] = list(data["gammas"])
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise ValueError(f"TrainConfig.from_dict: expected a dict, got {type(data).__name__}")
+        known = {field.name for field in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"TrainConfig.from_dict: unknown field(s) {unknown}")
+        return cls(**data)
+
+    def _check_regulariser(self):
+        layers = self.lr_layers
+        if layers is None:
+            return
+        if self.base == "none":
+            raise ValueError("TrainConfig: lr_layers needs an attack: with base='none' x_hat = x, so every "
+                             "CM and the regulariser are 0; pick a base (fgsm, fast, pgd, apgd, trades)")
+        if layers == "auto":
+            if isinstance(self.gammas, list) and len(self.gammas) != 1:
+                raise ValueError(f"TrainConfig: with lr_layers='auto' the number of MVL layers is known only "
+                                 f"after LSA; give one gamma, not {len(self.gammas)}")
+            if self.warmup_epochs >= self.epochs:
+                raise ValueError(f"TrainConfig: lr_layers='auto' trains normally for warmup_epochs="
+                                 f"{self.warmup_epochs} before LSA, so epochs must exceed it (got epochs={self.epochs})")
+            return
+        if isinstance(self.gammas, list) and len(self.gammas) not in (1, len(layers)):
+            raise ValueError(f"TrainConfig: {len(self.gammas)} gammas for {len(layers)} regularised layers "
+                             f"{list(layers)}; give one gamma (used for every layer) or one per layer")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _read_report_mvl(path: str) -> List[int]:
+    """The MVL of an LSA report JSON: its "mvl", else that of its pooled adversarial
+    result, else that of its only perturbation."""
+    source = Path(path).expanduser()
+    if not source.is_file():
+        raise FileNotFoundError(f"lr_layers: {source} is neither 'auto', a list of layer indices like '0,2', "
+                                f"nor an existing LSA report file")
+    try:
+        data = json.loads(source.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"lr_layers: {source} is not a JSON LSA report ({error})") from None
+    mvl = None
+    if isinstance(data, dict):
+        mvl = data.get("mvl")
+        if mvl is None and isinstance(data.get("combined"), dict):
+            mvl = data["combined"].get("mvl")
+        if mvl is None and isinstance(data.get("perturbations"), list) and len(data["perturbations"]) == 1:
+            mvl = data["perturbations"][0].get("mvl")
+    if not isinstance(mvl, list) or not all(isinstance(l, int) and not isinstance(l, bool) and l >= 0 for l in mvl):
+        raise ValueError(f"lr_layers: {source} has no 'mvl' list of layer indices")
+    if not mvl:
+        raise ValueError(f"lr_layers: the MVL of {source} is empty (no layer stands out at its eta); "
+                         f"pick layers by hand or lower eta")
+    return mvl
+
+
+def _normalise_layers(layers):
+    if layers is None:
+        return None
+    if isinstance(layers, str):
+        text = layers.strip()
+        if text.lower() in ("", "none"):
+            return None
+        if text.lower() == "auto":
+            return "auto"
+        parts = [p.strip() for p in text.split(",")]
+        if all(p.lstrip("-").isdigit() for p in parts):
+            layers = [int(p) for p in parts]
+        else:
+            return text  # an LSA report; TrainConfig reads its MVL
+    if isinstance(layers, (int, numbers.Integral)) and not isinstance(layers, bool):
+        layers = [layers]
+    if not isinstance(layers, (list, tuple)):
+        raise ValueError(f"TrainConfig: lr_layers must be None, 'auto', a report path, or a list of layer "
+                         f"indices, got {layers!r}")
+    if not layers:
+        return None
+    out = []
+    for layer in layers:
+        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+            raise ValueError(f"TrainConfig: lr_layers must hold integer layer indices, got {layer!r}")
+        if layer < 0:
+            raise ValueError(f"TrainConfig: layer index {layer} in lr_layers is negative; layers are "
+                             f"numbered L0, L1, ... from the input")
+        out.append(int(layer))
+    if len(set(out)) != len(out):
+        raise ValueError(f"TrainConfig: lr_layers {out} names a layer twice")
+    return out
+
+
+def _normalise_gammas(gammas):
+    if isinstance(gammas, str):
+        gammas = [p for p in gammas.split(",") if p.strip()]
+    values = list(gammas) if isinstance(gammas, (list, tuple)) else [gammas]
+    if not values:
+        raise ValueError("TrainConfig: gammas is empty")
+    out = []
+    for value in values:
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ValueError(f"TrainConfig: gamma {value!r} is not a number") from None
+        if isinstance(value, bool) or not math.isfinite(number) or number < 0:
+            raise ValueError(f"TrainConfig: every gamma must be a finite number >= 0, got {value!r}")
+        out.append(number)
+    return out[0] if not isinstance(gammas, (list, tuple)) else out
+
+
+def _choice(name: str, value, choices, aliases=None) -> str:
+    key = str(value).strip().lower().replace("_", "-") if isinstance(value, str) else value
+    key = (aliases or {}).get(key, key)
+    if key not in choices:
+        raise ValueError(f"TrainConfig: unknown {name} {value!r}; valid: {', '.join(choices)}")
+    return key
+
+
+def _real(name: str, value, minimum: Optional[float] = None, strict: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ValueError(f"TrainConfig: {name} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"TrainConfig: {name} must be finite, got {value}")
+    if minimum is not None and (value < minimum or (strict and value == minimum)):
+        relation = ">" if strict else ">="
+        raise ValueError(f"TrainConfig: {name} must be {relation} {minimum:g}, got {value:g}")
+    return value
+
+
+def _integer(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise ValueError(f"TrainConfig: {name} must be an integer, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"TrainConfig: {name} must be >= {minimum}, got {value}")
+    return int(value)
