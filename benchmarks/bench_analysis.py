@@ -70,15 +70,9 @@ WHOLE_CALL_NOISE = 0.95
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true", help="fewer batches, calls and repetitions")
-    parser.add_argument("--out", default=None, help="results file name (default: <device>-analysis)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's); on a machine shared with other jobs, 1 avoids "
-                             "OpenMP threads waiting at barriers for a thread that lost its core")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    harness.add_common_arguments(parser, "-analysis")
+    args = harness.parse_common(parser)
     info = harness.environment(args.device)
     print(f"lsa_fast analysis benchmark on {info['device']} ({info['threads']} threads), torch {info['torch']}")
     print(f"backend: {lsa_fast.backend()}")

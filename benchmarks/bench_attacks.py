@@ -152,17 +152,11 @@ def bench_steps(device, rounds, min_run_time, bandwidth):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
     parser.add_argument("--batch", type=int, nargs="+", default=None,
                         help="attack batch size(s) (default: 256 on CPU, 256 and 512 on CUDA)")
     parser.add_argument("--quick", action="store_true", help="shorter timings, APGD with 10 steps")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
-    parser.add_argument("--out", default=None, help="results file name (default: <device>-attacks)")
-    args = parser.parse_args()
-    if args.device == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: CUDA is not available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    harness.add_common_arguments(parser, "-attacks")
+    args = harness.parse_common(parser)
     batches = args.batch or ([256, 512] if args.device == "cuda" else [256])
     apgd_steps = 10 if args.quick else 20
     # a step costs well under a millisecond: more rounds there, for little time

@@ -134,11 +134,10 @@ def _reference_call(reference_class, model, x, x_hat):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--quick", action="store_true", help="shorter timings")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on CPU)")
-    parser.add_argument("--out", default=None, help="results file name (default: the device)")
-    args = parser.parse_args()
+    harness.add_common_arguments(parser, "")
+    args = harness.parse_common(parser)
     info = harness.environment(args.device)
     print(f"lsa_fast relative_error benchmark on {info['device']} ({info['threads']} threads), torch {info['torch']}")
     print(f"backend: {lsa_fast.backend()}")

@@ -68,18 +68,12 @@ MODELS = {
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=["cpu", "cuda"])
     parser.add_argument("--quick", action="store_true",
                         help="one regularised layer only, no plain AT; model C at batch 8 on CPU")
     parser.add_argument("--c-batch", type=int, default=None, help="model C batch (default: 128 CUDA, 32 CPU, 8 quick CPU)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating timing rounds (default: 3)")
-    parser.add_argument("--out", default=None, help="results file name (default: <device>-training)")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (default: torch's); on a machine shared with other jobs, 1 avoids "
-                             "OpenMP threads waiting at barriers for a thread that lost its core")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    harness.add_common_arguments(parser, "-training")
+    args = harness.parse_common(parser)
     if torchattacks is None:
         sys.exit("bench_training: torchattacks is needed for the plain baseline (pip install torchattacks)")
     info = harness.environment(args.device)

@@ -15,6 +15,25 @@ import torch.utils.benchmark as benchmark
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+def add_common_arguments(parser, results_suffix: str) -> None:
+    """--device, --out and --threads, the same in every benchmark."""
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", choices=("cpu", "cuda"))
+    parser.add_argument("--out", default=None, help=f"results file name (default: <device>{results_suffix})")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (default: torch's); on a machine shared with other jobs, 1 avoids "
+                             "OpenMP threads waiting at barriers for a thread that lost its core")
+
+
+def parse_common(parser):
+    """parse_args, then check --device and apply --threads."""
+    args = parser.parse_args()
+    if args.device == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: CUDA is not available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return args
+
+
 def time_it(fn, device: str, min_run_time: float = 1.0) -> float:
     """Median seconds per call of fn()."""
     fn()  # warm-up (and compilation, for compiled callables)

@@ -139,10 +139,7 @@ def pgd_step(
             raise ValueError(f"pgd_step: {name} is {tensor.dtype} on {tensor.device}, x_adv {x_adv.dtype} on {x_adv.device}")
     if eps < 0 or alpha < 0:
         raise ValueError(f"pgd_step: eps and alpha must be >= 0, got eps={eps}, alpha={alpha}")
-    step = reference.pgd_step_linf if norm == "linf" else reference.pgd_step_l2
-    if EXTENSION_LOADED and hasattr(torch.ops.lsa_fast, f"pgd_step_{norm}"):
-        step = getattr(torch.ops.lsa_fast, f"pgd_step_{norm}")
-    return step(x_adv.detach(), grad.detach(), x_orig.detach(), float(alpha), float(eps))
+    return _PGD_STEPS[norm](x_adv.detach(), grad.detach(), x_orig.detach(), float(alpha), float(eps))
 
 
 # ----------------------------------------------------------------------------- checks
@@ -263,11 +260,13 @@ def _register():
         return scalar, cm.new_empty(()), *vector, cm.new_empty((layers,), dtype=torch.bool)
 
     for norm in ("linf", "l2"):
-        if hasattr(torch.ops.lsa_fast, f"pgd_step_{norm}"):
-            torch.library.register_fake(f"lsa_fast::pgd_step_{norm}")(
-                lambda x_adv, grad, x_orig, alpha, eps: torch.empty_like(x_adv)
-            )
+        torch.library.register_fake(f"lsa_fast::pgd_step_{norm}")(
+            lambda x_adv, grad, x_orig, alpha, eps: torch.empty_like(x_adv)
+        )
 
 
 if EXTENSION_LOADED:
     _register()
+    _PGD_STEPS = {"linf": torch.ops.lsa_fast.pgd_step_linf, "l2": torch.ops.lsa_fast.pgd_step_l2}
+else:
+    _PGD_STEPS = {"linf": reference.pgd_step_linf, "l2": reference.pgd_step_l2}

@@ -98,5 +98,6 @@ def pgd_step_l2(x_adv, grad, x_orig, alpha: float, eps: float) -> torch.Tensor:
     stepped = x_adv + grad * scale
     delta = stepped - x_orig
     delta_norm = torch.linalg.vector_norm(delta.reshape(batch, -1), dim=1)
-    factor = torch.clamp(eps / delta_norm, max=1.0).view_as(scale)
+    # min(eps / ||delta||, 1), written so that ||delta|| = 0 gives 1, not 0 / 0
+    factor = torch.where(delta_norm > eps, eps / delta_norm.clamp_min(1e-30), torch.ones_like(delta_norm)).view_as(scale)
     return torch.clamp(x_orig + delta * factor, min=0, max=1)

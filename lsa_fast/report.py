@@ -9,6 +9,7 @@ LSAReport.plot needs it.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import math
 import os
@@ -299,17 +300,9 @@ def save_figure(figure, path: PathLike, dpi: int = 120) -> str:
     """Atomic write of a figure (format from the suffix, PNG by default)."""
     path = os.fspath(path)
     suffix = os.path.splitext(path)[1].lstrip(".").lower() or "png"
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".lsa-", suffix="." + suffix, dir=directory)
-    os.close(fd)
-    try:
-        figure.savefig(tmp, format=suffix, dpi=dpi)
-        os.chmod(tmp, _FILE_MODE)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format=suffix, dpi=dpi)
+    atomic_write_bytes(path, buffer.getvalue())
     return path
 
 

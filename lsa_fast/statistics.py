@@ -22,8 +22,9 @@ class CMAccumulator:
         self.mean = self.m2 = self.min = self.max = None
 
     def update(self, cm: torch.Tensor) -> "CMAccumulator":
-        count, mean, m2, low, high = layer_moments(cm)
-        self._merge(count, mean.cpu(), m2.cpu(), low.cpu(), high.cpu())
+        count, *moments = layer_moments(cm)
+        mean, m2, low, high = torch.stack(moments).cpu()  # one device-to-host copy
+        self._merge(count, mean, m2, low, high)
         return self
 
     def merge(self, other: "CMAccumulator") -> "CMAccumulator":

@@ -89,13 +89,18 @@ def parse_attack_spec(spec: str) -> AttackSpec:
     name, sep, eps_text = spec.partition(":")
     if not sep:
         return AttackSpec(canonical_name(name), None)
+    return AttackSpec(canonical_name(name), parse_eps(eps_text, f"attack spec {spec!r}"))
+
+
+def parse_eps(text: str, where: str) -> float:
+    """A finite eps >= 0 from text; a ValueError naming `where` otherwise."""
     try:
-        eps = float(eps_text)
+        eps = float(text)
     except ValueError:
-        raise ValueError(f"attack spec {spec!r}: eps {eps_text!r} is not a number") from None
+        raise ValueError(f"{where}: eps {text.strip()!r} is not a number") from None
     if not eps >= 0 or eps == float("inf"):
-        raise ValueError(f"attack spec {spec!r}: eps must be a finite number >= 0")
-    return AttackSpec(canonical_name(name), eps)
+        raise ValueError(f"{where}: eps must be a finite number >= 0, got {text.strip()}")
+    return eps
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from ..attacks import ATTACKS, canonical_name
+from ..attacks.registry import parse_eps
 from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
 from ..training import TrainConfig, run_name
@@ -108,18 +109,7 @@ def run(args) -> int:
 
 
 def _parse_grid(text: str):
-    values = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        try:
-            value = float(part)
-        except ValueError:
-            raise ValueError(f"--eps-grid: {part!r} is not a number") from None
-        if not value >= 0 or value == float("inf"):
-            raise ValueError(f"--eps-grid: every eps must be a finite number >= 0, got {part}")
-        values.append(value)
+    values = [parse_eps(part, "--eps-grid") for part in text.split(",") if part.strip()]
     if not values:
         raise ValueError("--eps-grid is empty")
     return values
