@@ -22,9 +22,14 @@ demo: setup
 test: setup cpp-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# The C++ unit tests through CMake (CPU kernels; the CUDA ones are compiled by setup).
+# nvcc, when there is one: the CMake build then compiles the CUDA kernels too (no GPU needed).
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CMAKE_CUDA := $(if $(NVCC),-DLSA_FAST_CUDA=ON -DCMAKE_CUDA_COMPILER=$(NVCC),-DLSA_FAST_CUDA=OFF)
+
+# The C++ unit tests through CMake, and the extension built by CMake with the same flags
+# as setup.py (csrc/flags/), CUDA kernels included where nvcc is found.
 cpp-test: setup
-	cmake -S . -B cmake-build -DPython3_EXECUTABLE=$(abspath $(BIN)/python) > cmake-build.log
+	cmake -S . -B cmake-build -DPython3_EXECUTABLE=$(abspath $(BIN)/python) $(CMAKE_CUDA) > cmake-build.log
 	cmake --build cmake-build -j2 >> cmake-build.log
 	ctest --test-dir cmake-build --output-on-failure
 

@@ -31,10 +31,13 @@ import torch  # noqa: E402
 from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Exposes only the stable API of torch 2.10: the binary then loads under any newer
-# torch. Format: [major][minor][patch][ABI tag] bytes.
-TARGET_TORCH = "-DTORCH_TARGET_VERSION=0x020a000000000000"
 DEFAULT_ARCHS = "8.0;9.0+PTX"
+
+
+def read_flags(compiler: str) -> list:
+    """csrc/flags/<compiler>.txt: the flags CMakeLists.txt passes too (one list, two builds)."""
+    with open(os.path.join(HERE, "csrc", "flags", f"{compiler}.txt")) as f:
+        return [line.strip() for line in f if line.strip() and not line.lstrip().startswith("#")]
 
 
 def use_cuda() -> bool:
@@ -54,14 +57,14 @@ def extensions():
     debug = os.environ.get("LSA_FAST_DEBUG") == "1"
     optimise = ["-O0", "-g"] if debug else ["-O3"]
     sources = sorted(glob.glob(os.path.join("csrc", "*.cpp")) + glob.glob(os.path.join("csrc", "cpu", "*.cpp")))
-    cxx = optimise + ["-std=c++17", TARGET_TORCH, "-fvisibility=hidden"]
+    cxx = optimise + ["-std=c++17"] + read_flags("cxx")
     if not use_cuda():
         print("lsa_fast: building the CPU kernels only")
         return [CppExtension("lsa_fast._C", sources, extra_compile_args={"cxx": cxx}, py_limited_api=True)]
     os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
     print(f"lsa_fast: building the CPU and CUDA kernels for {os.environ['TORCH_CUDA_ARCH_LIST']} ({CUDA_HOME})")
     sources += sorted(glob.glob(os.path.join("csrc", "cuda", "*.cu")))
-    nvcc = optimise + ["-std=c++17", TARGET_TORCH, "-DUSE_CUDA", "--expt-relaxed-constexpr", "-lineinfo"]
+    nvcc = optimise + ["-std=c++17", "-DUSE_CUDA"] + read_flags("nvcc")
     # CppExtension rather than CUDAExtension: the CUDA runtime is linked statically and
     # nothing of torch_cuda/c10_cuda is linked, so the same binary also loads under a
     # CPU-only torch (its CUDA kernels then simply never run).
