@@ -1,17 +1,26 @@
 #!/usr/bin/env bash
 # One command for a machine with a GPU and no network (torch, pytest, hypothesis,
 # ninja preinstalled): install the wheel built elsewhere (or build in place when none
-# is given), run the CUDA tests, compute-sanitizer memcheck and racecheck on a small
-# workload, and the GPU benchmarks; logs and results go to OUTDIR.
+# is given), install the test-only oracles from a folder of wheels when one is given,
+# run the test suite (CUDA tests included), compute-sanitizer memcheck and racecheck
+# on a small workload, and the GPU benchmarks; logs and results go to OUTDIR.
 #
-#   benchmarks/gpu_check.sh [dist/lsa_fast-...-cp39-abi3-linux_x86_64.whl] [OUTDIR]
-# OUTDIR defaults to $OUT, else ./gpu_check_out. LSA_FAST_COMMIT names the source
-# commit when the tree has no .git (the device tool copies the working tree only).
+#   benchmarks/gpu_check.sh [dist/lsa_fast-...whl] [OUTDIR] [ORACLE_WHEEL_DIR]
+# OUTDIR defaults to $OUT, else ./gpu_check_out. ORACLE_WHEEL_DIR holds pure-Python
+# wheels of the oracles (torchattacks, LayersSustainabilityAnalysis, foolbox, ...),
+# fetched where there is a network (README, "Checking on a GPU"); they go to a
+# private --target folder with --no-deps. Without it the oracle tests skip and the
+# rest runs. GPU_CHECK_STEPS picks steps (default "tests sanitizer bench").
+# LSA_FAST_COMMIT names the source commit when the tree has no .git (the device
+# tool copies the working tree only).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 WHEEL=${1:-}
 OUTDIR=$(mkdir -p "${2:-${OUT:-gpu_check_out}}" && cd "${2:-${OUT:-gpu_check_out}}" && pwd)
+ORACLES=${3:-}
+STEPS=${GPU_CHECK_STEPS:-tests sanitizer bench}
+wants() { [[ " $STEPS " == *" $1 "* ]]; }
 PYTHON=${PYTHON:-python3}
 export LSA_FAST_COMMIT=${LSA_FAST_COMMIT:-$(git rev-parse HEAD 2>/dev/null || echo unknown)}
 export PYTHONUNBUFFERED=1
@@ -29,16 +38,25 @@ if [ -n "$WHEEL" ]; then
 else
   "$PYTHON" -m pip install --no-build-isolation --no-deps -q . 2>&1 | tee "$OUTDIR/install.log"
 fi
+if [ -n "$ORACLES" ]; then
+  SITE=$(mktemp -d)
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --target "$SITE" "$ORACLES"/*.whl 2>&1 | tee -a "$OUTDIR/install.log"
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
+  echo "oracles from $ORACLES: $(ls "$ORACLES" | tr '\n' ' ')" | tee -a "$OUTDIR/install.log"
+fi
 # Run from a copy of the tests, so that the installed package (not the source) is used.
 WORK=$(mktemp -d); cp -r tests benchmarks pyproject.toml "$WORK/"; cd "$WORK"
 "$PYTHON" -c 'import lsa_fast; b = lsa_fast.backend(); print(b); assert b["cuda"], "no CUDA kernels"' 2>&1 | tee -a "$OUTDIR/install.log" || status=1
 
-step "CUDA tests"
-timeout 240 "$PYTHON" -m pytest -q -p no:cacheprovider -m cuda tests 2>&1 | tee "$OUTDIR/cuda_tests.log" | tail -5
-[ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+if wants tests; then
+  step "tests (CUDA ones included; -rs lists what skipped and why)"
+  PARALLEL=$("$PYTHON" -c 'import xdist' 2>/dev/null && echo "-n 8")  # pytest-xdist, where present
+  timeout 420 "$PYTHON" -m pytest -q -p no:cacheprovider -rs $PARALLEL tests 2>&1 | tee "$OUTDIR/tests.log" | tail -25
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
 
 SANITIZER=$(command -v compute-sanitizer || ls /usr/local/cuda/bin/compute-sanitizer 2>/dev/null || true)
-for tool in memcheck racecheck; do
+for tool in $(wants sanitizer && echo memcheck racecheck); do
   step "compute-sanitizer --tool $tool"
   if [ -z "$SANITIZER" ]; then echo "compute-sanitizer not found" | tee "$OUTDIR/sanitizer_$tool.log"; continue; fi
   timeout 120 "$SANITIZER" --tool "$tool" --error-exitcode 3 "$PYTHON" benchmarks/sanitizer_workload.py \
@@ -46,11 +64,13 @@ for tool in memcheck racecheck; do
   code=$?; tail -3 "$OUTDIR/sanitizer_$tool.log"; [ $code -eq 0 ] || status=1
 done
 
+wants bench && {
 step "benchmarks"
 timeout 240 "$PYTHON" benchmarks/bench_relative_error.py --device cuda 2>&1 | tee "$OUTDIR/bench_relative_error.log" | tail -30
 if [ -f benchmarks/bench_attacks.py ]; then
   timeout 150 "$PYTHON" benchmarks/bench_attacks.py --device cuda --batch 512 2>&1 | tee "$OUTDIR/bench_attacks.log" | tail -20
 fi
 cp benchmarks/results/*.json "$OUTDIR/" 2>/dev/null
+}
 echo; echo "gpu_check: status $status; logs and results in $OUTDIR"
 exit $status

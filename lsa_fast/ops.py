@@ -49,7 +49,7 @@ def relative_error(
         return reference.relative_error(clean, perturbed, mode, eps)
     cm, norms = torch.ops.lsa_fast.relative_error(clean, perturbed, mode == "batch", float(eps))
     if check_finite and not torch.compiler.is_compiling():
-        _check_finite_norms(norms, len(clean))
+        _check_finite_norms(norms, clean, perturbed)
     return cm
 
 
@@ -184,18 +184,22 @@ def _check_finite_inputs(clean, perturbed):
                 raise ValueError(f"relative_error: layer {i} ({side}) contains NaN or Inf")
 
 
-def _check_finite_norms(norms: torch.Tensor, num_layers: int):
+def _check_finite_norms(norms: torch.Tensor, clean, perturbed):
     """norms[0] holds ||a-b||^2 sums, norms[1] ||a||^2: a non-finite entry means a
-    NaN/Inf input (or an overflow past fp32 range); say which layer and side."""
+    NaN/Inf input or a sum of squares past the accumulator's range; say which layer
+    and which of the two."""
+    num_layers = len(clean)
     per_layer = norms.reshape(2, -1, num_layers)
     finite = torch.isfinite(per_layer).all(dim=1)  # [2, L]
     if bool(finite.all()):
         return
-    for layer in range(num_layers):
-        if not bool(finite[1, layer]):
-            raise ValueError(f"relative_error: layer {layer} (clean) contains NaN or Inf")
-        if not bool(finite[0, layer]):
-            raise ValueError(f"relative_error: layer {layer} (perturbed) contains NaN or Inf")
+    _check_finite_inputs(clean, perturbed)  # names a NaN/Inf input first
+    layer = int(torch.nonzero(~finite.all(dim=0))[0])
+    largest = max(clean[layer].detach().abs().max().item(), perturbed[layer].detach().abs().max().item())
+    raise ValueError(
+        f"relative_error: layer {layer}: the sum of squares overflows {str(norms.dtype).replace('torch.', '')} "
+        f"(largest |value| {largest:.3g}); scale the layer's values down"
+    )
 
 
 def _check_cm(op: str, cm) -> torch.Tensor:

@@ -36,33 +36,75 @@ LSA_HOST_DEVICE inline acc_t relative_error_value(acc_t diff_sq, acc_t clean_sq,
   return square_root(diff_sq) / (norm > eps ? norm : eps);
 }
 
-// dL/da = c1 (a - b) - c2 a and dL/db = -c1 (a - b), with, for d = ||a-b||,
-// n = ||a|| and g = dL/dCM: c1 = g / (d max(n, eps)) and c2 = g d / n^3.
-// At d = 0 the subgradient 0 is taken (c1 = 0, and c2 = 0 since d = 0); below the
-// eps floor the denominator is a constant, so c2 = 0 there too. Never NaN or Inf
-// for finite g.
+// dL/da = c1 (a - b)/d - c2 a/n and dL/db = -c1 (a - b)/d, with, for d = ||a-b||,
+// n = ||a|| and g = dL/dCM: c1 = g / max(n, eps) and c2 = g (d/n) / n.
+// Each element is scaled by 1/d or 1/n before it meets a coefficient (|a - b|/d <= 1,
+// |a|/n <= 1): no intermediate overflows where the result itself is finite (the
+// textbook g d / n^3 overflows fp32 for n just above eps and a large d).
+// At d = 0 the subgradient 0 is taken (c1 = c2 = 0); below the eps floor the
+// denominator is a constant, so c2 = 0 there too. Never NaN or Inf for finite g.
 template <typename acc_t>
 struct GradCoefficients {
-  acc_t c1;
-  acc_t c2;
+  acc_t c1, inv_d;  // for the (a - b) terms
+  acc_t c2, inv_n;  // for the a term of dL/da
 };
 
 template <typename acc_t>
 LSA_HOST_DEVICE inline GradCoefficients<acc_t> relative_error_grad_coefficients(
     acc_t grad, acc_t diff_sq, acc_t clean_sq, acc_t eps) {
-  acc_t d = square_root(diff_sq);
-  acc_t n = square_root(clean_sq);
-  GradCoefficients<acc_t> out;
+  const acc_t d = square_root(diff_sq);
+  const acc_t n = square_root(clean_sq);
+  GradCoefficients<acc_t> out = {acc_t(0), acc_t(0), acc_t(0), acc_t(0)};
   if (d > acc_t(0)) {
-    acc_t floor_n = n > eps ? n : eps;
-    out.c1 = grad / (d * floor_n);
-    // (g * (d / n)) / n^2 keeps the intermediate inside the float range.
-    out.c2 = n > eps ? (grad * (d / n)) / (n * n) : acc_t(0);
-  } else {
-    out.c1 = acc_t(0);
-    out.c2 = acc_t(0);
+    out.c1 = grad / (n > eps ? n : eps);
+    out.inv_d = acc_t(1) / d;
+    if (n > eps) {
+      out.c2 = grad * (d / n) / n;
+      out.inv_n = acc_t(1) / n;
+    }
   }
   return out;
+}
+
+// Gradients are stored saturated to the largest finite value of their dtype. Only
+// fp16 needs it (the accumulator's range is bf16's and fp32's): a dead clean layer
+// (n = 0) gives elements up to g / eps = 1e12 g, which fp16 would store as inf, and a
+// GradScaler would then skip every step while such a sample is probed.
+template <typename scalar_t>
+struct StorageLimit {
+  static constexpr float value = 0.0f;  // 0: no narrower than the accumulator
+};
+
+template <typename scalar_t, typename acc_t>
+LSA_HOST_DEVICE inline acc_t saturate(acc_t v) {
+  constexpr acc_t limit = StorageLimit<scalar_t>::value;
+  if constexpr (limit > 0) {
+    v = v > limit ? limit : v;  // NaN stays NaN
+    return v < -limit ? -limit : v;
+  } else {
+    return v;
+  }
+}
+
+// The two gradient elements of one (a, b) pair, ready to store as scalar_t.
+template <typename scalar_t, typename acc_t>
+LSA_HOST_DEVICE inline acc_t grad_clean_element(acc_t a, acc_t b, const GradCoefficients<acc_t>& k) {
+  return saturate<scalar_t>(k.c1 * ((a - b) * k.inv_d) - k.c2 * (a * k.inv_n));
+}
+template <typename scalar_t, typename acc_t>
+LSA_HOST_DEVICE inline acc_t grad_perturbed_element(acc_t a, acc_t b, const GradCoefficients<acc_t>& k) {
+  return saturate<scalar_t>(-(k.c1 * ((a - b) * k.inv_d)));
+}
+
+// min and max that propagate NaN (as torch.amin/amax): one policy for the CPU and
+// CUDA kernels of cm_statistics (fmin/fmax and std::min would drop it, or not).
+template <typename T>
+LSA_HOST_DEVICE inline T min_or_nan(T a, T b) {
+  return a != a ? a : (b != b || b < a ? b : a);
+}
+template <typename T>
+LSA_HOST_DEVICE inline T max_or_nan(T a, T b) {
+  return a != a ? a : (b != b || b > a ? b : a);
 }
 
 // Algorithm 1 from per-layer means and centred sums of squares (M samples per

@@ -7,6 +7,8 @@
 #include <torch/headeronly/util/Exception.h>
 #include <torch/headeronly/util/Half.h>
 
+#include "cm_math.h"
+
 namespace lsa_fast {
 
 template <typename T>
@@ -35,6 +37,12 @@ void dispatch_floating(torch::headeronly::ScalarType dtype, const char* op, Body
       STD_TORCH_CHECK(false, op, ": unsupported dtype; expected float32, float64, float16 or bfloat16");
   }
 }
+
+// fp16's largest finite value: where gradients saturate (cm_math.h).
+template <>
+struct StorageLimit<torch::headeronly::Half> {
+  static constexpr float value = 65504.0f;
+};
 
 inline torch::headeronly::ScalarType accumulation_dtype(torch::headeronly::ScalarType dtype) {
   using torch::headeronly::ScalarType;

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cstdint>
+#include <utility>
 #include <vector>
 
 #include <torch/csrc/stable/ops.h>
@@ -129,6 +130,11 @@ inline void prepare_backward_inputs(const LayerPairs& pairs, bool batch_mode, Te
                   "relative_error_backward: grad_cm must have the shape and dtype of the forward's output");
   STD_TORCH_CHECK(norms.numel() == 2 * slots && norms.scalar_type() == acc,
                   "relative_error_backward: norms must be the second output of relative_error");
+  const Tensor& layer0 = pairs.layers[0].clean;
+  for (const auto& [t, name] : {std::pair<const Tensor*, const char*>{&grad_cm, "grad_cm"}, {&norms, "norms"}}) {
+    STD_TORCH_CHECK(t->device().type() == layer0.device().type() && t->get_device_index() == layer0.get_device_index(),
+                    "relative_error_backward: ", name, " is on a different device from layer 0");
+  }
   grad_cm = torch::stable::contiguous(grad_cm);
   norms = torch::stable::contiguous(norms);
 }

@@ -30,8 +30,8 @@ void statistics_kernel(const scalar_t* cm, int64_t samples, int64_t layers, doub
     for (int64_t l = 0; l < layers; ++l) {
       const double x = static_cast<double>(cm[m * layers + l]);
       mean[l] += x;
-      low[l] = std::min(low[l], x);
-      high[l] = std::max(high[l], x);
+      low[l] = min_or_nan(low[l], x);
+      high[l] = max_or_nan(high[l], x);
     }
   }
   for (int64_t l = 0; l < layers; ++l) mean[l] /= static_cast<double>(samples);

@@ -79,32 +79,42 @@ void l2_kernel(const scalar_t* x_adv, const scalar_t* grad, const scalar_t* x, s
   });
 }
 
+// Runs `kernel` over flat memory (prepare_pgd_inputs gives every tensor one dense
+// layout); the result has x_adv's memory format.
 template <typename Kernel>
-Tensor run_step(const char* op, Tensor x_adv, Tensor grad, Tensor x_orig, double alpha, double eps, Kernel kernel) {
-  prepare_pgd_inputs(op, x_adv, grad, x_orig, alpha, eps);
-  Tensor out = torch::stable::empty_like(x_adv);
-  dispatch_floating(x_adv.scalar_type(), op, [&](auto tag) {
+Tensor run_step(const char* op, const PgdTensors& t, Kernel kernel) {
+  dispatch_floating(t.out.scalar_type(), op, [&](auto tag) {
     using scalar_t = typename decltype(tag)::type;
-    kernel(tag, static_cast<const scalar_t*>(x_adv.const_data_ptr()), static_cast<const scalar_t*>(grad.const_data_ptr()),
-           static_cast<const scalar_t*>(x_orig.const_data_ptr()), static_cast<scalar_t*>(out.mutable_data_ptr()));
+    kernel(tag, static_cast<const scalar_t*>(t.x_adv.const_data_ptr()),
+           static_cast<const scalar_t*>(t.grad.const_data_ptr()), static_cast<const scalar_t*>(t.x_orig.const_data_ptr()),
+           static_cast<scalar_t*>(t.out.mutable_data_ptr()));
   });
-  return out;
+  return t.out;
 }
 
 }  // namespace
 
 Tensor pgd_step_linf_cpu(Tensor x_adv, Tensor grad, Tensor x_orig, double alpha, double eps) {
+  PgdTensors t = prepare_pgd_inputs("pgd_step_linf", x_adv, grad, x_orig, alpha, eps);
   const int64_t n = x_adv.numel();
-  return run_step("pgd_step_linf", x_adv, grad, x_orig, alpha, eps, [&](auto tag, auto a, auto g, auto x, auto out) {
+  return run_step("pgd_step_linf", t, [&](auto tag, auto a, auto g, auto x, auto out) {
     using scalar_t = typename decltype(tag)::type;
     linf_kernel<scalar_t>(a, g, x, out, n, alpha, eps);
   });
 }
 
 Tensor pgd_step_l2_cpu(Tensor x_adv, Tensor grad, Tensor x_orig, double alpha, double eps) {
-  const int64_t batch = x_adv.dim() >= 1 ? x_adv.size(0) : 1;
-  const int64_t per_sample = batch > 0 ? x_adv.numel() / batch : 0;
-  return run_step("pgd_step_l2", x_adv, grad, x_orig, alpha, eps, [&](auto tag, auto a, auto g, auto x, auto out) {
+  PgdTensors t = prepare_pgd_inputs("pgd_step_l2", x_adv, grad, x_orig, alpha, eps);
+  if (x_adv.numel() == 0) return t.out;
+  if (!batch_is_outermost(t.out)) {  // the per-sample sums need each sample in one block
+    Tensor flat = pgd_step_l2_cpu(torch::stable::contiguous(x_adv), torch::stable::contiguous(grad),
+                                  torch::stable::contiguous(x_orig), alpha, eps);
+    torch::stable::copy_(t.out, flat);
+    return t.out;
+  }
+  const int64_t batch = x_adv.size(0);
+  const int64_t per_sample = x_adv.numel() / batch;
+  return run_step("pgd_step_l2", t, [&](auto tag, auto a, auto g, auto x, auto out) {
     using scalar_t = typename decltype(tag)::type;
     l2_kernel<scalar_t>(a, g, x, out, batch, per_sample, alpha, eps);
   });

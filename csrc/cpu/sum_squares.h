@@ -88,32 +88,32 @@ inline __attribute__((always_inline)) void store_native(const Native<acc_t>& v, 
   if constexpr (std::is_same_v<scalar_t, acc_t>) {
     std::memcpy(p, &v, sizeof v);  // unaligned store
   } else {  // fp16/bf16: narrow element by element
-    for (int j = 0; j < kWidth; ++j) p[j] = static_cast<scalar_t>(v[j]);
+    for (int j = 0; j < kWidth; ++j) p[j] = static_cast<scalar_t>(saturate<scalar_t>(v[j]));
   }
 }
 
-// grad_a = c1 (a - b) - c2 a, grad_b = -c1 (a - b) over n elements, in the same
-// 16-byte vectors as the sums.
+// grad_a and grad_b (common/cm_math.h: grad_clean_element, grad_perturbed_element)
+// over n elements, in the same 16-byte vectors as the sums.
 template <typename scalar_t, typename acc_t>
 inline __attribute__((always_inline)) void relative_error_grads(
     const scalar_t* a, const scalar_t* b, int64_t n, GradCoefficients<acc_t> k,
     scalar_t* grad_a, scalar_t* grad_b) {
   constexpr int kWidth = 16 / sizeof(acc_t);
   const Native<acc_t> c1 = Native<acc_t>{} + k.c1, c2 = Native<acc_t>{} + k.c2;
+  const Native<acc_t> inv_d = Native<acc_t>{} + k.inv_d, inv_n = Native<acc_t>{} + k.inv_n;
   int64_t i = 0;
   for (; i + kWidth <= n; i += kWidth) {
     Native<acc_t> x, y;
     load_native<scalar_t, acc_t>(a + i, x);
     load_native<scalar_t, acc_t>(b + i, y);
-    const Native<acc_t> t = x - y;
-    store_native<scalar_t, acc_t>(c1 * t - c2 * x, grad_a + i);
-    store_native<scalar_t, acc_t>(-(c1 * t), grad_b + i);
+    const Native<acc_t> t = c1 * ((x - y) * inv_d);
+    store_native<scalar_t, acc_t>(t - c2 * (x * inv_n), grad_a + i);
+    store_native<scalar_t, acc_t>(-t, grad_b + i);
   }
   for (; i < n; ++i) {
-    const acc_t x = static_cast<acc_t>(a[i]);
-    const acc_t t = x - static_cast<acc_t>(b[i]);
-    grad_a[i] = static_cast<scalar_t>(k.c1 * t - k.c2 * x);
-    grad_b[i] = static_cast<scalar_t>(-k.c1 * t);
+    const acc_t x = static_cast<acc_t>(a[i]), y = static_cast<acc_t>(b[i]);
+    grad_a[i] = static_cast<scalar_t>(grad_clean_element<scalar_t>(x, y, k));
+    grad_b[i] = static_cast<scalar_t>(grad_perturbed_element<scalar_t>(x, y, k));
   }
 }
 

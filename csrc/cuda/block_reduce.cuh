@@ -5,6 +5,8 @@
 
 #include <cuda_runtime.h>
 
+#include "../common/cm_math.h"
+
 namespace lsa_fast {
 namespace cuda {
 
@@ -12,13 +14,14 @@ struct Sum {
   template <typename T>
   __device__ T operator()(T a, T b) const { return a + b; }
 };
+// NaN-propagating, as the CPU kernels (common/cm_math.h).
 struct Min {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return b < a ? b : a; }
+  __device__ T operator()(T a, T b) const { return min_or_nan(a, b); }
 };
 struct Max {
   template <typename T>
-  __device__ T operator()(T a, T b) const { return b > a ? b : a; }
+  __device__ T operator()(T a, T b) const { return max_or_nan(a, b); }
 };
 
 template <typename T, typename Op>

@@ -30,8 +30,8 @@ __global__ void __launch_bounds__(kThreads) cm_statistics_kernel(
     for (int64_t m = threadIdx.x; m < samples; m += kThreads) {
       const double x = static_cast<double>(cm[m * layers + l]);
       sum += x;
-      low = fmin(low, x);
-      high = fmax(high, x);
+      low = min_or_nan(low, x);
+      high = max_or_nan(high, x);
     }
     sum = block_reduce(sum, Sum(), 0.0);
     low = block_reduce(low, Min(), static_cast<double>(INFINITY));

@@ -152,10 +152,9 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(
 
 template <typename scalar_t, typename acc_t>
 __device__ inline void write_grads(scalar_t a, scalar_t b, GradCoefficients<acc_t> k, scalar_t& ga, scalar_t& gb) {
-  const acc_t x = static_cast<acc_t>(a);
-  const acc_t t = x - static_cast<acc_t>(b);
-  ga = static_cast<scalar_t>(k.c1 * t - k.c2 * x);
-  gb = static_cast<scalar_t>(-k.c1 * t);
+  const acc_t x = static_cast<acc_t>(a), y = static_cast<acc_t>(b);
+  ga = static_cast<scalar_t>(grad_clean_element<scalar_t>(x, y, k));
+  gb = static_cast<scalar_t>(grad_perturbed_element<scalar_t>(x, y, k));
 }
 
 template <typename scalar_t, typename acc_t>

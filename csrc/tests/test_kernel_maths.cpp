@@ -75,8 +75,8 @@ static void gradient_coefficients_match_finite_differences() {
   for (size_t i = 0; i < a.size(); ++i) {
     auto ap = a, am = a, bp = b, bm = b;
     ap[i] += h; am[i] -= h; bp[i] += h; bm[i] -= h;
-    const double grad_a = k.c1 * (a[i] - b[i]) - k.c2 * a[i];
-    const double grad_b = -k.c1 * (a[i] - b[i]);
+    const double grad_a = grad_clean_element<double>(a[i], b[i], k);
+    const double grad_b = grad_perturbed_element<double>(a[i], b[i], k);
     CHECK(close(grad_a, (cm(ap, b) - cm(am, b)) / (2 * h), 1e-6));
     CHECK(close(grad_b, (cm(a, bp) - cm(a, bm)) / (2 * h), 1e-6));
   }
@@ -84,6 +84,29 @@ static void gradient_coefficients_match_finite_differences() {
   CHECK(zero.c1 == 0.0 && zero.c2 == 0.0);
   const auto dead = relative_error_grad_coefficients<float>(1.0f, 1.0f, 0.0f, 1e-12f);
   CHECK(std::isfinite(dead.c1) && dead.c2 == 0.0f);
+  // clean norm just above eps, a large difference (fp32): the fp64 gradient is
+  // finite (about -1.8e27, 0, -8.9e26), so the fp32 one must be too (the textbook
+  // g d / n^3 overflowed to inf, and inf - inf to NaN)
+  const float ca[3] = {2e-12f, 0.0f, 1e-12f}, cb[3] = {1e4f, 0.0f, 0.0f};
+  float diff_sq = 0, clean_sq = 0;
+  for (int i = 0; i < 3; ++i) {
+    diff_sq += (ca[i] - cb[i]) * (ca[i] - cb[i]);
+    clean_sq += ca[i] * ca[i];
+  }
+  const auto big = relative_error_grad_coefficients<float>(1.0f, diff_sq, clean_sq, 1e-12f);
+  for (int i = 0; i < 3; ++i) {
+    CHECK(std::isfinite(grad_clean_element<float>(ca[i], cb[i], big)));
+    CHECK(std::isfinite(grad_perturbed_element<float>(ca[i], cb[i], big)));
+  }
+  CHECK(close(grad_clean_element<float>(ca[0], cb[0], big), -1.7888543819998317e27, 1e-5));
+}
+
+// One NaN policy for cm_statistics' min and max on CPU and CUDA: propagate.
+static void nan_propagating_min_max() {
+  const double nan = std::nan("");
+  CHECK(std::isnan(min_or_nan(1.0, nan)) && std::isnan(min_or_nan(nan, 1.0)));
+  CHECK(std::isnan(max_or_nan(1.0, nan)) && std::isnan(max_or_nan(nan, 1.0)));
+  CHECK(min_or_nan(1.0, 2.0) == 1.0 && max_or_nan(1.0, 2.0) == 2.0);
 }
 
 static void statistics_finalize() {
@@ -111,6 +134,7 @@ int main() {
   sum_squares_matches_naive_sums();
   relative_error_value_and_edges();
   gradient_coefficients_match_finite_differences();
+  nan_propagating_min_max();
   statistics_finalize();
   pgd_steps();
   if (failures) {
