@@ -36,13 +36,16 @@ def relative_error(
     (mode="batch": [L]), in one fused pass. Differentiable w.r.t. both lists.
 
     Returned in fp32 (fp64 for fp64 inputs). A zero-norm clean layer gives
-    ||diff|| / eps, and an unmoved layer gives 0 with the subgradient 0.
+    ||diff|| / eps, and an unmoved layer gives 0 with the subgradient 0. For fp16
+    inputs eps is at least fp16's smallest normal number, 6.1e-5 (norm_floor); fp16
+    gradients saturate at +-65504 instead of overflowing to inf.
     check_finite=True raises on NaN/Inf inputs (one host sync on CUDA)."""
     clean, perturbed = _check_layer_pairs("relative_error", clean, perturbed)
     if mode not in _MODES:
         raise ValueError(f"relative_error: mode must be one of {_MODES}, got {mode!r}")
     if not eps > 0:
         raise ValueError(f"relative_error: eps must be > 0, got {eps}")
+    eps = norm_floor(eps, clean[0].dtype)
     if not EXTENSION_LOADED:
         if check_finite:
             _check_finite_inputs(clean, perturbed)
@@ -51,6 +54,17 @@ def relative_error(
     if check_finite and not torch.compiler.is_compiling():
         _check_finite_norms(norms, clean, perturbed)
     return cm
+
+
+def norm_floor(eps: float, dtype: torch.dtype) -> float:
+    """The eps that floors the clean norm for this dtype. fp16 clean norms below its
+    smallest normal number (6.1e-5) carry no relative precision, and a floor of 1e-12
+    makes a dead (all-zero) clean sample's gradient about 1e12 g: in fp16 training a
+    GradScaler would skip every step while such a sample is probed. With the floor at
+    6.1e-5 that gradient is at most 16384 g, which the scaler absorbs in a few steps."""
+    if dtype == torch.float16:
+        return max(eps, torch.finfo(torch.float16).tiny)
+    return eps
 
 
 def cm_statistics(cm: torch.Tensor, eta: float) -> CMStatistics:

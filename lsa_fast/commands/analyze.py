@@ -212,7 +212,8 @@ def _device(name, distributed: bool) -> torch.device:
             raise ValueError(f"--device {name}: CUDA is not available on this machine")
         if distributed and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        torch.cuda.set_device(device)
+        if device.index is not None:  # plain "cuda" keeps torch's current device
+            torch.cuda.set_device(device)
     return device
 
 
