@@ -26,6 +26,7 @@ from lsa_fast.probes import LayerProbe  # noqa: E402
 
 WORKLOADS = {
     # name: (model, input shape per sample, batch)
+    "model A (Moons MLP, rows of 100) b8192": ("A", (2,), 8192),
     "model B (MNIST CNN) b256": ("B", (1, 28, 28), 256),
     "model C (VGG-19) b128": ("C", (3, 32, 32), 128),
 }
@@ -115,6 +116,20 @@ def bench_workload(name, model_name, shape, batch, device, use_compile, bandwidt
             "ratios": ratios}, rows
 
 
+def bench_cm_statistics(device, quick):
+    """Algorithm 1 on a large CM matrix (M x L = 1e7): the op against the eager
+    reference (torch's own reductions)."""
+    torch.manual_seed(0)
+    cm = torch.rand(500_000, 20, device=device)
+    run = lambda fn: harness.time_it(fn, device, min_run_time=0.3 if quick else 1.0)  # noqa: E731
+    name = "cm_statistics [500000, 20]"
+    fused = run(lambda: torch.ops.lsa_fast.cm_statistics(cm, 1.0))
+    eager = run(lambda: reference.cm_statistics(cm, 1.0))
+    nbytes = cm.numel() * cm.element_size()
+    return [{"workload": name, "implementation": "fused", "ms": round(fused * 1e3, 3), "GB/s": round(nbytes / fused / 1e9, 1)},
+            {"workload": name, "implementation": "eager reference", "ms": round(eager * 1e3, 3)}]
+
+
 def _reference_call(reference_class, model, x, x_hat):
     """The reference's first call: its hooks go on the model and are never removed,
     so they are cleared after each call (else every repetition runs all the earlier
@@ -149,6 +164,7 @@ def main():
         results[name], rows = bench_workload(
             name, model_name, shape, batch, args.device, not args.no_compile, bandwidth, args.quick)
         table += rows
+    table += bench_cm_statistics(args.device, args.quick)
     harness.print_table("times", table, ["workload", "implementation", "ms", "GB/s", "% of copy bw"])
     ratio_rows = [{"workload": w, "ratio": k, "value": f"{v:.2f}"} for w, r in results.items() for k, v in r["ratios"].items()]
     harness.print_table("ratios (baseline time / fused time; bandwidth in %)", ratio_rows, ["workload", "ratio", "value"])

@@ -260,3 +260,44 @@ def test_pgd_step_compiled_on_channels_last_equals_eager():
     compiled = torch.compile(two_steps, fullgraph=True, backend="inductor")
     torch.testing.assert_close(compiled(x_adv, grad, x), two_steps(x_adv, grad, x))
     assert math.isfinite(float(compiled(x_adv, grad, x).sum()))
+
+
+# ------------------------------------ the CUDA work split: short rows, peeled heads, grids
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("mode", ["sample", "batch"])
+def test_relative_error_short_rows_and_unaligned_views_match_reference(dtype, mode):
+    """Rows up to 2048 elements get a warp each (batches not a multiple of 8 too);
+    views that start off a 16-byte boundary take a scalar head, then vectors."""
+    torch.manual_seed(0)
+    shapes = [(13, 1), (13, 31), (13, 100), (13, 2048), (13, 2049), (13, 3, 7, 9), (13, 40000)]
+    base = [torch.randn(s[0], int(math.prod(s[1:])) + 3, device="cuda", dtype=dtype) for s in shapes]
+    clean = [b[:, 3:].reshape(s) if len(s) > 2 else b[:, 3:] for b, s in zip(base, shapes)]  # offset 3 elements
+    clean = [c.contiguous() if i % 2 else c for i, c in enumerate(clean)]  # aligned and unaligned mixed
+    perturbed = [(c + 0.1 * torch.randn_like(c)).requires_grad_() for c in clean]
+    clean = [c.detach().requires_grad_() for c in clean]
+    cm = lsa_fast.relative_error(clean, perturbed, mode)
+    want = reference.relative_error([c.double() for c in clean], [p.double() for p in perturbed], mode)
+    tol = {torch.float16: 2e-3, torch.bfloat16: 2e-2}.get(dtype, 1e-5)
+    torch.testing.assert_close(cm.double(), want, rtol=tol, atol=tol)
+    cm.sum().backward()
+    a = [c.detach().double().requires_grad_() for c in clean]
+    b = [p.detach().double().requires_grad_() for p in perturbed]
+    reference.relative_error(a, b, mode).sum().backward()
+    for got, ref in zip([c.grad for c in clean] + [p.grad for p in perturbed], [t.grad for t in a + b]):
+        torch.testing.assert_close(got.double(), ref, rtol=10 * tol, atol=10 * tol * ref.abs().max().item())
+    again = lsa_fast.relative_error(clean, perturbed, mode)
+    assert torch.equal(cm, again)  # deterministic
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("samples", [1, 300, 8192, 8193, 50000])
+def test_cm_statistics_grid_matches_cpu(samples):
+    cm = torch.rand(samples, 7, dtype=torch.float64) ** 3
+    want = torch.ops.lsa_fast.cm_statistics(cm, 0.5)
+    got = torch.ops.lsa_fast.cm_statistics(cm.cuda(), 0.5)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g.cpu(), w, rtol=1e-12, atol=1e-12)
+    assert all(torch.equal(a, b) for a, b in zip(got, torch.ops.lsa_fast.cm_statistics(cm.cuda(), 0.5)))

@@ -107,6 +107,25 @@ LSA_HOST_DEVICE inline T max_or_nan(T a, T b) {
   return a != a ? a : (b != b || b > a ? b : a);
 }
 
+// Count, mean, centred sum of squares, min and max of a set of CM values; two sets
+// merge exactly with Chan et al.'s formula (the CUDA kernel's chunks, as the Python
+// CMAccumulator's batches).
+struct ChunkMoments {
+  double count, mean, m2, low, high;
+};
+
+LSA_HOST_DEVICE inline ChunkMoments merge_moments(const ChunkMoments& a, const ChunkMoments& b) {
+  const double count = a.count + b.count;
+  const double delta = b.mean - a.mean;
+  ChunkMoments out;
+  out.count = count;
+  out.mean = a.mean + delta * b.count / count;
+  out.m2 = a.m2 + b.m2 + delta * delta * a.count * b.count / count;
+  out.low = min_or_nan(a.low, b.low);
+  out.high = max_or_nan(a.high, b.high);
+  return out;
+}
+
 // Algorithm 1 from per-layer means and centred sums of squares (M samples per
 // layer): mu, population sigma over all M x L entries, and the MVL mask.
 LSA_HOST_DEVICE inline void cm_statistics_finalize(

@@ -109,6 +109,25 @@ static void nan_propagating_min_max() {
   CHECK(min_or_nan(1.0, 2.0) == 1.0 && max_or_nan(1.0, 2.0) == 2.0);
 }
 
+// Chan's merge of two sets' moments equals the moments of their union.
+static void merged_moments_equal_two_pass() {
+  const std::vector<double> x = {0.3, 1.7, 0.2, 0.9, 2.5, 0.4, 1.1};
+  auto moments = [&](size_t begin, size_t end) {
+    ChunkMoments m{double(end - begin), 0, 0, x[begin], x[begin]};
+    for (size_t i = begin; i < end; ++i) m.mean += x[i] / m.count;
+    for (size_t i = begin; i < end; ++i) {
+      m.m2 += (x[i] - m.mean) * (x[i] - m.mean);
+      m.low = min_or_nan(m.low, x[i]);
+      m.high = max_or_nan(m.high, x[i]);
+    }
+    return m;
+  };
+  const ChunkMoments whole = moments(0, x.size());
+  const ChunkMoments merged = merge_moments(moments(0, 3), moments(3, x.size()));
+  CHECK(merged.count == whole.count && close(merged.mean, whole.mean, 1e-14) && close(merged.m2, whole.m2, 1e-13));
+  CHECK(merged.low == 0.2 && merged.high == 2.5);
+}
+
 static void statistics_finalize() {
   // two layers, two samples: CM = [[1, 3], [1, 3]] -> mu 2, sigma 1
   const double mean[2] = {1.0, 3.0}, m2[2] = {0.0, 0.0};
@@ -135,6 +154,7 @@ int main() {
   relative_error_value_and_edges();
   gradient_coefficients_match_finite_differences();
   nan_propagating_min_max();
+  merged_moments_equal_two_pass();
   statistics_finalize();
   pgd_steps();
   if (failures) {
