@@ -39,8 +39,15 @@ def relative_error(
     ||diff|| / eps, and an unmoved layer gives 0 with the subgradient 0. For fp16
     inputs eps is at least fp16's smallest normal number, 6.1e-5 (norm_floor); fp16
     gradients saturate at +-65504 instead of overflowing to inf.
-    check_finite=True raises on NaN/Inf inputs (one host sync on CUDA)."""
+    check_finite=True raises on NaN/Inf inputs (one host sync on CUDA). Under
+    torch.compile the check is skipped (a graph must not wait on the device): NaN or
+    Inf inputs then give NaN/Inf in the result instead of an error.
+
+    Autograd: first and second derivatives (create_graph=True gives a differentiable
+    gradient). torch.func transforms (grad, vmap, jacrev, ...) are not supported and
+    raise a clear error."""
     clean, perturbed = _check_layer_pairs("relative_error", clean, perturbed)
+    _refuse_functorch("relative_error", clean + perturbed)
     if mode not in _MODES:
         raise ValueError(f"relative_error: mode must be one of {_MODES}, got {mode!r}")
     if not eps > 0:
@@ -191,6 +198,19 @@ def _check_layer_pairs(op: str, clean, perturbed):
     return clean, perturbed
 
 
+def _refuse_functorch(op: str, tensors):
+    """torch.func transforms need a batching rule and a functorch-aware autograd
+    registration, which the compiled ops lack; without this check torch answers with
+    an internal message about setup_context or batching rules."""
+    if torch.compiler.is_compiling():  # dynamo cannot trace the check; graphs see plain tensors
+        return
+    if any(torch._C._functorch.is_functorch_wrapped_tensor(t) for t in tensors):
+        raise NotImplementedError(
+            f"{op}: torch.func transforms (grad, vmap, jacrev, ...) are not supported; use torch.autograd.grad "
+            "(create_graph=True works for second derivatives) or loop over the samples"
+        )
+
+
 def _check_finite_inputs(clean, perturbed):
     for i, (a, b) in enumerate(zip(clean, perturbed)):
         for side, t in (("clean", a), ("perturbed", b)):
@@ -249,9 +269,25 @@ def _relative_error_backward(ctx, grad_cm, grad_norms):
     clean, perturbed, norms = list(saved[:n]), list(saved[n : 2 * n]), saved[2 * n]
     if grad_cm is None:
         return None, None, None, None
+    if torch.is_grad_enabled():  # create_graph=True: a gradient that is itself differentiable
+        return _differentiable_backward(ctx, clean, perturbed, grad_cm)
     grads = torch.ops.lsa_fast.relative_error_backward(
         grad_cm, clean, perturbed, norms, ctx.batch_mode, ctx.eps
     )
+    return list(grads[:n]), list(grads[n:]), None, None
+
+
+def _differentiable_backward(ctx, clean, perturbed, grad_cm):
+    """The same gradient written with differentiable torch ops (the reference's CM),
+    so that double backward is exact instead of PyTorch's silent zeros for a backward
+    op without an autograd formula. Only taken under create_graph=True."""
+    mode = "batch" if ctx.batch_mode else "sample"
+    inputs = [t.detach().requires_grad_() if not t.requires_grad else t for t in clean + perturbed]
+    with torch.enable_grad():
+        cm = reference.relative_error(inputs[: ctx.num_layers], inputs[ctx.num_layers :], mode, ctx.eps)
+        grads = torch.autograd.grad(cm, inputs, grad_cm, create_graph=True, allow_unused=True)
+    grads = [torch.zeros_like(t) if g is None else g for g, t in zip(grads, inputs)]
+    n = ctx.num_layers
     return list(grads[:n]), list(grads[n:]), None, None
 
 
