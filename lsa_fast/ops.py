@@ -11,6 +11,8 @@ from . import reference
 from ._extension import EXTENSION_LOADED
 from .reference import DEFAULT_EPS, CMStatistics, accumulation_dtype
 
+LR_GRAD_MODES = ("both", "adversarial", "numerator")
+
 __all__ = [
     "relative_error",
     "cm_statistics",
@@ -108,15 +110,23 @@ def layerwise_regularizer(
     gammas: Union[float, Sequence[float]],
     mode: str = "sample",
     check_finite: bool = False,
+    lr_grad: str = "both",
 ) -> torch.Tensor:
-    """LR = sum_{l in layers} gamma_l * mean_m CM[m, l] (Algorithm 3): a scalar whose
-    gradient flows into both the clean and the adversarial features.
+    """LR = sum_{l in layers} gamma_l * mean_m CM[m, l] (Algorithm 3), a scalar.
+
+    lr_grad chooses the gradient paths (the value is the same in all three):
+      "both"        through phi(x) and phi(x_hat), as the paper's equation (default);
+      "adversarial" through phi(x_hat) only (the clean features are detached);
+      "numerator"   through ||phi(x) - phi(x_hat)|| only (the denominator ||phi(x)||
+                    is a constant), so the model cannot lower LR by growing ||phi(x)||.
 
     check_finite is off by default: this runs inside training steps, which must not
     wait on the GPU; a NaN feature makes the loss NaN, which the trainer reports."""
     layers = list(layers)
     if not layers:
         raise ValueError("layerwise_regularizer: layers is empty; pass at least one probe index")
+    if lr_grad not in LR_GRAD_MODES:
+        raise ValueError(f"layerwise_regularizer: lr_grad must be one of {LR_GRAD_MODES}, got {lr_grad!r}")
     # The clean capture may stop after the deepest regularised layer, so the two lists
     # need only hold every selected index.
     available = min(len(clean_feats), len(adv_feats))
@@ -131,13 +141,60 @@ def layerwise_regularizer(
     gammas = [float(g) for g in gammas]
     if len(gammas) != len(layers):
         raise ValueError(f"layerwise_regularizer: {len(gammas)} gammas for {len(layers)} layers")
-    cm = relative_error([clean_feats[i] for i in layers], [adv_feats[i] for i in layers], mode,
-                        check_finite=check_finite)
+    clean = [clean_feats[i] for i in layers]
+    adversarial = [adv_feats[i] for i in layers]
+    if lr_grad == "adversarial":
+        clean = [t.detach() for t in clean]
+    if lr_grad == "numerator":
+        cm = _numerator_only_relative_error(clean, adversarial, mode, check_finite)
+    else:
+        cm = relative_error(clean, adversarial, mode, check_finite=check_finite)
     per_layer = cm.mean(dim=0) if mode == "sample" else cm
     # Python-float weights: no host-to-device copy of a gamma tensor in every step.
     if all(g == gammas[0] for g in gammas):
         return per_layer.sum() * gammas[0]
     return sum(per_layer[i] * g for i, g in enumerate(gammas))
+
+
+def _numerator_only_relative_error(clean, perturbed, mode, check_finite):
+    """CM whose gradient treats the denominator max(||phi(x)||, eps) as a constant:
+    then dCM/da = c1 (a - b)/d = -dCM/db, so the fused backward's perturbed gradient
+    gives both."""
+    if not EXTENSION_LOADED:
+        eps = norm_floor(DEFAULT_EPS, clean[0].dtype)
+        columns = []
+        for a, b in zip(clean, perturbed):
+            dims = tuple(range(1, a.dim())) if mode == "sample" else None
+            acc = accumulation_dtype(a.dtype)
+            diff = torch.linalg.vector_norm((a - b).to(acc), dim=dims)
+            columns.append(diff / torch.linalg.vector_norm(a.detach().to(acc), dim=dims).clamp_min(eps))
+        return torch.stack(columns, dim=-1)
+    _check_layer_pairs("layerwise_regularizer", clean, perturbed)
+    _refuse_functorch("layerwise_regularizer", list(clean) + list(perturbed))
+    if check_finite and not torch.compiler.is_compiling():
+        _check_finite_inputs(clean, perturbed)
+    eps = norm_floor(DEFAULT_EPS, clean[0].dtype)
+    cm = _NumeratorOnly.apply(mode == "batch", eps, len(clean), *clean, *perturbed)
+    return cm
+
+
+class _NumeratorOnly(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, batch_mode, eps, num_layers, *tensors):
+        clean, perturbed = list(tensors[:num_layers]), list(tensors[num_layers:])
+        cm, norms = torch.ops.lsa_fast.relative_error(clean, perturbed, batch_mode, eps)
+        ctx.save_for_backward(*tensors, norms)
+        ctx.batch_mode, ctx.eps, ctx.num_layers = batch_mode, eps, num_layers
+        return cm
+
+    @staticmethod
+    def backward(ctx, grad_cm):
+        *tensors, norms = ctx.saved_tensors
+        n = ctx.num_layers
+        grads = torch.ops.lsa_fast.relative_error_backward(
+            grad_cm.contiguous(), tensors[:n], tensors[n:], norms, ctx.batch_mode, ctx.eps)
+        perturbed_grads = list(grads[n:])
+        return (None, None, None, *[-g for g in perturbed_grads], *perturbed_grads)
 
 
 def pgd_step(
