@@ -129,7 +129,7 @@ def test_analyze_warns_when_the_attack_leaves_the_inputs_unchanged(tmp_path, cap
     assert cli.main(argv + ["--checkpoint", str(tmp_path / "dead.pt"), "--out", str(tmp_path / "dead")]) == 0
     err = capsys.readouterr().err
     for attack in ("fgsm:0.1", "pgd:0.1"):
-        assert (f"lsa-fast analyze: warning: analyze: {attack} left the input or the logits of 100% of the 64 "
+        assert (f"lsa-fast analyze: warning: {attack} left the input or the logits of 100% of the 64 "
                 f"samples exactly unchanged, so its CM values say nothing about the layers") in err
     assert "gaussian:0.1 left" not in err  # noise is not an attack that could have moved it
     report = json.loads((tmp_path / "dead" / "report.json").read_text())

@@ -114,7 +114,9 @@ def run(args: argparse.Namespace) -> int:
         if distributed and torch.distributed.get_rank() != 0:
             return 0
         for warning in caught:
-            print(f"lsa-fast analyze: warning: {warning.message}", file=sys.stderr, flush=True)
+            text = str(warning.message)
+            text = text[len("analyze: "):] if text.startswith("analyze: ") else text
+            print(f"lsa-fast analyze: warning: {text}", file=sys.stderr, flush=True)
         return _write(report, args.out)
     finally:
         if owned:
