@@ -29,6 +29,7 @@ __all__ = [
     "build_model",
     "model_options",
     "recorded_model_options",
+    "weights_mismatch_hint",
     "parse_model_options",
     "model_dataset",
     "Normalize",
@@ -129,6 +130,17 @@ def recorded_model_options(name: str, recorded_model: Optional[str], recorded: O
     if recorded_model is not None and str(recorded_model) == name and isinstance(recorded, dict):
         return {**recorded, **{key: checked[key] for key in given}}
     return checked
+
+
+def weights_mismatch_hint(error: Exception) -> str:
+    """A hint for a load_state_dict error that only the input normalisation explains:
+    the weights of a model built with(out) `normalize` do not fit one built the other way."""
+    text = str(error)
+    if "normalize.mean" not in text:
+        return ""
+    if "Missing key" in text:
+        return " (the weights come from a model without input normalisation: add --model-option normalize=none)"
+    return " (the weights come from a model with input normalisation: add --model-option normalize=cifar10)"
 
 
 def parse_model_options(items, option: str = "--model-option") -> Dict:

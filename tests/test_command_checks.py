@@ -178,6 +178,15 @@ def test_one_model_factory_with_model_options(tmp_path, capsys):
               "--model-option depth: model A takes no option 'depth'; its options: in_features, hidden, normalize")
     one_error(capsys, cli.main(TRAIN + ["--model-option", "hidden", "--out", str(tmp_path / "x")]),
               "--model-option 'hidden': expected KEY=VALUE")
+    # Weights of a model built without normalisation: the error says which option fits them.
+    torch.save(build_model("D", depth=10, widen_factor=1).state_dict(), tmp_path / "plain.pt")
+    small_d = ["--model", "D", "--model-option", "depth=10", "--model-option", "widen_factor=1"]
+    one_error(capsys, cli.main(["analyze", "--checkpoint", str(tmp_path / "plain.pt"), "--out", str(tmp_path / "x")]
+                               + small_d), "add --model-option normalize=none")
+    assert cli.main(["analyze", "--checkpoint", str(tmp_path / "plain.pt"), "--out", str(tmp_path / "lsa-d"),
+                     "--data", str(tmp_path / "cifar"), "--perturbations", "fgsm:0.03", "--no-progress",
+                     "--model-option", "normalize=none"] + small_d) == 0
+    capsys.readouterr()
     # A WideResNet implies CIFAR-10, as in analyze: the error is the missing data, not --dataset.
     one_error(capsys, cli.main(["train", "--model", "wrn-28-10", "--data", str(tmp_path / "none"), "--out",
                                 str(tmp_path / "x")]), "CIFAR-10 (train split): missing")

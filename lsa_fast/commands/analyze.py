@@ -23,7 +23,7 @@ from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_un
 from ..attacks import make_attack, parse_attack_spec
 from ..data import DATASET_NAMES, load_dataset, make_loader
 from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
-from ..models import build_model, model_dataset, parse_model_options, recorded_model_options
+from ..models import build_model, model_dataset, parse_model_options, recorded_model_options, weights_mismatch_hint
 from ..report import atomic_write_text
 from ._device import parse_device
 from ._outputs import check_output_dir
@@ -176,7 +176,8 @@ def _load_weights(model, state, path: str, model_name: str) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         detail = " ".join(str(error).split())
-        raise ValueError(f"--checkpoint {path}: its weights do not fit model {model_name!r}: {detail[:600]}") from None
+        raise ValueError(f"--checkpoint {path}: its weights do not fit model {model_name!r}: {detail[:600]}"
+                         f"{weights_mismatch_hint(error)}") from None
 
 
 def _load(args, dataset: str, config: dict):

@@ -22,7 +22,7 @@ from ..attacks.registry import parse_eps
 from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
 from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
-from ..models import parse_model_options, recorded_model_options
+from ..models import parse_model_options, recorded_model_options, weights_mismatch_hint
 from ..training import TrainConfig, run_name
 from ._device import parse_device
 from ._outputs import check_output_file
@@ -80,7 +80,8 @@ def run(args) -> int:
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
-        raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {error}") from None
+        raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {error}"
+                         f"{weights_mismatch_hint(error)}") from None
     model.to(device).eval()
 
     options = {}
