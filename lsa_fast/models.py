@@ -115,7 +115,7 @@ def model_options(name: str, given: Optional[Dict] = None) -> Dict:
         raise ValueError(f"--model-option {unknown[0]}: model {name} takes no option {unknown[0]!r}; its options: "
                          f"{', '.join(accepted)}")
     options = {**PAPER_MODEL_OPTIONS.get(key, {}), **given}
-    if "normalize" in options and key != "a":  # model A also knows "moons"
+    if "normalize" in options and not (key == "a" and options["normalize"] == "moons"):  # A's own default
         options["normalize"] = _normalization(options["normalize"])
     return options
 

@@ -7,8 +7,8 @@ The file names its holder (pid, host, start time, command line), which the refus
 quotes. A clean release removes the file; a file found when the lock is free was left
 by a holder that died, and the new holder reports that stale lock and takes it over.
 
-Where fcntl does not exist (Windows) the file itself is the lock (created with O_EXCL),
-and a lock whose pid no longer runs on this host is stale.
+Where fcntl or flock does not work (Windows, some network file systems) the file itself
+is the lock (created with O_EXCL), and a lock whose pid no longer runs on this host is stale.
 """
 from __future__ import annotations
 
@@ -102,7 +102,7 @@ class RunLock:
                 os.close(fd)
                 if error.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
                     raise self._in_use(holder) from None
-                raise
+                return self._acquire_exclusive()  # a file system without flock (some NFS)
             try:
                 same = os.stat(self.path).st_ino == os.fstat(fd).st_ino
             except FileNotFoundError:

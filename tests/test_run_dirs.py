@@ -221,3 +221,22 @@ def test_data_is_found_again_and_checked(tmp_path, monkeypatch, capsys):
     assert cli.main(["analyze", "--checkpoint", run, "--perturbations", "fgsm:0.1", "--limit", "8", "--out", "lsa",
                      "--no-progress"]) == 0
     assert json.loads((elsewhere / "lsa" / "report.json").read_text())["num_samples"] == 8
+
+
+def test_lock_without_flock_uses_an_exclusive_file(tmp_path, monkeypatch):
+    import socket
+
+    from lsa_fast import run_lock
+
+    monkeypatch.setattr(run_lock, "fcntl", None)  # as on Windows
+    with run_lock.RunLock(tmp_path / "run") as lock:
+        assert lock.stale is None
+        with pytest.raises(run_lock.RunDirectoryInUse, match=f"pid {os.getpid()} on"):
+            run_lock.RunLock(tmp_path / "run").acquire()
+    assert not (tmp_path / "run").exists()  # released, and the empty directory it made is gone
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / run_lock.LOCK_NAME).write_text(json.dumps(
+        {"pid": int(dead.stdout), "host": socket.gethostname(), "started": "then", "command": "lsa-fast train"}))
+    with run_lock.RunLock(tmp_path / "run") as lock:
+        assert f"took over a stale lock of pid {int(dead.stdout)}" in lock.stale
