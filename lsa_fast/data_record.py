@@ -14,8 +14,6 @@ import os
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-import torch
-
 from .data import default_data_dir
 
 __all__ = ["FILE_DATASETS", "data_dir_to_record", "data_dir_to_read", "fingerprint", "check_fingerprint",
