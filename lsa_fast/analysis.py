@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from typing import Callable, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
@@ -39,6 +40,10 @@ __all__ = [
 ]
 
 DEFAULT_ETA_SWEEP: Tuple[float, ...] = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+
+# analyze warns when an adversarial perturbation leaves more than this fraction of the
+# samples' inputs or logits unchanged.
+UNMOVED_WARNING = 0.5
 
 # Perturbations whose strength is a probability (salt, pepper) or a relative factor
 # (speckle multiplies x by 1 + n), not a distance in input space: a change of input
@@ -83,7 +88,13 @@ def analyze(
 
     The report's `combined` result is Algorithm 1 on the CM matrices of all adversarial
     perturbations stacked (pooled statistics), not the union of their MVL lists: a layer
-    is flagged when it stands out on average over all attacks."""
+    is flagged when it stands out on average over all attacks.
+
+    Each result records the fraction of samples whose input or logits the perturbation
+    left exactly unchanged (`unmoved`). When an adversarial perturbation leaves most
+    samples unmoved (an input gradient of exactly 0, as in a collapsed model, or eps 0),
+    its CM values say nothing about the layers: analyze warns (RuntimeWarning) and lists
+    the warning in report.warnings."""
     eta = _check_eta("eta", eta)
     eta_sweep = [_check_eta("eta_sweep", e) for e in eta_sweep]
     if dataset is not None:
@@ -102,6 +113,7 @@ def analyze(
     adversarial = [i for i, entry in enumerate(entries) if entry.kind == "adversarial"]
     # [clean, each perturbation, all adversarial at once]; on the device, read once at the end.
     counts = torch.zeros(len(entries) + 2, dtype=torch.int64, device=device)
+    unmoved = torch.zeros(len(entries), dtype=torch.int64, device=device)
     total = 0
     names: Optional[List[str]] = None
 
@@ -126,6 +138,7 @@ def analyze(
                 perturbed, logits_hat, perturbed_names = _probed_forward(probe, model, x_hat)
                 check_same_sequence(names, perturbed_names, ("clean", f"{entry.name!r}"))
                 accumulators[entry.name].update(relative_error(clean, perturbed, mode="sample"))
+                unmoved[index] += _unmoved(x, x_hat, logits, logits_hat)
                 ok = correct(logits_hat, y)
                 counts[index + 1] += ok.sum()
                 if index in adversarial:
@@ -149,20 +162,31 @@ def analyze(
         # Every rank calls the same collectives in the same order, even with an empty shard.
         accumulators = {name: acc.all_reduce() for name, acc in accumulators.items()}
         gathered = [None] * world_size
-        dist.all_gather_object(gathered, (counts.cpu().tolist(), total, names))
-        summed = [sum(c[i] for c, _, _ in gathered) for i in range(len(entries) + 2)]
+        dist.all_gather_object(gathered, (counts.cpu().tolist(), total, names, unmoved.cpu().tolist()))
+        summed = [sum(g[0][i] for g in gathered) for i in range(len(entries) + 2)]
         counts = torch.tensor(summed, dtype=torch.int64)
-        total = sum(t for _, t, _ in gathered)
-        names = next((n for _, _, n in gathered if n is not None), None)
+        unmoved = torch.tensor([sum(g[3][i] for g in gathered) for i in range(len(entries))], dtype=torch.int64)
+        total = sum(g[1] for g in gathered)
+        names = next((g[2] for g in gathered if g[2] is not None), None)
     if total == 0 or names is None:
         raise ValueError("analyze: the loader yielded no samples")
 
     counts = counts.cpu().tolist()
+    unmoved = [count / total for count in unmoved.cpu().tolist()]
     results = [
         _result(entry.name, entry.kind, entry.attack, entry.eps_input, entry.eps_dataset,
                 100.0 * counts[i + 1] / total, accumulators[entry.name], eta, eta_sweep)
         for i, entry in enumerate(entries)
     ]
+    notes = []
+    for result, fraction in zip(results, unmoved):
+        result.unmoved = fraction
+        if result.kind == "adversarial" and fraction > UNMOVED_WARNING:
+            notes.append(f"{result.name} left the input or the logits of {100 * fraction:.0f}% of the {total} "
+                         f"samples exactly unchanged, so its CM values say nothing about the layers (an input "
+                         f"gradient of exactly 0, e.g. a collapsed model, or eps 0?)")
+    for note in notes:
+        warnings.warn(f"analyze: {note}", RuntimeWarning, stacklevel=2)
     combined = None
     if adversarial:
         pooled = CMAccumulator()
@@ -185,6 +209,7 @@ def analyze(
         model_class=type(model).__name__,
         dataset=dataset,
         world_size=world_size,
+        warnings=notes,
     )
 
 
@@ -308,6 +333,14 @@ def _perturb(entry: _Entry, model, x: torch.Tensor, y: torch.Tensor) -> torch.Te
     if x_hat.shape != x.shape:
         raise ValueError(f"analyze: perturbation {entry.name!r} returned shape {tuple(x_hat.shape)} for input {tuple(x.shape)}")
     return x_hat.detach().to(device=x.device, dtype=x.dtype)
+
+
+def _unmoved(x: torch.Tensor, x_hat: torch.Tensor, logits: torch.Tensor, logits_hat: torch.Tensor) -> torch.Tensor:
+    """How many samples the perturbation did not move: input or logits bit-identical."""
+    n = x.shape[0]
+    same_input = (x_hat == x).reshape(n, -1).all(dim=1)
+    same_logits = (logits_hat == logits).reshape(n, -1).all(dim=1)
+    return (same_input | same_logits).sum()
 
 
 def _probed_forward(probe: LayerProbe, model, x: torch.Tensor):

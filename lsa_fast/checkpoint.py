@@ -14,16 +14,21 @@ file from an untrusted source cannot run code when it is loaded:
     mvl, metrics, rng, ... see lsa_fast.training.ATLRTrainer.state_dict
 
 Writes go to a temporary file in the target's directory, then os.replace: a crash
-mid-write leaves the previous checkpoint intact, never half a file.
+mid-write leaves the previous checkpoint intact, never half a file. What a kill -9 can
+strand is the temporary file itself (.checkpoint.pt.XXXX.tmp); remove_stray_temporaries
+deletes those of a run directory when the run starts again (under its RunLock).
 """
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import tempfile
+import time
 import zipfile
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Union
+from typing import Dict, List, Mapping, Optional, Sequence, Union
 
 import numpy as np
 import torch
@@ -36,6 +41,8 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "resolve_checkpoint",
+    "remove_stray_temporaries",
+    "why_unreadable",
     "capture_rng_state",
     "restore_rng_state",
 ]
@@ -63,6 +70,7 @@ def save_checkpoint(state: Mapping, path: PathLike) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is shared like any output
+        _test_hold(path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -77,11 +85,10 @@ def load_checkpoint(path: PathLike, map_location: Union[str, torch.device, None]
     checkpoint.pt). FileNotFoundError if absent; ValueError naming the file if it is
     truncated, corrupt, unsafe to load, or not an lsa_fast checkpoint."""
     path = resolve_checkpoint(path)
-    size = path.stat().st_size
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises RuntimeError, UnpicklingError, EOFError, ...
-        raise ValueError(f"{path}: {_why_unreadable(path, size, error)}") from None
+        raise ValueError(f"{path}: {why_unreadable(path, error)}") from None
     if not isinstance(state, dict):
         raise ValueError(f"{path}: not an lsa_fast checkpoint (it holds a {type(state).__name__}, "
                          f"expected a dict with format {CHECKPOINT_FORMAT!r})")
@@ -164,21 +171,102 @@ def restore_rng_state(state: Mapping, generators: Optional[Mapping[str, Optional
 # ---------------------------------------------------------------------------- helpers
 
 
-def _why_unreadable(path: Path, size: int, error: Exception) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    # torch's weights_only message is long; its "WeightsUnpickler error" line says what was refused.
-    detail = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
-    text = f"{type(error).__name__}: {detail}"[:300]
+def remove_stray_temporaries(directory: PathLike, names: Sequence[str] = ()) -> List[Path]:
+    """Delete the temporary files that an interrupted atomic write of one of `names`
+    (default: the files of a run directory) left in `directory`; returns them. Call it
+    only while no other process writes there (hold the directory's RunLock)."""
+    names = tuple(names) or _RUN_FILES
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for entry in directory.iterdir():
+        # save_checkpoint and lsa_fast.report.atomic_write_* name them .<target>.<random>.tmp
+        match = re.fullmatch(r"\.(.+)\.[A-Za-z0-9_]+\.tmp", entry.name)
+        if match and match.group(1) in names and entry.is_file():
+            entry.unlink()
+            removed.append(entry)
+    return removed
+
+
+def why_unreadable(path: PathLike, error: Exception) -> str:
+    """Why torch.load(path, weights_only=True) failed, in the words of what the file
+    is, without torch's advice to load untrusted files unsafely."""
+    path = Path(path)
+    size = path.stat().st_size
+    expected = ("expected a checkpoint written by lsa-fast train (checkpoint.pt or final.pt of a run "
+                "directory) or a state_dict saved with torch.save")
     if size == 0:
-        return "empty file, not a checkpoint"
+        return f"empty file, not a checkpoint; {expected}"
     with open(path, "rb") as handle:
-        head = handle.read(4)
-    if head.startswith(b"PK") and not zipfile.is_zipfile(path):
-        return f"truncated checkpoint ({size} bytes on disk; the zip archive is incomplete): {text}"
-    if "Unsupported global" in str(error):
-        return (f"refusing to load: the file holds pickled objects that are not plain tensors "
-                f"and containers, so it is not an lsa_fast checkpoint ({text})")
-    return f"truncated, corrupt or not a checkpoint ({size} bytes on disk): {text}"
+        head = handle.read(4096)
+    refused = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
+    if refused:
+        return (f"refusing to load: the file holds a pickled {refused.group(1)}, not plain tensors and "
+                f"containers, so it is not an lsa_fast checkpoint (loading it could run code); {expected}")
+    if head.startswith(b"PK"):
+        if not zipfile.is_zipfile(path):
+            return f"truncated checkpoint ({size} bytes on disk; the zip archive is incomplete)"
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                return f"a zip archive that torch.save did not write ({size} bytes), not a checkpoint; {expected}"
+        return f"corrupt checkpoint ({size} bytes on disk): {_torch_detail(error)}"
+    return f"{_file_kind(path, head, size)}, not a checkpoint; {expected}"
+
+
+def _torch_detail(error: Exception) -> str:
+    # torch's weights_only message wraps the reason in advice; keep only the reason.
+    text = str(error)
+    marker = text.find("WeightsUnpickler error:")
+    if marker >= 0:
+        text = text[marker + len("WeightsUnpickler error:"):]
+    line = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    return f"{type(error).__name__}: {line[:200]}"
+
+
+def _file_kind(path: Path, head: bytes, size: int) -> str:
+    if head.startswith(b"\x89PNG"):
+        return f"a PNG image ({size} bytes)"
+    if head.startswith(b"%PDF"):
+        return f"a PDF document ({size} bytes)"
+    if b"\0" in head:
+        return f"binary data of an unknown kind ({size} bytes; truncated, corrupt or another format)"
+    text = head.lstrip()
+    if text[:1] in (b"{", b"["):
+        try:
+            data = json.loads(path.read_text())
+        except (ValueError, UnicodeDecodeError):
+            return f"a text file that looks like JSON ({size} bytes)"
+        kind = data.get("format") if isinstance(data, dict) else None
+        known = {"lsa_fast.LSAReport/1": "an LSA report of lsa-fast analyze"}
+        if isinstance(kind, str):
+            return f"a JSON file ({known.get(kind, 'format ' + repr(kind))}, {size} bytes)"
+        return f"a JSON file ({size} bytes)"
+    return f"a text file ({size} bytes)"
+
+
+# The files of a run directory (lsa_fast.training) written with an atomic write.
+_RUN_FILES = ("checkpoint.pt", "final.pt", "config.json", "metrics.jsonl")
+
+
+def _test_hold(path: Path) -> None:
+    """Test-only: with _LSA_FAST_TEST_HOLD_SAVE=NAME:N:MARKER, the N-th save of a file
+    called NAME in this process stops with its temporary file complete but not yet
+    renamed, creates MARKER and waits to be killed: kill tests choose their moment."""
+    spec = os.environ.get("_LSA_FAST_TEST_HOLD_SAVE")
+    if not spec:
+        return
+    name, count, marker = spec.split(":", 2)
+    if path.name != name:
+        return
+    _HOLD_COUNTS[name] = _HOLD_COUNTS.get(name, 0) + 1
+    if _HOLD_COUNTS[name] == int(count):
+        Path(marker).write_text(str(os.getpid()))
+        while True:
+            time.sleep(60)
+
+
+_HOLD_COUNTS: Dict[str, int] = {}
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 # (subcommand, module in lsa_fast.commands)
@@ -38,7 +39,9 @@ def main(argv=None) -> int:
     try:
         return int(args.run(args) or 0)
     except (ValueError, FileNotFoundError, TypeError) as error:
-        print(f"lsa-fast {args.command}: error: {error}", file=sys.stderr)
+        # Under torchrun every rank meets the same error: rank 0 alone says it.
+        if os.environ.get("RANK", "0") in ("", "0"):
+            print(f"lsa-fast {args.command}: error: {error}", file=sys.stderr, flush=True)
         return 2
 
 

@@ -12,7 +12,6 @@ import dataclasses
 import json
 import math
 import os
-import tempfile
 from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
@@ -189,22 +188,11 @@ class EvaluationTable:
             raise ValueError(f"EvaluationTable.from_dict: not an evaluation table ({error})") from None
 
     def to_json(self, path: Union[str, os.PathLike]) -> None:
-        """Written to a temporary file beside `path`, then renamed over it: a reader
-        never sees half a file."""
-        path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, tmp = tempfile.mkstemp(prefix=".evaluation-", suffix=".json.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "w") as handle:
-                json.dump(self.to_dict(), handle, indent=2)
-                handle.write("\n")
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        """Written to a temporary file beside `path`, then renamed over it (mode 0644,
+        like every output): a reader never sees half a file."""
+        from .report import atomic_write_text
+
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def from_json(cls, path: Union[str, os.PathLike]) -> "EvaluationTable":

@@ -13,6 +13,8 @@ Layout rules that the probes rely on (lsa_fast.probes finds layers with forward 
 from __future__ import annotations
 
 import importlib
+import inspect
+import json
 from collections import OrderedDict
 from typing import Union, Callable, Dict, Optional, Sequence, Tuple
 
@@ -25,6 +27,11 @@ __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
     "build_model",
+    "model_options",
+    "recorded_model_options",
+    "weights_mismatch_hint",
+    "parse_model_options",
+    "model_dataset",
     "Normalize",
     "MoonsMLP",
     "MnistCNN",
@@ -69,6 +76,100 @@ def build_model(name: str, **kwargs) -> nn.Module:
     if factory is None:
         raise ValueError(f"build_model: unknown model {name!r}; valid names: {_valid_names()}")
     return factory(**kwargs)
+
+
+# What a paper model is built with unless its options say otherwise (model_options): the
+# CIFAR-10 models normalise their [0, 1] inputs inside, as lsa-fast reproduce trains them.
+PAPER_MODEL_OPTIONS: Dict[str, Dict] = {
+    "c": {"normalize": "cifar10"},
+    "d": {"normalize": "cifar10"},
+    "wrn-28-10": {"normalize": "cifar10"},
+    "wrn-34-10": {"normalize": "cifar10"},
+}
+
+# Named input normalisations a `normalize` option may give instead of [mean, std].
+NORMALIZATIONS: Dict[str, Optional[Tuple[Tuple[float, ...], Tuple[float, ...]]]] = {
+    "cifar10": (CIFAR10_MEAN, CIFAR10_STD),
+    "none": None,
+}
+
+
+def model_options(name: str, given: Optional[Dict] = None) -> Dict:
+    """The constructor options model `name` is built with: the paper's defaults
+    (PAPER_MODEL_OPTIONS) updated by `given`, each checked against what the model takes,
+    a named normalisation ("cifar10", "none") written out as [mean, std]. The result is
+    plain JSON, recorded in checkpoints, so that build_model(name, **options) rebuilds
+    the same model whatever the defaults become. Used by lsa-fast train, reproduce,
+    eval and analyze alike."""
+    given = dict(given or {})
+    if not isinstance(name, str) or not name.strip():
+        raise ValueError(f"model_options: model name must be a non-empty string, got {name!r}")
+    if ":" in name:  # a user model: its own defaults
+        return given
+    key = name.strip().lower().replace("_", "-")
+    if key not in _REGISTRY:
+        raise ValueError(f"build_model: unknown model {name!r}; valid names: {_valid_names()}")
+    accepted = _accepted_options(key)
+    unknown = sorted(set(given) - set(accepted))
+    if unknown:
+        raise ValueError(f"--model-option {unknown[0]}: model {name} takes no option {unknown[0]!r}; its options: "
+                         f"{', '.join(accepted)}")
+    options = {**PAPER_MODEL_OPTIONS.get(key, {}), **given}
+    if "normalize" in options and not (key == "a" and options["normalize"] == "moons"):  # A's own default
+        options["normalize"] = _normalization(options["normalize"])
+    return options
+
+
+def recorded_model_options(name: str, recorded_model: Optional[str], recorded: Optional[Dict],
+                           given: Optional[Dict] = None) -> Dict:
+    """The options to rebuild a model a checkpoint holds: the checkpoint's own (a run
+    records all of them) when `name` is the model it names, else model_options(name);
+    `given` options (checked) override either."""
+    given = dict(given or {})
+    checked = model_options(name, given)
+    if recorded_model is not None and str(recorded_model) == name and isinstance(recorded, dict):
+        return {**recorded, **{key: checked[key] for key in given}}
+    return checked
+
+
+def weights_mismatch_hint(error: Exception) -> str:
+    """A hint for a load_state_dict error that only the input normalisation explains:
+    the weights of a model built with(out) `normalize` do not fit one built the other way."""
+    text = str(error)
+    if "normalize.mean" not in text:
+        return ""
+    if "Missing key" in text:
+        return " (the weights come from a model without input normalisation: add --model-option normalize=none)"
+    return " (the weights come from a model with input normalisation: add --model-option normalize=cifar10)"
+
+
+def parse_model_options(items, option: str = "--model-option") -> Dict:
+    """["depth=16", "normalize=none", ...] -> {"depth": 16, "normalize": "none"}: each
+    value read as JSON (numbers, true/false, null, lists), else kept as text."""
+    options: Dict = {}
+    for item in items or ():
+        key, sep, text = str(item).partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"{option} {item!r}: expected KEY=VALUE, e.g. {option} depth=16")
+        if key in options:
+            raise ValueError(f"{option} {key} is given twice")
+        try:
+            options[key] = json.loads(text)
+        except ValueError:
+            options[key] = text.strip()
+    return options
+
+
+def model_dataset(name: str) -> Optional[str]:
+    """The dataset a model name implies: the paper's (A moons, B mnist, C/D cifar10),
+    cifar10 for the WideResNets, None for other models."""
+    key = str(name).strip().upper()
+    if key in MODEL_DATASET:
+        return MODEL_DATASET[key]
+    if key.replace("_", "-").startswith("WRN-"):
+        return "cifar10"
+    return None
 
 
 class Normalize(nn.Module):
@@ -313,6 +414,34 @@ MODEL_NAMES: Tuple[str, ...] = ("A", "B", "C", "D", "wrn-28-10", "wrn-34-10")
 
 def _valid_names() -> str:
     return ", ".join(repr(n) for n in MODEL_NAMES) + ", or 'package.module:attr'"
+
+
+def _accepted_options(key: str) -> Tuple[str, ...]:
+    factory = _REGISTRY[key]
+    parameters = inspect.signature(factory).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()):
+        # wrn_28_10(**kwargs) -> WideResNet with depth and width fixed
+        fixed = {"depth", "widen_factor"}
+        parameters = {k: v for k, v in inspect.signature(WideResNet).parameters.items() if k not in fixed}
+    return tuple(k for k, p in parameters.items()
+                 if p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY))
+
+
+def _normalization(value):
+    if isinstance(value, str):
+        named = value.strip().lower().replace("-", "")
+        if named not in NORMALIZATIONS:
+            raise ValueError(f"--model-option normalize={value}: expected one of {', '.join(NORMALIZATIONS)} or "
+                             f"[[mean, ...], [std, ...]]")
+        value = NORMALIZATIONS[named]
+    if value is None:
+        return None
+    try:
+        mean, std = value
+        return [[float(v) for v in mean], [float(v) for v in std]]
+    except (TypeError, ValueError):
+        raise ValueError(f"--model-option normalize={json.dumps(value)}: expected one of "
+                         f"{', '.join(NORMALIZATIONS)} or [[mean, ...], [std, ...]]") from None
 
 
 def _build_from_import_path(spec: str, kwargs: dict) -> nn.Module:

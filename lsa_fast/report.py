@@ -52,6 +52,7 @@ class PerturbationResult:
     mvl: List[int]
     eta_sweep: Dict[float, List[int]]
     members: List[str] = dataclasses.field(default_factory=list)  # "combined": what was pooled
+    unmoved: Optional[float] = None  # fraction of samples whose input or logits it left unchanged
 
     def mvl_at(self, eta: float) -> List[int]:
         """Algorithm 1 at any eta, from the stored per-layer statistics (every layer
@@ -95,6 +96,7 @@ class LSAReport:
     model_class: Optional[str] = None
     dataset: Optional[str] = None
     world_size: int = 1
+    warnings: List[str] = dataclasses.field(default_factory=list)  # what makes the results doubtful
 
     # ------------------------------------------------------------------ access
 
@@ -190,6 +192,7 @@ class LSAReport:
         if self.world_size > 1:
             about.append(f"{self.world_size} ranks")
         lines = ["# Layer Sustainability Analysis", "", " · ".join(about), ""]
+        lines += [f"**Warning**: {warning}" for warning in self.warnings] + ([""] if self.warnings else [])
 
         lines += ["## Accuracy", "", "| perturbation | kind | eps (dataset units) | eps (input units) | accuracy (%) |", "|---|---|---:|---:|---:|"]
         lines.append(f"| clean | - | - | - | {self.clean_accuracy:.2f} |")

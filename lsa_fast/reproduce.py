@@ -31,7 +31,7 @@ from .analysis import analyze, eps_to_input_units
 from .attacks import make_attack
 from .data import load_dataset, make_loader
 from .evaluation import EvaluationTable, evaluate
-from .models import CIFAR10_MEAN, CIFAR10_STD, build_model
+from .models import build_model, model_options
 from .paper import PaperRow, PaperTable, paper_table
 from .probes import LayerProbe
 from .report import atomic_write_text, new_figure, save_figure
@@ -49,7 +49,9 @@ class ReproduceSettings:
     """Everything a reproduction does, shared by every row of the table. eps values
     (train_eps, cm_eps) are in the dataset's own units (the paper's: moons coordinates,
     [0, 1] pixels); n_train / n_test: Moons points drawn, or the first N images (None:
-    all). cm_samples: test samples behind the CM curves. model_kwargs: per model name."""
+    all). cm_samples: test samples behind the CM curves. model_kwargs: per model name,
+    options beyond the model's defaults (lsa_fast.models.model_options, the factory
+    lsa-fast train uses too: C and D normalise with the CIFAR-10 statistics)."""
 
     dataset: str = "moons"
     seeds: int = 5
@@ -91,17 +93,14 @@ class ReproduceSettings:
                 settings = dataclasses.replace(settings, n_train=256, n_test=128, batch_size=64, epochs=1,
                                                attack_steps=2, cm_samples=64, eval_batch_size=128)
             return settings
-        normalize = [list(CIFAR10_MEAN), list(CIFAR10_STD)]
         settings = cls(dataset="cifar10", seeds=1, n_train=None, n_test=None, batch_size=128, epochs=30,
                        optimizer="sgd", lr=0.1, schedule="piecewise", train_eps=8 / 255, attack_steps=10,
                        eta=1.0, cm_eps=8 / 255, cm_samples=1000, eval_batch_size=256,
-                       model_kwargs={"C": {"normalize": normalize},
-                                     "D": {"normalize": normalize, "depth": 34, "widen_factor": 10}})
+                       model_kwargs={"D": {"depth": 34, "widen_factor": 10}})
         if quick:
             settings = dataclasses.replace(settings, n_train=128, n_test=64, batch_size=64, epochs=1, attack_steps=2,
                                            cm_samples=32, eval_batch_size=64,
-                                           model_kwargs={"C": {"normalize": normalize},
-                                                         "D": {"normalize": normalize, "depth": 10, "widen_factor": 1}})
+                                           model_kwargs={"D": {"depth": 10, "widen_factor": 1}})
         return settings
 
     def __post_init__(self):
@@ -611,7 +610,8 @@ def _train_config(table: PaperTable, row: PaperRow, seed: int, settings: Reprodu
         beta=settings.trades_beta, lr_layers=None if row.lr_layer is None else [row.lr_layer], gammas=settings.gamma,
         epochs=settings.epochs, batch_size=settings.batch_size, optimizer=settings.optimizer, lr=settings.lr,
         schedule=settings.schedule, weight_decay=settings.weight_decay, amp=settings.amp, seed=seed,
-        model=row.model, model_kwargs=dict(settings.model_kwargs.get(row.model, {})), dataset=table.dataset,
+        model=row.model, model_kwargs=model_options(row.model, settings.model_kwargs.get(row.model, {})),
+        dataset=table.dataset,
         extra={"paper_row": row.name},
     )
 

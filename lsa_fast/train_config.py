@@ -31,8 +31,10 @@ class TrainConfig:
     for every layer, or one per layer. lr / weight_decay / schedule None or "auto" pick
     the AT defaults of the optimiser and base (see the module docstring). batch_size is
     the global batch (per rank: batch_size / world size). model, model_kwargs, dataset,
-    data_options record what the run trained (the CLI rebuilds from them); extra holds
-    free JSON notes.
+    data_options record what the run trained (the CLI rebuilds from them); data_dir: the
+    absolute directory its data files were read from (None for generated data; not part
+    of the run's identity: a resumed run may read the same data from elsewhere, see
+    lsa_fast.data_record); extra holds free JSON notes.
     """
 
     base: str = "pgd"
@@ -62,6 +64,7 @@ class TrainConfig:
     model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
     dataset: Optional[str] = None
     data_options: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    data_dir: Optional[str] = None
     extra: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
@@ -95,6 +98,8 @@ class TrainConfig:
         self.channels_last = bool(self.channels_last)
         self.grad_clip = None if self.grad_clip is None else _real("grad_clip", self.grad_clip, minimum=0.0, strict=True)
         self.seed = _integer("seed", self.seed, minimum=0)
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            self.data_dir = str(self.data_dir)
         for name in ("model_kwargs", "data_options", "extra"):
             value = getattr(self, name)
             if not isinstance(value, dict):
@@ -148,6 +153,10 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"TrainConfig.from_dict: unknown field(s) {unknown}")
+        options = data.get("data_options")
+        if isinstance(options, dict) and "data_dir" in options:  # where runs before data_dir kept it
+            data = {**data, "data_options": {k: v for k, v in options.items() if k != "data_dir"}}
+            data.setdefault("data_dir", options["data_dir"])
         return cls(**data)
 
     def _check_regulariser(self):

@@ -76,6 +76,8 @@ __all__ = [
     "teardown_distributed",
     "seed_everything",
     "run_name",
+    "write_run_files",
+    "format_throughput",
 ]
 
 METRICS_NAME = "metrics.jsonl"
@@ -199,9 +201,11 @@ class ATLRTrainer:
             if previous_handler is not None:
                 signal.signal(signal.SIGTERM, previous_handler)
 
-    def compute_loss(self, x: torch.Tensor, y: torch.Tensor) -> StepLoss:
+    def compute_loss(self, x: torch.Tensor, y: torch.Tensor, real: Optional[int] = None) -> StepLoss:
         """Algorithm 3 for one minibatch (no backward): x_hat = attack(model, x, y),
-        then J(theta, x_hat, y) (TRADES: its clean + KL loss) + the regulariser."""
+        then J(theta, x_hat, y) (TRADES: its clean + KL loss) + the regulariser.
+        real: how many leading samples of the batch count in the stats (the rest are
+        DistributedSampler's padding; default all)."""
         config = self.config
         base = self.active_base
         layers = self.mvl if self.regulariser_active else None
@@ -233,8 +237,8 @@ class ATLRTrainer:
         else:
             regularizer = torch.zeros((), dtype=torch.float32, device=x.device)
             total = task
-        batch = x.shape[0]
-        correct = (predicted_class(logits.detach()) == y).sum()
+        batch = x.shape[0] if real is None else real
+        correct = (predicted_class(logits.detach())[:batch] == y[:batch]).sum()
         stats = torch.stack([task.detach().double() * batch, correct.double(), regularizer.detach().double() * batch])
         return StepLoss(total, task, regularizer, x_hat, stats)
 
@@ -258,12 +262,12 @@ class ATLRTrainer:
         return trades_perturb(self.module, x, config.eps, alpha=config.alpha, steps=config.steps,
                               generator=generator, model_mode=mode)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, real: Optional[int] = None) -> torch.Tensor:
         """One optimiser step; returns the detached stats of StepLoss (no host sync)."""
         config = self.config
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
-            step = self.compute_loss(x, y)
+            step = self.compute_loss(x, y, real)
         if self.scaler.is_enabled():
             self.scaler.scale(step.total).backward()
             if config.grad_clip is not None:
@@ -335,9 +339,11 @@ class ATLRTrainer:
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Continue from a checkpoint payload (load_checkpoint's result)."""
         where = state.get("path", "the checkpoint")
-        saved = dict(state["config"])
+        saved = _normalised_config(state["config"])
         mine = self.config.to_dict()
-        differing = sorted(k for k in set(saved) | set(mine) if k != "extra" and saved.get(k) != mine.get(k))
+        # Neither notes nor the data's location make another run (lsa_fast.data_record checks the data).
+        differing = sorted(k for k in set(saved) | set(mine)
+                           if k not in ("extra", "data_dir") and saved.get(k) != mine.get(k))
         if differing:
             details = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint vs {mine.get(k)!r}" for k in differing[:6])
             raise ValueError(f"{where}: the checkpoint was written with a different configuration ({details}); "
@@ -413,12 +419,13 @@ class ATLRTrainer:
                 y = y.to(self.device, non_blocking=True)
                 if self.config.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
+                real = self._real_samples(index, int(y.shape[0]))
                 if index == skip:  # the attacks check the data of the first batch of the epoch
-                    self._epoch_sums += self.train_step(x, y)
+                    self._epoch_sums += self.train_step(x, y, real)
                 else:  # ...and skip that check (a host sync) in every other step
                     with no_value_checks():
-                        self._epoch_sums += self.train_step(x, y)
-                self._epoch_seen += int(y.shape[0])
+                        self._epoch_sums += self.train_step(x, y, real)
+                self._epoch_seen += real
                 self.step_in_epoch = index + 1
                 bar.update(int(y.shape[0]) * self.world_size, self._epoch_sums, self._epoch_seen)
                 if self._should_stop(index):
@@ -448,6 +455,7 @@ class ATLRTrainer:
             "lr": float(self.scheduler.get_last_lr()[0]),
             "time_s": self._epoch_time,
             "images_per_s": seen / self._epoch_time if self._epoch_time > 0 else None,
+            "samples": int(seen),
         }
         if self.test_loader is not None and self.rank == 0:
             from .evaluation import accuracy
@@ -462,7 +470,7 @@ class ATLRTrainer:
             with open(self.out_dir / METRICS_NAME, "a") as handle:
                 handle.write(json.dumps(record) + "\n")
         test = f", test acc {record['test_acc']:.2f}%" if "test_acc" in record else ""
-        speed = f", {record['images_per_s']:.0f} img/s" if record["images_per_s"] else ""
+        speed = f", {format_throughput(record['images_per_s'])}" if record["images_per_s"] else ""
         self._say(f"epoch {record['epoch']}/{self.config.epochs}: loss {record['loss']:.4f}, "
                   f"LR {record['regularizer']:.4f}, train acc {record['train_acc']:.2f}%{test}{speed}")
 
@@ -478,11 +486,21 @@ class ATLRTrainer:
     def _write_run_files(self) -> None:
         if self.out_dir is None or self.rank != 0:
             return
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(self.out_dir / CONFIG_NAME, json.dumps(self.config.to_dict(), indent=2) + "\n")
-        # After a resume the log must say what the checkpoint says (a crash may have
-        # come between writing the checkpoint and appending its line).
-        atomic_write_text(self.out_dir / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in self.metrics))
+        write_run_files(self.out_dir, self.config, self.metrics)
+
+    def _real_samples(self, index: int, batch: int) -> int:
+        """How many samples of batch `index` are real: DistributedSampler (drop_last
+        False) pads the epoch to a multiple of the world size with repeats of its first
+        samples, placed last, so every rank takes the same steps. Training sees them;
+        the metrics count each sample once."""
+        sampler = getattr(self.train_loader, "sampler", None)
+        if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+            return batch
+        # Local position i of rank r holds global position i * W + r; positions >= n pad.
+        n, rank, world = len(sampler.dataset), sampler.rank, sampler.num_replicas
+        real_here = max(0, -(-(n - rank) // world))
+        start = index * (self.train_loader.batch_size or batch)
+        return max(0, min(batch, real_here - start))
 
     def _find_mvl(self) -> None:
         """lr_layers='auto': LSA (FGSM at eps) on up to lsa_samples training samples."""
@@ -647,6 +665,29 @@ def teardown_distributed() -> None:
         dist.destroy_process_group()
 
 
+def write_run_files(out_dir: Union[str, os.PathLike], config: TrainConfig, metrics: Sequence[Dict[str, Any]]) -> None:
+    """config.json and metrics.jsonl of a run directory, as a checkpoint's config and
+    metrics say: after a resume the log must say what the checkpoint says (a crash may
+    have come between writing the checkpoint and appending its line)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
+    atomic_write_text(out_dir / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in metrics))
+
+
+def format_throughput(images_per_s: float) -> str:
+    """Training speed with two or three significant digits; below one image per
+    second as seconds per image (a slow epoch must not read "0 img/s")."""
+    if not images_per_s > 0:
+        return "0 img/s"
+    if images_per_s >= 100:
+        return f"{images_per_s:.0f} img/s"
+    if images_per_s >= 1:
+        return f"{images_per_s:.3g} img/s"
+    seconds = 1.0 / images_per_s
+    return f"{seconds:.2g} s/img" if seconds < 10 else f"{seconds:.0f} s/img"
+
+
 def seed_everything(seed: int) -> None:
     """Python's, NumPy's and torch's (CPU and CUDA) global generators."""
     import random
@@ -747,6 +788,14 @@ def _first_sample(loader) -> torch.Tensor:
     return x[:1]
 
 
+def _normalised_config(data: Dict[str, Any]) -> Dict[str, Any]:
+    # A checkpoint's config as TrainConfig writes it now (older runs kept data_dir in data_options).
+    try:
+        return TrainConfig.from_dict(dict(data)).to_dict()
+    except (ValueError, TypeError, FileNotFoundError):
+        return dict(data)
+
+
 def _dist_rank_world():
     import torch.distributed as dist
 
@@ -804,7 +853,7 @@ class _Progress:
         text = None
         if report:
             loss_sum, correct, _ = sums.tolist()
-            text = f"loss {loss_sum / max(seen, 1):.4f}, acc {100.0 * correct / max(seen, 1):.1f}%, {rate:.0f} img/s"
+            text = f"loss {loss_sum / max(seen, 1):.4f}, acc {100.0 * correct / max(seen, 1):.1f}%, {format_throughput(rate)}"
         if self.bar is not None:
             self.bar.update(1)
             if text:

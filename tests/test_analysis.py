@@ -374,8 +374,8 @@ def test_cli_bad_checkpoints(tmp_path, capsys):
     foreign = tmp_path / "foreign.pt"
     foreign.write_text("not a checkpoint")
     cases = [
-        (truncated, "cannot be read as a PyTorch checkpoint"),
-        (foreign, "cannot be read as a PyTorch checkpoint"),
+        (truncated, "truncated checkpoint (200 bytes on disk"),
+        (foreign, "a text file (16 bytes), not a checkpoint; expected a checkpoint written by lsa-fast train"),
         (tmp_path / "missing.pt", "no such checkpoint file"),
         (good, "do not fit model 'B'"),
     ]

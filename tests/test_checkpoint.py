@@ -158,7 +158,7 @@ def test_pickled_objects_and_text_files_are_refused(tmp_path):
         load_checkpoint(pickled)
     text = tmp_path / "notes.pt"
     text.write_text("not a checkpoint\n")
-    with pytest.raises(ValueError, match=r"notes\.pt: truncated, corrupt or not a checkpoint"):
+    with pytest.raises(ValueError, match=r"notes\.pt: a text file \(17 bytes\), not a checkpoint; expected"):
         load_checkpoint(text)
     with pytest.raises(FileNotFoundError, match="missing.pt"):
         load_checkpoint(tmp_path / "missing.pt")

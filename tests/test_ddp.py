@@ -48,3 +48,24 @@ def test_two_gloo_processes_match_one_process(tmp_path, capsys):
         assert a["train_acc"] == b["train_acc"] and a["test_acc"] == b["test_acc"]
         assert a["loss"] == pytest.approx(b["loss"], rel=1e-5)
         assert a["regularizer"] == pytest.approx(b["regularizer"], rel=1e-5)
+
+
+@pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+def test_uneven_dataset_counts_each_sample_once_and_rank0_errors_stop_every_rank(tmp_path):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+               "-m", "lsa_fast.cli"] + TRAIN + ["--n-train", "257", "--epochs", "1", "--out", str(tmp_path / "ddp")]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    # DistributedSampler pads 257 to 258 (one repeat, trained on); the metrics count 257.
+    metrics = json.loads((tmp_path / "ddp" / "metrics.jsonl").read_text())
+    assert metrics["samples"] == 257
+    correct = metrics["train_acc"] * 257 / 100
+    assert abs(correct - round(correct)) < 1e-6
+
+    # Rank 0 alone finds the directory taken; every rank stops, and the error is said once.
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode != 0
+    errors = [line for line in done.stderr.splitlines() if "lsa-fast train: error:" in line]
+    assert len(errors) == 1 and errors[0].startswith("lsa-fast train: error: "), done.stderr[-3000:]
+    assert "already holds a run (checkpoint.pt)" in errors[0]

@@ -13,15 +13,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 
 import torch
+from torch.utils.data import TensorDataset
 
-from ..checkpoint import resolve_checkpoint
+from ..checkpoint import resolve_checkpoint, why_unreadable
 from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_units
 from ..attacks import make_attack, parse_attack_spec
-from ..data import DATASET_NAMES, default_data_dir, load_dataset, make_loader
-from ..models import MODEL_DATASET, build_model
+from ..data import DATASET_NAMES, load_dataset, make_loader
+from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
+from ..models import build_model, model_dataset, parse_model_options, recorded_model_options, weights_mismatch_hint
 from ..report import atomic_write_text
+from ._device import parse_device
+from ._outputs import check_output_dir
 
 REPORT_FILES = ("report.json", "report.md", "lsa.png")
 
@@ -38,12 +43,16 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
     )
     parser.add_argument("--model", default=None,
                         help="A, B, C, D, wrn-28-10, wrn-34-10 or package.module:attr (default: the checkpoint's)")
+    parser.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                        help="a constructor option of the model (repeatable), e.g. depth=16 or normalize=none "
+                             "(default: the checkpoint's record, else the paper's)")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="weights: a state_dict file, or a trainer checkpoint (a dict with 'model')")
     parser.add_argument("--dataset", default=None, choices=DATASET_NAMES,
                         help="default: the dataset of the model (A: moons, B: mnist, C/D: cifar10)")
     parser.add_argument("--data", default=None, metavar="DIR",
-                        help="where MNIST / CIFAR-10 lie (default: $LSA_FAST_DATA or ./data); moons is generated")
+                        help="where MNIST / CIFAR-10 lie (default: $LSA_FAST_DATA, else the run's recorded directory, "
+                             "else ./data); moons is generated")
     parser.add_argument("--split", default="test", choices=("test", "train"), help="which split to analyse (test)")
     parser.add_argument("--perturbations", default="fgsm:0.1,pgd:0.1,gaussian:0.1", metavar="SPECS",
                         help="comma-separated name:eps, eps in the dataset's units "
@@ -65,6 +74,9 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
 
 
 def run(args: argparse.Namespace) -> int:
+    check_output_dir(args.out, "--out", files=REPORT_FILES)  # before the analysis, not after it
+    parse_device(args.device)
+    given = parse_model_options(args.model_option)
     state, config = _read_checkpoint(args.checkpoint) if args.checkpoint else (None, {})
     model_name = args.model or config.get("model")
     if not model_name:
@@ -72,12 +84,11 @@ def run(args: argparse.Namespace) -> int:
                          else "--model is required (A, B, C, D or package.module:attr)")
     model_name = str(model_name)
     # The trainer's checkpoints record the constructor arguments of the model they hold.
-    same_model = config.get("model") is not None and str(config.get("model")) == model_name
-    kwargs = config.get("model_kwargs") if same_model and isinstance(config.get("model_kwargs"), dict) else {}
+    kwargs = recorded_model_options(model_name, config.get("model"), config.get("model_kwargs"), given)
     model = build_model(model_name, **kwargs)  # an unknown name fails here, before anything else
     if state is not None:
         _load_weights(model, state, args.checkpoint, model_name)
-    dataset = args.dataset or config.get("dataset") or _model_dataset(model_name)
+    dataset = args.dataset or config.get("dataset") or model_dataset(model_name)
     if dataset is None:
         raise ValueError(f"--dataset is required for model {model_name!r} (one of {', '.join(DATASET_NAMES)})")
     perturbations = _perturbations(args.perturbations, dataset)
@@ -91,15 +102,21 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = _device(args.device, distributed)
         model.to(device)
-        data_dir = args.data if args.data is not None else default_data_dir()
-        data = load_dataset(dataset, data_dir, train=args.split == "train", limit=args.limit)
+        data = _load(args, dataset, config)
         sampler = ShardSampler(len(data)) if distributed else None
         loader = make_loader(data, args.batch_size, sampler=sampler)
         torch.manual_seed(args.seed)
-        report = analyze(model, loader, perturbations, eta=args.eta, select=args.select, device=device,
-                         progress=not args.no_progress, eta_sweep=eta_sweep, dataset=dataset, model_name=model_name)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            report = analyze(model, loader, perturbations, eta=args.eta, select=args.select, device=device,
+                             progress=not args.no_progress, eta_sweep=eta_sweep, dataset=dataset,
+                             model_name=model_name)
         if distributed and torch.distributed.get_rank() != 0:
             return 0
+        for warning in caught:
+            text = str(warning.message)
+            text = text[len("analyze: "):] if text.startswith("analyze: ") else text
+            print(f"lsa-fast analyze: warning: {text}", file=sys.stderr, flush=True)
         return _write(report, args.out)
     finally:
         if owned:
@@ -139,10 +156,7 @@ def _read_checkpoint(path: str):
         # weights_only: a checkpoint is data; unpickling arbitrary objects could run code.
         loaded = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # truncated zip, foreign pickle, random bytes: all mean "not a checkpoint"
-        raise ValueError(
-            f"--checkpoint {path}: cannot be read as a PyTorch checkpoint ({os.path.getsize(path)} bytes; truncated, "
-            f"or not written by torch.save): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
-        ) from None
+        raise ValueError(f"--checkpoint {path}: {why_unreadable(path, error)}") from None
     if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
         config = loaded.get("config") if isinstance(loaded.get("config"), dict) else {}
         state = loaded["model"]
@@ -162,16 +176,33 @@ def _load_weights(model, state, path: str, model_name: str) -> None:
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         detail = " ".join(str(error).split())
-        raise ValueError(f"--checkpoint {path}: its weights do not fit model {model_name!r}: {detail[:600]}") from None
+        raise ValueError(f"--checkpoint {path}: its weights do not fit model {model_name!r}: {detail[:600]}"
+                         f"{weights_mismatch_hint(error)}") from None
 
 
-def _model_dataset(name: str):
-    key = name.strip().upper()
-    if key in MODEL_DATASET:
-        return MODEL_DATASET[key]
-    if key.startswith("WRN"):
-        return "cifar10"
-    return None
+def _load(args, dataset: str, config: dict):
+    """The split to analyse: files from --data, $LSA_FAST_DATA or where the checkpoint's
+    run read them, checked against the run's fingerprint of that split."""
+    same = config.get("dataset") == dataset
+    recorded_dir = config.get("data_dir") if same else None
+    if same and recorded_dir is None and isinstance(config.get("data_options"), dict):
+        recorded_dir = config["data_options"].get("data_dir")  # runs from before TrainConfig.data_dir
+    source = data_dir_to_read(args.data, recorded_dir)
+    split = "train" if args.split == "train" else "test"
+    recorded = None
+    if same and dataset in FILE_DATASETS and isinstance(config.get("extra"), dict):
+        recorded = (config["extra"].get("data_fingerprint") or {}).get(split)
+    limit = args.limit
+    if limit is not None and recorded:
+        limit = max(limit, int(recorded["samples"]))  # enough to compare the run's samples
+    try:
+        data = load_dataset(dataset, source, train=split == "train", limit=limit)
+    except FileNotFoundError as error:
+        raise missing_data_hint(error, recorded_dir, args.data) from None
+    check_fingerprint(recorded, data, split, source.resolve() if source else "./data", f"--checkpoint {args.checkpoint}")
+    if args.limit is not None and len(data) > args.limit:
+        data = TensorDataset(*(tensor[: args.limit] for tensor in data.tensors))
+    return data
 
 
 def _perturbations(text: str, dataset: str) -> dict:
@@ -201,15 +232,8 @@ def _floats(option: str, text: str):
 
 
 def _device(name, distributed: bool) -> torch.device:
-    if name is None:
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(name)
-    except RuntimeError as error:
-        raise ValueError(f"--device {name!r}: {error}") from None
+    device = parse_device(name)
     if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"--device {name}: CUDA is not available on this machine")
         if distributed and device.index is None:
             device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         if device.index is not None:  # plain "cuda" keeps torch's current device

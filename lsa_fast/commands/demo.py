@@ -15,7 +15,7 @@ def register(subparsers, name: str) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs of each training run")
     parser.add_argument("--eta", type=float, default=None, help="the MVL threshold of Algorithm 1")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke test")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run)
 
@@ -23,9 +23,12 @@ def register(subparsers, name: str) -> None:
 def run(args) -> int:
     import dataclasses
 
-    import torch
-
     from ..demo import DemoSettings, run_demo
+    from ._device import parse_device
+    from ._outputs import check_output_dir
+
+    device = parse_device(args.device)
+    check_output_dir(args.out, "--out")
 
     settings = DemoSettings.quick() if args.quick else DemoSettings()
     changes = {"seed": args.seed}
@@ -34,6 +37,5 @@ def run(args) -> int:
     if args.eta is not None:
         changes["eta"] = args.eta
     settings = dataclasses.replace(settings, **changes)
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     run_demo(args.out, settings, device=device, progress=not args.no_progress)
     return 0

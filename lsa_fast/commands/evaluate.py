@@ -11,16 +11,21 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import os
 import sys
-from pathlib import Path
 
 import torch
+from torch.utils.data import TensorDataset
 
 from ..attacks import ATTACKS, canonical_name
 from ..attacks.registry import parse_eps
 from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
+from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
+from ..models import parse_model_options, recorded_model_options, weights_mismatch_hint
 from ..training import TrainConfig, run_name
+from ._device import parse_device
+from ._outputs import check_output_file
 
 
 def register(subparsers, name: str) -> argparse.ArgumentParser:
@@ -33,11 +38,15 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--eps-grid", "--eps", dest="eps_grid", help="comma-separated eps in dataset units (default: the paper's grid)")
     parser.add_argument("--steps", type=int, help="steps of iterative attacks (their default otherwise)")
     parser.add_argument("--model", help="override the checkpoint's model name")
+    parser.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                        help="override one of the model's recorded constructor options (repeatable)")
     parser.add_argument("--dataset", help="override the checkpoint's dataset")
-    parser.add_argument("--data", metavar="DIR", help="where MNIST / CIFAR-10 files are")
+    parser.add_argument("--data", metavar="DIR", help="where MNIST / CIFAR-10 files are (default: $LSA_FAST_DATA, "
+                                                      "else the run's recorded directory); checked against the "
+                                                      "run's record of its data")
     parser.add_argument("--limit", type=int, help="evaluate the first N test samples")
     parser.add_argument("--batch-size", type=int, default=256, help="default 256")
-    parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
+    parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of randomised attacks (default 0)")
     parser.add_argument("--name", help="row name (default: the paper's name of the run, e.g. AT-PGD-LR-L2)")
     parser.add_argument("--out", metavar="FILE.json", help="also write the table as JSON")
@@ -50,6 +59,12 @@ def run(args) -> int:
     from ..evaluation import PAPER_EPS_GRIDS, EvaluationTable, evaluate
     from ..models import build_model
 
+    device = parse_device(args.device)
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit must be >= 1, got {args.limit}")
+    if args.out:
+        check_output_file(args.out, "--out")
+    given = parse_model_options(args.model_option)
     state = load_checkpoint(args.checkpoint)
     where = state["path"]
     config = TrainConfig.from_dict(state["config"])
@@ -61,13 +76,12 @@ def run(args) -> int:
     if not grid:
         raise ValueError(f"no paper eps grid for dataset {dataset!r}; give --eps-grid")
 
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    model = build_model(model_name, **(config.model_kwargs if not args.model else {}))
+    model = build_model(model_name, **recorded_model_options(model_name, config.model, config.model_kwargs, given))
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as error:
-        raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {error}") from None
+        raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {error}"
+                         f"{weights_mismatch_hint(error)}") from None
     model.to(device).eval()
 
     options = {}
@@ -78,10 +92,22 @@ def run(args) -> int:
                 options[key] = data_options[key]
         if "n_test" in data_options:
             options["n_samples"] = data_options["n_test"]
+    # Files: from --data, $LSA_FAST_DATA or where the run read them, and checked against
+    # the run's fingerprint of its test split (its first samples, when --limit is smaller).
+    recorded_dir = config.data_dir if dataset == config.dataset else None
+    source = data_dir_to_read(args.data, recorded_dir)
+    recorded = None
+    if dataset == config.dataset and dataset in FILE_DATASETS:
+        recorded = (config.extra.get("data_fingerprint") or {}).get("test")
     if args.limit is not None:
-        options["limit"] = args.limit
-    data_dir = args.data or data_options.get("data_dir")
-    test_set = load_dataset(dataset, data_dir, train=False, **options)
+        options["limit"] = max(args.limit, int(recorded["samples"])) if recorded else args.limit
+    try:
+        test_set = load_dataset(dataset, source, train=False, **options)
+    except FileNotFoundError as error:
+        raise missing_data_hint(error, recorded_dir, args.data) from None
+    check_fingerprint(recorded, test_set, "test", source.resolve() if source else "./data", f"--checkpoint {where}")
+    if args.limit is not None and len(test_set) > args.limit:
+        test_set = TensorDataset(*(tensor[: args.limit] for tensor in test_set.tensors))
     loader = make_loader(test_set, args.batch_size, shuffle=False)
 
     attack_kw = {}
@@ -102,7 +128,7 @@ def run(args) -> int:
     print(table.to_markdown())
     print(f"R&G = {table.rg(row):.2f}")
     if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
         table.to_json(args.out)
         print(f"table written to {args.out}", file=sys.stderr)
     return 0

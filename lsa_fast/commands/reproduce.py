@@ -7,7 +7,14 @@ beside the paper's numbers, with the verdicts on its claims (lsa_fast.reproduce)
 """
 from __future__ import annotations
 
+import sys
+
 from ..paper import PAPER_TABLES
+from ._device import parse_device
+from ._outputs import check_output_dir
+
+# What lsa_fast.reproduce writes into --out.
+REPORT_FILES = ("report.json", "report.md", "runs.jsonl", "rg_scores.png", "cm_layers.png")
 
 
 def register(subparsers, name: str) -> None:
@@ -29,7 +36,7 @@ def register(subparsers, name: str) -> None:
     parser.add_argument("--epochs", type=int, default=None, help="epochs of every training run")
     parser.add_argument("--data", default=None, metavar="DIR",
                         help="where MNIST / CIFAR-10 lie (default: $LSA_FAST_DATA or ./data); moons is generated")
-    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change one setting for every row (repeatable), e.g. --set n_train=500 --set gamma=0.5; "
                         "the settings are printed at the start and saved in the report")
@@ -41,7 +48,10 @@ def run(args) -> int:
     import dataclasses
 
     from ..reproduce import ReproduceSettings, apply_overrides, run_reproduce
+    from ..run_lock import RunLock
 
+    device = parse_device(args.device)
+    out = check_output_dir(args.out or f"runs/reproduce-{args.dataset}", "--out", files=REPORT_FILES)
     settings = ReproduceSettings.defaults(args.dataset, quick=args.quick)
     settings = apply_overrides(settings, args.overrides)
     changes = {}
@@ -50,6 +60,8 @@ def run(args) -> int:
     if args.epochs is not None:
         changes["epochs"] = args.epochs
     settings = dataclasses.replace(settings, **changes)
-    out = args.out or f"runs/reproduce-{args.dataset}"
-    run_reproduce(args.dataset, out, settings, data_dir=args.data, device=args.device, progress=not args.no_progress)
+    with RunLock(out) as lock:  # one reproduction per directory: runs.jsonl is appended to as runs finish
+        if lock.stale:
+            print(lock.stale, file=sys.stderr)
+        run_reproduce(args.dataset, out, settings, data_dir=args.data, device=device, progress=not args.no_progress)
     return 0

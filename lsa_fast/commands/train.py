@@ -8,26 +8,50 @@ checkpoints, exact resume and torchrun DDP.
 
 eps and alpha are given in the dataset's own units (the paper's: moons coordinates,
 pixel fractions for MNIST/CIFAR-10) and converted to model-input units.
+
+A run directory belongs to one process at a time (lsa_fast.run_lock); a restart
+removes what a killed write left (temporary files) and finishes what a killed run left
+undone (final.pt). The run records where its data was (as an absolute path) and a
+fingerprint of it: --resume reads the data from --data, $LSA_FAST_DATA or that path,
+and refuses data that differs.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
 import torch
 
 from ..analysis import eps_to_input_units
-from ..checkpoint import CHECKPOINT_NAME, FINAL_NAME, load_checkpoint
+from ..checkpoint import (
+    CHECKPOINT_NAME,
+    FINAL_NAME,
+    load_checkpoint,
+    remove_stray_temporaries,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from ..data_record import check_fingerprint, data_dir_to_read, data_dir_to_record, fingerprint, missing_data_hint
+from ..models import MODEL_DATASET, model_options, parse_model_options
+from ..models import model_dataset as implied_dataset
+from ..run_lock import RunLock
 from ..train_config import BASES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..training import (
+    CONFIG_NAME,
+    METRICS_NAME,
     ATLRTrainer,
     make_train_loader,
     run_name,
     seed_everything,
     setup_distributed,
     teardown_distributed,
+    write_run_files,
 )
+from ._device import parse_device
+from ._outputs import check_output_dir
 
 # The paper's training eps per dataset, in the dataset's units.
 DEFAULT_EPS = {"moons": 0.3, "mnist": 0.3, "cifar10": 8 / 255}
@@ -37,7 +61,10 @@ DEFAULT_EPS = {"moons": 0.3, "mnist": 0.3, "cifar10": 8 / 255}
 _RUN_OPTIONS = ("model", "dataset", "base", "lr_layers", "gamma", "epochs", "eps", "alpha", "steps",
                 "no_random_start", "beta", "attack_mode", "eta", "warmup_epochs", "batch_size", "optimizer",
                 "lr", "momentum", "weight_decay", "schedule", "amp", "channels_last", "grad_clip", "seed",
-                "n_train", "n_test", "noise", "limit")
+                "n_train", "n_test", "noise", "limit", "model_option")
+
+# What a run directory holds (a new run refuses a directory that has one of the first two).
+_RUN_FILES = (CHECKPOINT_NAME, FINAL_NAME, CONFIG_NAME, METRICS_NAME)
 
 
 def register(subparsers, name: str) -> argparse.ArgumentParser:
@@ -47,11 +74,16 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     general = parser.add_argument_group("run")
     general.add_argument("--model", help="A, B, C, D, wrn-28-10, wrn-34-10 or package.module:attr (default: "
                                      "the dataset's paper model)")
+    general.add_argument("--model-option", action="append", metavar="KEY=VALUE",
+                         help="a constructor option of the model (repeatable), e.g. depth=16, widen_factor=4, "
+                              "hidden=50, normalize=none|cifar10; recorded in the run (default: the paper's; C and D "
+                              "normalise with the CIFAR-10 statistics)")
     general.add_argument("--dataset", help="moons, mnist or cifar10 (default: the model's paper dataset)")
     general.add_argument("--out", help="run directory: checkpoint.pt, final.pt, config.json, metrics.jsonl")
     general.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
     general.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, or auto (default)")
-    general.add_argument("--data", metavar="DIR", help="where MNIST / CIFAR-10 files are (default $LSA_FAST_DATA or ./data)")
+    general.add_argument("--data", metavar="DIR", help="where MNIST / CIFAR-10 files are (default $LSA_FAST_DATA or "
+                                                       "./data; with --resume: the run's recorded directory)")
     general.add_argument("--n-train", type=int, help="moons: training samples (default 10000)")
     general.add_argument("--n-test", type=int, help="moons: test samples (default 2000)")
     general.add_argument("--noise", type=float, help="moons: noise (default 0.2)")
@@ -96,53 +128,43 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    rank, world_size, device = setup_distributed(args.device)
+    if args.stop_after_epoch is not None and args.stop_after_epoch < 1:
+        raise ValueError(f"--stop-after-epoch must be >= 1 (the number of epochs to complete before stopping), "
+                         f"got {args.stop_after_epoch}")
+    if args.workers < 0:
+        raise ValueError(f"--workers must be >= 0, got {args.workers}")
+    # Everything that can be checked without touching the disk first: a bad option
+    # leaves no trace.
+    device = parse_device(args.device)
+    out_dir = _out_dir(args)
+    config = None if args.resume else _config_from_args(args, MODEL_DATASET)
+    rank, world_size, device = setup_distributed(device)
     try:
-        return _train(args, rank, world_size, device)
+        with contextlib.ExitStack() as held:
+            _on_rank0(rank, world_size, lambda: _claim(held, args, out_dir, rank))
+            return _train(args, rank, world_size, device, out_dir, config)
     finally:
         teardown_distributed()
 
 
-def _train(args, rank: int, world_size: int, device: torch.device) -> int:
-    from ..data import load_dataset, make_loader
-    from ..models import MODEL_DATASET, build_model
+def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path, config) -> int:
+    from ..data import make_loader
+    from ..models import build_model
 
     state = None
-    if args.resume:
-        state = load_checkpoint(Path(args.resume) / CHECKPOINT_NAME if Path(args.resume).is_dir() else args.resume)
+    if args.resume:  # read only now, under the lock: no other process can be writing it
+        state = load_checkpoint(resolve_checkpoint(args.resume, prefer=(CHECKPOINT_NAME, FINAL_NAME)))
         config = TrainConfig.from_dict(state["config"])
         _check_resume_args(args, config, MODEL_DATASET)
-        out_dir = Path(args.out) if args.out else Path(state["path"]).parent
-    else:
-        if not args.out:
-            raise ValueError("--out DIR is required (or --resume DIR)")
-        out_dir = Path(args.out)
-        if (out_dir / CHECKPOINT_NAME).exists():
-            raise ValueError(f"{out_dir} already holds a run ({CHECKPOINT_NAME}); continue it with --resume "
-                             f"{out_dir} or choose another --out")
-        config = _config_from_args(args, MODEL_DATASET)
 
     if state is not None and int(state["epoch"]) >= config.epochs:
+        done = _on_rank0(rank, world_size, lambda: _complete(state, config, out_dir))
+        undone = f" (finished what the interrupted run left undone: wrote {', '.join(done)})" if done else ""
         _say(rank, f"the run in {out_dir} is already complete ({config.epochs} epochs); "
-                   f"weights in {out_dir / FINAL_NAME}", final=True)
+                   f"weights in {out_dir / FINAL_NAME}{undone}", final=True)
         return 0
 
-    data_dir = config.data_options.get("data_dir")
-    options = {k: v for k, v in config.data_options.items() if k != "data_dir"}
-    train_options = {k: v for k, v in options.items() if k != "n_test"}
-    test_options = {k: v for k, v in options.items() if k != "n_train"}
-    if config.dataset == "moons":
-        if "n_train" in train_options:
-            train_options["n_samples"] = train_options.pop("n_train")
-        if "n_test" in test_options:
-            test_options["n_samples"] = test_options.pop("n_test")
-    else:
-        for key in ("n_train", "n_test", "noise"):
-            if key in options:
-                raise ValueError(f"--{key.replace('_', '-')} applies to moons only, not {config.dataset}")
-    train_set = load_dataset(config.dataset, data_dir, train=True, **train_options)
-    test_set = load_dataset(config.dataset, data_dir, train=False, **test_options)
-
+    train_set, test_set = _load_data(args, config, resumed=state is not None)
     seed_everything(config.seed)  # the same initial weights on every rank
     model = build_model(config.model, **config.model_kwargs)
     train_loader = make_train_loader(train_set, config, rank, world_size, num_workers=args.workers,
@@ -172,17 +194,134 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> int:
     return 0
 
 
+def _out_dir(args) -> Path:
+    """The run directory this command writes, checked before any work."""
+    if args.resume:
+        resume = Path(args.resume).expanduser()
+        if not resume.exists():
+            raise FileNotFoundError(f"--resume {resume}: no such run directory or checkpoint file")
+        out_dir = Path(args.out) if args.out else (resume if resume.is_dir() else resume.parent)
+    elif args.out:
+        out_dir = Path(args.out)
+    else:
+        raise ValueError("--out DIR is required (or --resume DIR)")
+    return check_output_dir(out_dir, "--out", files=_RUN_FILES)
+
+
+def _claim(held: contextlib.ExitStack, args, out_dir: Path, rank: int) -> None:
+    """Rank 0: lock the run directory for the life of the run, clear what a killed
+    write left in it, and make sure it holds no other run."""
+    lock = held.enter_context(RunLock(out_dir))
+    if lock.stale:
+        _say(rank, lock.stale)
+    removed = remove_stray_temporaries(out_dir)
+    if removed:
+        _say(rank, f"{out_dir}: removed {len(removed)} temporary file(s) that an interrupted write left: "
+                   f"{', '.join(path.name for path in removed)}")
+    held_files = [name for name in (CHECKPOINT_NAME, FINAL_NAME) if (out_dir / name).exists()]
+    if not held_files:
+        return
+    if not args.resume:
+        raise ValueError(f"{out_dir} already holds a run ({held_files[0]}); continue it with --resume {out_dir} "
+                         f"or choose another --out")
+    resume = Path(args.resume).expanduser()
+    source = resume if resume.is_dir() else resume.parent
+    if not _same_directory(source, out_dir):
+        raise ValueError(f"--out {out_dir} already holds another run ({held_files[0]}); --resume {args.resume} "
+                         f"--out DIR continues that run in DIR, which must not hold a run: choose an empty --out, "
+                         f"or leave --out out to continue it in {source}")
+
+
+def _complete(state, config: TrainConfig, out_dir: Path):
+    """Rank 0, for a checkpoint whose training is complete: write what a kill may have
+    left unwritten (final.pt, the checkpoint in a new --out, config.json, metrics.jsonl
+    with the checkpoint's metrics); returns the names of the weight files written."""
+    payload = {k: v for k, v in state.items() if k not in ("path", "format", "version")}
+    written = []
+    for name in (FINAL_NAME, CHECKPOINT_NAME):
+        if not (out_dir / name).is_file():
+            save_checkpoint(payload, out_dir / name)
+            written.append(name)
+    write_run_files(out_dir, config, state.get("metrics", []))
+    return written
+
+
+def _load_data(args, config: TrainConfig, resumed: bool):
+    """Both splits; a new run records where its files were and their fingerprints, a
+    resumed one reads them from --data, $LSA_FAST_DATA or the recorded directory and
+    checks them against the fingerprints."""
+    from ..data import load_dataset
+
+    options = dict(config.data_options)
+    train_options = {k: v for k, v in options.items() if k != "n_test"}
+    test_options = {k: v for k, v in options.items() if k != "n_train"}
+    if config.dataset == "moons":
+        if "n_train" in train_options:
+            train_options["n_samples"] = train_options.pop("n_train")
+        if "n_test" in test_options:
+            test_options["n_samples"] = test_options.pop("n_test")
+    else:
+        for key in ("n_train", "n_test", "noise"):
+            if key in options:
+                raise ValueError(f"--{key.replace('_', '-')} applies to moons only, not {config.dataset}")
+    source = data_dir_to_read(args.data, config.data_dir if resumed else None)
+    try:
+        train_set = load_dataset(config.dataset, source, train=True, **train_options)
+        test_set = load_dataset(config.dataset, source, train=False, **test_options)
+    except FileNotFoundError as error:
+        raise missing_data_hint(error, config.data_dir if resumed else None, args.data) from None
+    config.data_dir = data_dir_to_record(config.dataset, source)
+    recorded = config.extra.get("data_fingerprint") if resumed else None
+    if recorded:
+        where = f"--resume {args.resume}"
+        for split, data in (("train", train_set), ("test", test_set)):
+            check_fingerprint(recorded.get(split), data, split, config.data_dir, where)
+    else:
+        config.extra = {**config.extra, "data_fingerprint": {"train": fingerprint(train_set),
+                                                             "test": fingerprint(test_set)}}
+    return train_set, test_set
+
+
+def _on_rank0(rank: int, world_size: int, work):
+    """work() on rank 0 only; under torchrun every rank then stops with rank 0's error,
+    if it had one (else the others would wait for it in the next collective)."""
+    failure, result = None, None
+    if rank == 0:
+        try:
+            result = work()
+        except Exception as error:  # noqa: BLE001 - passed on to the other ranks, then re-raised
+            failure = error
+    if world_size > 1:
+        import torch.distributed as dist
+
+        box = [None if failure is None else str(failure), result]
+        dist.broadcast_object_list(box, src=0)
+        if rank != 0:
+            if box[0] is not None:
+                raise ValueError(box[0])  # rank 0 prints it (lsa_fast.cli prints on rank 0 only)
+            result = box[1]
+    if failure is not None:
+        raise failure
+    return result
+
+
+def _same_directory(a: Path, b: Path) -> bool:
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return Path(a).resolve() == Path(b).resolve()
+
+
 def _config_from_args(args, model_dataset) -> TrainConfig:
     model = args.model
     dataset = args.dataset
     if model is None and dataset is None:
         raise ValueError("give --model or --dataset (e.g. --model A --dataset moons)")
     if dataset is None:
-        key = model.strip().upper()
-        if key not in model_dataset:
+        dataset = implied_dataset(model)
+        if dataset is None:
             raise ValueError(f"--dataset is needed for model {model!r} (paper models: "
-                             f"{', '.join(f'{m} -> {d}' for m, d in model_dataset.items())})")
-        dataset = model_dataset[key]
+                             f"{', '.join(f'{m} -> {d}' for m, d in model_dataset.items())}, wrn-* -> cifar10)")
     dataset = dataset.strip().lower().replace("-", "").replace("_", "")
     if model is None:
         model = {d: m for m, d in reversed(list(model_dataset.items()))}.get(dataset)
@@ -198,8 +337,6 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
         value = getattr(args, key)
         if value is not None:
             data_options[key] = value
-    if args.data:
-        data_options["data_dir"] = str(args.data)
     fields = {
         "base": args.base, "steps": args.steps, "beta": args.beta, "attack_mode": args.attack_mode,
         "lr_layers": args.lr_layers, "gammas": args.gamma, "eta": args.eta, "warmup_epochs": args.warmup_epochs,
@@ -215,8 +352,9 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
     extra = {"eps_dataset_units": eps}
     if args.alpha is not None:
         extra["alpha_dataset_units"] = args.alpha
+    options = model_options(model, parse_model_options(args.model_option))
     return TrainConfig(eps=eps_to_input_units(dataset, eps), model=model, dataset=dataset,
-                       data_options=data_options, extra=extra, **fields)
+                       model_kwargs=options, data_options=data_options, extra=extra, **fields)
 
 
 def _check_resume_args(args, config: TrainConfig, model_dataset) -> None:
@@ -228,7 +366,7 @@ def _check_resume_args(args, config: TrainConfig, model_dataset) -> None:
     if args.model is None and args.dataset is None:
         args.model, args.dataset = config.model, config.dataset
     wanted = _config_from_args(args, model_dataset)
-    renamed = {"gamma": "gammas", "no_random_start": "random_start"}
+    renamed = {"gamma": "gammas", "no_random_start": "random_start", "model_option": "model_kwargs"}
     conflicts = []
     for name in given:
         if name in ("n_train", "n_test", "noise", "limit"):
