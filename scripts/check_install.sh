@@ -17,7 +17,6 @@
 # /tmp/lsa_fast_check_venv, about 6 GB; removed at the end unless KEEP_VENV=1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-CHECKOUT=$PWD
 DIST=$(mkdir -p "${1:-dist}" && cd "${1:-dist}" && pwd)
 BASE_PYTHON=${BASE_PYTHON:-python3}
 VENV=${CHECK_VENV:-/tmp/lsa_fast_check_venv}
