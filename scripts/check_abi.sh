@@ -18,7 +18,7 @@ rm -rf dist
 "$PYTHON" -m pip wheel . --no-build-isolation --no-deps -w dist -q
 WHEEL=$(ls dist/lsa_fast-*.whl)
 echo "wheel: $(basename "$WHEEL")"
-case "$WHEEL" in *-cp39-abi3-*) ;; *) echo "error: the wheel is not cp39-abi3" >&2; exit 1 ;; esac
+case "$WHEEL" in *-cp310-abi3-*) ;; *) echo "error: the wheel is not cp310-abi3" >&2; exit 1 ;; esac
 
 echo "== a fresh environment with torch==$OTHER_TORCH"
 rm -rf "$ABI_VENV"
