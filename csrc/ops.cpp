@@ -9,7 +9,7 @@
 extern "C" {
 // An empty module: importing lsa_fast._C loads this library, whose static
 // initialisers register the operators below. Written against the limited Python API
-// (no pybind11, which cannot build abi3 modules) so one wheel serves CPython >= 3.9.
+// (no pybind11, which cannot build abi3 modules) so one wheel serves every CPython >= 3.10 (torch >= 2.10 needs 3.10).
 PyMODINIT_FUNC PyInit__C(void) {
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, nullptr};
   return PyModule_Create(&module_def);
