@@ -19,7 +19,8 @@ import torch
 from ..checkpoint import resolve_checkpoint
 from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_units
 from ..attacks import make_attack, parse_attack_spec
-from ..data import DATASET_NAMES, default_data_dir, load_dataset, make_loader
+from ..data import DATASET_NAMES, make_loader
+from ..run_data import describe, load_split
 from ..models import MODEL_DATASET, build_model
 from ..report import atomic_write_text
 
@@ -55,7 +56,8 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
                         help="probe points: hidden (Conv/Linear outputs but the last: L0, L1, ...), learnable, "
                              "activations, or a module name / glob pattern (default: hidden)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="analyse only the first N samples")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="analyse only the first N samples (default: the split the run recorded, in full)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noises (0)")
     parser.add_argument("--out", default="lsa-report", metavar="DIR", help="output directory (lsa-report)")
@@ -91,8 +93,14 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = _device(args.device, distributed)
         model.to(device)
-        data_dir = args.data if args.data is not None else default_data_dir()
-        data = load_dataset(dataset, data_dir, train=args.split == "train", limit=args.limit)
+        # The data the run trained and was evaluated on, as its config records it (lsa_fast.run_data).
+        recorded = config.get("data_options") if config.get("dataset") == dataset else None
+        options = recorded if isinstance(recorded, dict) else {}
+        data = load_split(dataset, options, train=args.split == "train", data_dir=args.data, limit=args.limit)
+        where = "the run's data" if isinstance(recorded, dict) else "no data recorded with the weights: defaults"
+        if not distributed or torch.distributed.get_rank() == 0:
+            print(f"lsa-fast analyze: {describe(dataset, options, args.split, len(data))} [{where}]",
+                  file=sys.stderr, flush=True)
         sampler = ShardSampler(len(data)) if distributed else None
         loader = make_loader(data, args.batch_size, sampler=sampler)
         torch.manual_seed(args.seed)

@@ -20,6 +20,7 @@ from ..attacks import ATTACKS, canonical_name
 from ..attacks.registry import parse_eps
 from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
+from ..run_data import describe, load_split
 from ..training import TrainConfig, run_name
 
 
@@ -35,7 +36,8 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--model", help="override the checkpoint's model name")
     parser.add_argument("--dataset", help="override the checkpoint's dataset")
     parser.add_argument("--data", metavar="DIR", help="where MNIST / CIFAR-10 files are")
-    parser.add_argument("--limit", type=int, help="evaluate the first N test samples")
+    parser.add_argument("--limit", type=int, help="evaluate the first N test samples (default: the test set the "
+                                                  "run recorded, in full)")
     parser.add_argument("--batch-size", type=int, default=256, help="default 256")
     parser.add_argument("--device", default="auto", help="cpu, cuda, or auto (default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of randomised attacks (default 0)")
@@ -46,7 +48,7 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..data import load_dataset, make_loader
+    from ..data import make_loader
     from ..evaluation import PAPER_EPS_GRIDS, EvaluationTable, evaluate
     from ..models import build_model
 
@@ -70,18 +72,11 @@ def run(args) -> int:
         raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {error}") from None
     model.to(device).eval()
 
-    options = {}
+    # The test set the run was evaluated on, as its config records it (lsa_fast.run_data).
     data_options = config.data_options if dataset == config.dataset else {}
-    if dataset == "moons":
-        for key in ("noise",):
-            if key in data_options:
-                options[key] = data_options[key]
-        if "n_test" in data_options:
-            options["n_samples"] = data_options["n_test"]
-    if args.limit is not None:
-        options["limit"] = args.limit
-    data_dir = args.data or data_options.get("data_dir")
-    test_set = load_dataset(dataset, data_dir, train=False, **options)
+    test_set = load_split(dataset, data_options, train=False, data_dir=args.data, limit=args.limit)
+    print(f"{where}: model {model_name}; " + describe(dataset, data_options, "test", len(test_set)),
+          file=sys.stderr, flush=True)
     loader = make_loader(test_set, args.batch_size, shuffle=False)
 
     attack_kw = {}
@@ -98,7 +93,6 @@ def run(args) -> int:
     measured = evaluate(model, loader, attack=args.attack, eps_grid=input_grid, row=row, **attack_kw)
     # The same row, labelled with the eps in dataset units as the paper prints them.
     table = EvaluationTable(eps_grid=tuple(grid), attack=measured.attack, rows=dict(measured.rows))
-    print(f"{where}: {model_name} on {dataset} ({len(test_set)} test samples)", file=sys.stderr)
     print(table.to_markdown())
     print(f"R&G = {table.rg(row):.2f}")
     if args.out:

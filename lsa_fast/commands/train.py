@@ -19,6 +19,7 @@ import torch
 
 from ..analysis import eps_to_input_units
 from ..checkpoint import CHECKPOINT_NAME, FINAL_NAME, load_checkpoint
+from ..run_data import describe, load_split, record
 from ..train_config import BASES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..training import (
     ATLRTrainer,
@@ -104,7 +105,7 @@ def run(args) -> int:
 
 
 def _train(args, rank: int, world_size: int, device: torch.device) -> int:
-    from ..data import load_dataset, make_loader
+    from ..data import make_loader
     from ..models import MODEL_DATASET, build_model
 
     state = None
@@ -127,21 +128,9 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> int:
                    f"weights in {out_dir / FINAL_NAME}", final=True)
         return 0
 
-    data_dir = config.data_options.get("data_dir")
-    options = {k: v for k, v in config.data_options.items() if k != "data_dir"}
-    train_options = {k: v for k, v in options.items() if k != "n_test"}
-    test_options = {k: v for k, v in options.items() if k != "n_train"}
-    if config.dataset == "moons":
-        if "n_train" in train_options:
-            train_options["n_samples"] = train_options.pop("n_train")
-        if "n_test" in test_options:
-            test_options["n_samples"] = test_options.pop("n_test")
-    else:
-        for key in ("n_train", "n_test", "noise"):
-            if key in options:
-                raise ValueError(f"--{key.replace('_', '-')} applies to moons only, not {config.dataset}")
-    train_set = load_dataset(config.dataset, data_dir, train=True, **train_options)
-    test_set = load_dataset(config.dataset, data_dir, train=False, **test_options)
+    train_set = load_split(config.dataset, config.data_options, train=True)
+    test_set = load_split(config.dataset, config.data_options, train=False)
+    _say(rank, "training data: " + describe(config.dataset, config.data_options, "train", len(train_set)))
 
     seed_everything(config.seed)  # the same initial weights on every rank
     model = build_model(config.model, **config.model_kwargs)
@@ -193,11 +182,8 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
     eps = DEFAULT_EPS[dataset] if args.eps is None else args.eps
     if eps < 0:
         raise ValueError(f"--eps must be >= 0, got {eps}")
-    data_options = {}
-    for key in ("n_train", "n_test", "noise", "limit"):
-        value = getattr(args, key)
-        if value is not None:
-            data_options[key] = value
+    # The run directory records its data in full (defaults too): eval and analyze rebuild it from there.
+    data_options = record(dataset, {key: getattr(args, key) for key in ("n_train", "n_test", "noise", "limit")})
     if args.data:
         data_options["data_dir"] = str(args.data)
     fields = {
@@ -232,7 +218,8 @@ def _check_resume_args(args, config: TrainConfig, model_dataset) -> None:
     conflicts = []
     for name in given:
         if name in ("n_train", "n_test", "noise", "limit"):
-            mine, theirs = wanted.data_options.get(name), config.data_options.get(name)
+            # A run written before data_options was complete used the defaults for what it omits.
+            mine, theirs = wanted.data_options.get(name), record(config.dataset, config.data_options).get(name)
         else:
             key = renamed.get(name, name)
             mine, theirs = getattr(wanted, key), getattr(config, key)
