@@ -28,6 +28,8 @@ from typing import Dict, Mapping, Optional, Union
 import numpy as np
 import torch
 
+from .messages import shorten
+
 __all__ = [
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_VERSION",
@@ -168,7 +170,7 @@ def _why_unreadable(path: Path, size: int, error: Exception) -> str:
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     # torch's weights_only message is long; its "WeightsUnpickler error" line says what was refused.
     detail = next((line for line in lines if "WeightsUnpickler error" in line), lines[0] if lines else "")
-    text = f"{type(error).__name__}: {detail}"[:300]
+    text = shorten(f"{type(error).__name__}: {detail}", 300)  # torch's advice runs on; never cut mid-word
     if size == 0:
         return "empty file, not a checkpoint"
     with open(path, "rb") as handle:

@@ -157,7 +157,8 @@ def _train(settings: DemoSettings, base: str, layers: Optional[List[int]], loade
     )
     torch.manual_seed(settings.seed)
     model = build_model("A")
-    ATLRTrainer(model, config, loader, device=device, out_dir=out_dir).fit(progress=progress)
+    if ATLRTrainer(model, config, loader, device=device, out_dir=out_dir).fit(progress=progress).interrupted:
+        raise KeyboardInterrupt  # Ctrl-C / SIGTERM: the run is checkpointed; the demo stops here
     return model.eval()
 
 

@@ -32,6 +32,7 @@ MOONS_ONLY = ("n_train", "n_test", "noise", "seed")
 def record(dataset: str, options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
     """`options` completed with every default, so that the record alone rebuilds the data."""
     options = {key: value for key, value in dict(options or {}).items() if value is not None}
+    _check(options)
     if dataset == "moons":
         for key, value in MOONS_DEFAULTS.items():
             options.setdefault(key, value)
@@ -80,6 +81,19 @@ def describe(dataset: str, options: Optional[Mapping[str, Any]], split: str, cou
         details = f"from {options['data_dir']}" if options.get("data_dir") else "from --data or $LSA_FAST_DATA"
     first = f", the first {options['limit']}" if options.get("limit") is not None else ""
     return f"{dataset} {split} split{first}: {count} samples ({details})"
+
+
+def _check(options: Mapping[str, Any]) -> None:
+    for key in ("n_train", "n_test", "limit"):
+        value = options.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"--{key.replace('_', '-')} must be a positive number of samples, got {value!r}")
+    noise = options.get("noise")
+    if noise is not None and not (isinstance(noise, (int, float)) and 0 <= noise < float("inf")):
+        raise ValueError(f"--noise must be a finite number >= 0, got {noise!r}")
+    seed = options.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ValueError(f"the data seed must be an integer >= 0, got {seed!r}")
 
 
 def _unit_map() -> Dict[str, Any]:

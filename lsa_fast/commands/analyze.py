@@ -21,7 +21,10 @@ from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_un
 from ..attacks import make_attack, parse_attack_spec
 from ..data import DATASET_NAMES, make_loader
 from ..run_data import describe, load_split
-from ..models import MODEL_DATASET, build_model
+from .arguments import comma_items
+from ..messages import shorten
+from ..model_fit import check_model_fits, check_model_name, load_weights, paper_dataset
+from ..models import build_model
 from ..report import atomic_write_text
 
 REPORT_FILES = ("report.json", "report.md", "lsa.png")
@@ -38,7 +41,8 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--model", default=None,
-                        help="A, B, C, D, wrn-28-10, wrn-34-10 or package.module:attr (default: the checkpoint's)")
+                        help="A (fits moons), B (mnist), C, D, wrn-28-10, wrn-34-10 (cifar10) or package.module:attr "
+                             "(default: the checkpoint's)")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="weights: a state_dict file, or a trainer checkpoint (a dict with 'model')")
     parser.add_argument("--dataset", default=None, choices=DATASET_NAMES,
@@ -76,12 +80,14 @@ def run(args: argparse.Namespace) -> int:
     # The trainer's checkpoints record the constructor arguments of the model they hold.
     same_model = config.get("model") is not None and str(config.get("model")) == model_name
     kwargs = config.get("model_kwargs") if same_model and isinstance(config.get("model_kwargs"), dict) else {}
-    model = build_model(model_name, **kwargs)  # an unknown name fails here, before anything else
+    check_model_name(model_name)  # an unknown name fails here, before anything else
+    model = build_model(model_name, **kwargs)
     if state is not None:
-        _load_weights(model, state, args.checkpoint, model_name)
-    dataset = args.dataset or config.get("dataset") or _model_dataset(model_name)
+        load_weights(model, state, f"--checkpoint {args.checkpoint}", model_name)
+    dataset = args.dataset or config.get("dataset") or paper_dataset(model_name)
     if dataset is None:
         raise ValueError(f"--dataset is required for model {model_name!r} (one of {', '.join(DATASET_NAMES)})")
+    check_model_fits(model, model_name, dataset)  # before the data is read
     perturbations = _perturbations(args.perturbations, dataset)
     eta_sweep = _floats("--eta-sweep", args.eta_sweep)
     if args.batch_size < 1:
@@ -149,7 +155,7 @@ def _read_checkpoint(path: str):
     except Exception as error:  # truncated zip, foreign pickle, random bytes: all mean "not a checkpoint"
         raise ValueError(
             f"--checkpoint {path}: cannot be read as a PyTorch checkpoint ({os.path.getsize(path)} bytes; truncated, "
-            f"or not written by torch.save): {type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+            f"or not written by torch.save): {shorten(f'{type(error).__name__}: {error}', 300)}"
         ) from None
     if isinstance(loaded, dict) and isinstance(loaded.get("model"), dict):
         config = loaded.get("config") if isinstance(loaded.get("config"), dict) else {}
@@ -165,28 +171,11 @@ def _read_checkpoint(path: str):
     return state, config
 
 
-def _load_weights(model, state, path: str, model_name: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        detail = " ".join(str(error).split())
-        raise ValueError(f"--checkpoint {path}: its weights do not fit model {model_name!r}: {detail[:600]}") from None
-
-
-def _model_dataset(name: str):
-    key = name.strip().upper()
-    if key in MODEL_DATASET:
-        return MODEL_DATASET[key]
-    if key.startswith("WRN"):
-        return "cifar10"
-    return None
-
-
 def _perturbations(text: str, dataset: str) -> dict:
     """{spec as written: attack bound with eps in input units}."""
-    specs = [s.strip() for s in str(text).split(",") if s.strip()]
-    if not specs:
+    if not str(text).strip():
         raise ValueError("--perturbations is empty; e.g. fgsm:0.1,pgd:0.1,gaussian:0.1")
+    specs = comma_items(text, "--perturbations")
     perturbations = {}
     for spec in specs:
         try:
@@ -202,8 +191,9 @@ def _perturbations(text: str, dataset: str) -> dict:
 
 
 def _floats(option: str, text: str):
+    items = comma_items(text, option)
     try:
-        return [float(part) for part in str(text).split(",") if part.strip()]
+        return [float(part) for part in items]
     except ValueError:
         raise ValueError(f"{option}: expected comma-separated numbers, got {text!r}") from None
 

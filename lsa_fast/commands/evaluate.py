@@ -20,7 +20,9 @@ from ..attacks import ATTACKS, canonical_name
 from ..attacks.registry import parse_eps
 from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
+from ..model_fit import check_model_fits, check_model_name, load_weights
 from ..run_data import describe, load_split
+from .arguments import comma_items
 from ..training import TrainConfig, run_name
 
 
@@ -33,7 +35,8 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--attack", default="fgsm", help="attack name (fgsm, fgsm-rs, pgd, apgd-ce, ...; default fgsm)")
     parser.add_argument("--eps-grid", "--eps", dest="eps_grid", help="comma-separated eps in dataset units (default: the paper's grid)")
     parser.add_argument("--steps", type=int, help="steps of iterative attacks (their default otherwise)")
-    parser.add_argument("--model", help="override the checkpoint's model name")
+    parser.add_argument("--model", help="override the checkpoint's model name (A fits moons, B mnist, C, D, "
+                                        "wrn-28-10, wrn-34-10 cifar10)")
     parser.add_argument("--dataset", help="override the checkpoint's dataset")
     parser.add_argument("--data", metavar="DIR", help="where MNIST / CIFAR-10 files are")
     parser.add_argument("--limit", type=int, help="evaluate the first N test samples (default: the test set the "
@@ -65,11 +68,10 @@ def run(args) -> int:
 
     device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if args.device == "auto" else args.device))
+    check_model_name(model_name)
     model = build_model(model_name, **(config.model_kwargs if not args.model else {}))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {error}") from None
+    load_weights(model, state["model"], where, model_name)
+    check_model_fits(model, model_name, dataset)  # before the data is read
     model.to(device).eval()
 
     # The test set the run was evaluated on, as its config records it (lsa_fast.run_data).
@@ -103,7 +105,4 @@ def run(args) -> int:
 
 
 def _parse_grid(text: str):
-    values = [parse_eps(part, "--eps-grid") for part in text.split(",") if part.strip()]
-    if not values:
-        raise ValueError("--eps-grid is empty")
-    return values
+    return [parse_eps(part, "--eps-grid") for part in comma_items(text, "--eps-grid")]

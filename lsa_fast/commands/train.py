@@ -12,6 +12,7 @@ pixel fractions for MNIST/CIFAR-10) and converted to model-input units.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -19,10 +20,13 @@ import torch
 
 from ..analysis import eps_to_input_units
 from ..checkpoint import CHECKPOINT_NAME, FINAL_NAME, load_checkpoint
+from ..model_fit import FITS, check_model_fits, check_model_name, paper_dataset
 from ..run_data import describe, load_split, record
+from .arguments import comma_items
 from ..train_config import BASES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..training import (
     ATLRTrainer,
+    learning_rate_at,
     make_train_loader,
     run_name,
     seed_everything,
@@ -41,13 +45,17 @@ _RUN_OPTIONS = ("model", "dataset", "base", "lr_layers", "gamma", "epochs", "eps
                 "n_train", "n_test", "noise", "limit")
 
 
+# Options whose flag is not their dest with dashes.
+_OPTION_NAMES = {"lr": "--learning-rate"}
+
+
 def register(subparsers, name: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         name, help="adversarial training with the layer-wise regulariser (AT-LR, Algorithm 3)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     general = parser.add_argument_group("run")
-    general.add_argument("--model", help="A, B, C, D, wrn-28-10, wrn-34-10 or package.module:attr (default: "
-                                     "the dataset's paper model)")
+    general.add_argument("--model", help="A (fits moons), B (mnist), C, D, wrn-28-10, wrn-34-10 (cifar10) or "
+                                         "package.module:attr (default: the dataset's paper model)")
     general.add_argument("--dataset", help="moons, mnist or cifar10 (default: the model's paper dataset)")
     general.add_argument("--out", help="run directory: checkpoint.pt, final.pt, config.json, metrics.jsonl")
     general.add_argument("--resume", metavar="DIR", help="continue the run in DIR exactly where it stopped")
@@ -73,7 +81,8 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     attack.add_argument("--beta", type=float, help="TRADES beta (default 6)")
     attack.add_argument("--attack-mode", choices=("auto", "train", "eval"),
                         help="model mode while attacking (default auto: eval for TRADES, else train)")
-    attack.add_argument("--lr-layers", help="regularised layers: '0,2', 'auto' (LSA after the warm-up), or "
+    attack.add_argument("--lr-layers", help="layers of the layer-wise regulariser (the paper's LR, not the "
+                                            "learning rate): '0,2', 'auto' (LSA after the warm-up), or "
                                             "an LSA report JSON (its MVL); default: none")
     attack.add_argument("--gamma", help="regulariser weight: one value, or one per layer '1,0.5' (default 1)")
     attack.add_argument("--eta", type=float, help="MVL threshold of Algorithm 1 for --lr-layers auto (default 1)")
@@ -83,7 +92,9 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     optim.add_argument("--epochs", type=int, help="default 10")
     optim.add_argument("--batch-size", type=int, help="global batch size (default 128; per rank: / world size)")
     optim.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd (momentum 0.9)")
-    optim.add_argument("--lr", type=float, help="peak learning rate (default: sgd 0.1, adam 1e-3)")
+    optim.add_argument("--learning-rate", "--lr", dest="lr", type=float,
+                       help="peak learning rate of the optimiser (default: sgd 0.1, adam 1e-3); not the "
+                            "regulariser, which --lr-layers and --gamma set")
     optim.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     optim.add_argument("--weight-decay", type=float, help="default: sgd 5e-4, adam 0")
     optim.add_argument("--schedule", choices=SCHEDULES, help="default auto: cyclic for fast, piecewise for sgd, "
@@ -112,8 +123,10 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> int:
     if args.resume:
         state = load_checkpoint(Path(args.resume) / CHECKPOINT_NAME if Path(args.resume).is_dir() else args.resume)
         config = TrainConfig.from_dict(state["config"])
-        _check_resume_args(args, config, MODEL_DATASET)
         out_dir = Path(args.out) if args.out else Path(state["path"]).parent
+        if args.epochs is not None and args.epochs > config.epochs:
+            config = _extend(config, args.epochs, state, out_dir, rank)
+        _check_resume_args(args, config, MODEL_DATASET)
     else:
         if not args.out:
             raise ValueError("--out DIR is required (or --resume DIR)")
@@ -128,12 +141,12 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> int:
                    f"weights in {out_dir / FINAL_NAME}", final=True)
         return 0
 
+    seed_everything(config.seed)  # the same initial weights on every rank
+    model = build_model(config.model, **config.model_kwargs)
+    check_model_fits(model, config.model, config.dataset)  # before the data is read
     train_set = load_split(config.dataset, config.data_options, train=True)
     test_set = load_split(config.dataset, config.data_options, train=False)
     _say(rank, "training data: " + describe(config.dataset, config.data_options, "train", len(train_set)))
-
-    seed_everything(config.seed)  # the same initial weights on every rank
-    model = build_model(config.model, **config.model_kwargs)
     train_loader = make_train_loader(train_set, config, rank, world_size, num_workers=args.workers,
                                      pin_memory=device.type == "cuda")
     test_loader = make_loader(test_set, max(config.batch_size // world_size, 1), shuffle=False)
@@ -149,7 +162,8 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> int:
     result = trainer.fit(progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch)
     if result.interrupted:
         _say(rank, f"interrupted; continue with: lsa-fast train --resume {out_dir}", final=True)
-        return 143  # 128 + SIGTERM, what a scheduler expects from a terminated job
+        # 128 + the signal: what a shell (Ctrl-C: 130) or a scheduler (SIGTERM: 143) expects.
+        return 130 if result.stop_signal == "SIGINT" else 143
     if result.epochs_completed < config.epochs:
         _say(rank, f"stopped after epoch {result.epochs_completed} of {config.epochs}; checkpoint "
                    f"{out_dir / CHECKPOINT_NAME}; continue with: lsa-fast train --resume {out_dir}", final=True)
@@ -166,12 +180,12 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
     dataset = args.dataset
     if model is None and dataset is None:
         raise ValueError("give --model or --dataset (e.g. --model A --dataset moons)")
+    if model is not None:
+        check_model_name(model)
     if dataset is None:
-        key = model.strip().upper()
-        if key not in model_dataset:
-            raise ValueError(f"--dataset is needed for model {model!r} (paper models: "
-                             f"{', '.join(f'{m} -> {d}' for m, d in model_dataset.items())})")
-        dataset = model_dataset[key]
+        dataset = paper_dataset(model)
+        if dataset is None:
+            raise ValueError(f"--dataset is needed for model {model!r} (one of {', '.join(DEFAULT_EPS)}; {FITS})")
     dataset = dataset.strip().lower().replace("-", "").replace("_", "")
     if model is None:
         model = {d: m for m, d in reversed(list(model_dataset.items()))}.get(dataset)
@@ -186,6 +200,9 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
     data_options = record(dataset, {key: getattr(args, key) for key in ("n_train", "n_test", "noise", "limit")})
     if args.data:
         data_options["data_dir"] = str(args.data)
+    for option, text in (("--gamma", args.gamma), ("--lr-layers", args.lr_layers)):
+        if text is not None and "," in text:
+            comma_items(text, option)  # '0,,2' is an error, not '0,2'
     fields = {
         "base": args.base, "steps": args.steps, "beta": args.beta, "attack_mode": args.attack_mode,
         "lr_layers": args.lr_layers, "gammas": args.gamma, "eta": args.eta, "warmup_epochs": args.warmup_epochs,
@@ -203,6 +220,23 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
         extra["alpha_dataset_units"] = args.alpha
     return TrainConfig(eps=eps_to_input_units(dataset, eps), model=model, dataset=dataset,
                        data_options=data_options, extra=extra, **fields)
+
+
+def _extend(config: TrainConfig, epochs: int, state, out_dir: Path, rank: int) -> TrainConfig:
+    """The run's config with more epochs (--resume DIR --epochs N, N above the run's).
+    The learning-rate schedule is a function of the fraction of training done, so it is
+    stretched over the new total: the epochs to come follow the schedule of an N-epoch
+    run from where this run stands. The config's extra records the earlier totals."""
+    done = int(state["epoch"])
+    earlier = list(config.extra.get("extended_from", [])) + [config.epochs]
+    extended = dataclasses.replace(config, epochs=epochs, extra={**config.extra, "extended_from": earlier})
+    state["config"] = extended.to_dict()  # the trainer resumes this config, not the old one
+    old_rate, new_rate = learning_rate_at(config, done), learning_rate_at(extended, done)
+    _say(rank, f"extending {out_dir} from {config.epochs} to {epochs} epochs ({done} done): the "
+               f"{config.resolved_schedule()} learning-rate schedule is stretched over {epochs} epochs, so the "
+               f"learning rate goes from {old_rate:.3g} (where the {config.epochs}-epoch schedule stands) to "
+               f"{new_rate:.3g}")
+    return extended
 
 
 def _check_resume_args(args, config: TrainConfig, model_dataset) -> None:
@@ -224,7 +258,9 @@ def _check_resume_args(args, config: TrainConfig, model_dataset) -> None:
             key = renamed.get(name, name)
             mine, theirs = getattr(wanted, key), getattr(config, key)
         if mine != theirs:
-            conflicts.append(f"--{name.replace('_', '-')}: {mine!r} (the run has {theirs!r})")
+            note = "; raise it to extend the run" if name == "epochs" else ""
+            option = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+            conflicts.append(f"{option}: {mine!r} (the run has {theirs!r}{note})")
     if conflicts:
         raise ValueError("--resume continues the run as it was configured, but these options differ from its "
                          "checkpoint: " + "; ".join(conflicts))
