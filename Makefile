@@ -30,13 +30,18 @@ demo: setup
 test: setup cpp-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
-# The C++ unit tests through CMake (CPU kernels; the CUDA ones are compiled by setup).
-# CMake's own chatter goes to cmake-build.log; its tail is shown when a step fails.
+# nvcc, when there is one: the CMake build then compiles the CUDA kernels too (no GPU needed).
+NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
+CMAKE_CUDA := $(if $(NVCC),-DLSA_FAST_CUDA=ON -DCMAKE_CUDA_COMPILER=$(NVCC),-DLSA_FAST_CUDA=OFF)
+
+# The C++ unit tests through CMake, and the extension built by CMake with the same flags
+# as setup.py (csrc/flags/), CUDA kernels included where nvcc is found. CMake's own
+# chatter goes to cmake-build.log; its tail is shown when a step fails.
 cpp-test: setup
 	@command -v $(CMAKE) >/dev/null 2>&1 || { \
 	  echo "make: cmake not found ($(CMAKE)). 'make setup' pip-installs it into $(VENV) when it (re)creates it;" \
 	       "run $(BIN)/python -m pip install cmake, or install cmake >= 3.18 on PATH." >&2; exit 2; }
-	$(CMAKE) -S . -B cmake-build -DPython3_EXECUTABLE=$(abspath $(BIN)/python) > cmake-build.log 2>&1 \
+	$(CMAKE) -S . -B cmake-build -DPython3_EXECUTABLE=$(abspath $(BIN)/python) $(CMAKE_CUDA) > cmake-build.log 2>&1 \
 	  || { tail -n 30 cmake-build.log; exit 1; }
 	$(CMAKE) --build cmake-build -j2 >> cmake-build.log 2>&1 || { tail -n 30 cmake-build.log; exit 1; }
 	$(CTEST) --test-dir cmake-build --output-on-failure

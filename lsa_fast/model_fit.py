@@ -84,8 +84,9 @@ def load_weights(model: nn.Module, state, where: str, model_name: str) -> None:
         parts.append(f"{len(missing)} missing (first: {missing[0]})")
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
-    raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {'; '.join(parts) or 'load_state_dict failed'}"
-                     f" (was it trained with another --model or other model options?)") from None
+    what = "; ".join(parts) or "load_state_dict failed"
+    raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {what} (was it trained with another "
+                     f"--model or other model options?)") from None
 
 
 def _short(text: str, limit: int = 160) -> str:

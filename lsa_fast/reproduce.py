@@ -564,7 +564,8 @@ def plot_cm_layers(summary: Dict, path, dpi: int = 120) -> str:
             axes.tick_params(axis="y", labelsize=9)
             axes.set_ylim(bottom=0)
             axes.grid(True, alpha=0.3)
-            axes.set_title(f"model {model}, {base.upper()} family: CM under {attack.upper()}, eps {eps:.3g}", fontsize=10)
+            axes.set_title(f"model {model}, {base.upper()} family: CM under {attack.upper()}, eps {eps:.3g}",
+                           fontsize=10)
             if j == 0:
                 axes.set_ylabel("mean CM (relative error)", fontsize=10)
             if i == len(attacks) - 1:

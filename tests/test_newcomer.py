@@ -109,7 +109,8 @@ def test_mistakes_are_one_line_errors(demo, tmp_path):
     cases = {
         # argv: what the one line must say
         ("train", "--model", "B", "--dataset", "moons", "--out", tmp_path / "b"): "model B does not fit dataset moons",
-        ("analyze", "--model", "B", "--dataset", "moons", "--out", tmp_path / "c"): "model B does not fit dataset moons",
+        ("analyze", "--model", "B", "--dataset", "moons", "--out", tmp_path / "c"):
+            "model B does not fit dataset moons",
         ("train", "--model", "A", "--dataset", "mnist", "--data", tmp_path, "--out", tmp_path / "a"):
             "model A does not fit dataset mnist",
         ("train", "--model", "Z", "--out", tmp_path / "z"): "unknown model 'Z'",
@@ -250,3 +251,88 @@ def test_a_finished_run_is_extended_by_raising_epochs(tmp_path):
     # The cosine schedule of 2 epochs ended at 0; stretched over 3 it ends epoch 3 at 0 again.
     assert metrics[1]["learning_rate"] == pytest.approx(0.0, abs=1e-12)
     assert metrics[2]["learning_rate"] == pytest.approx(0.0, abs=1e-12)
+
+
+# ------------------------------------------------------ 11: figures a reader understands
+
+
+@pytest.fixture
+def figures(monkeypatch):
+    """The matplotlib Figure of every plot call, instead of a file."""
+    pytest.importorskip("matplotlib")
+    import lsa_fast.report
+    import lsa_fast.reproduce
+
+    drawn = []
+
+    def keep(figure, path, dpi=120):
+        drawn.append(figure)
+        return str(path)
+
+    monkeypatch.setattr(lsa_fast.report, "save_figure", keep)
+    monkeypatch.setattr(lsa_fast.reproduce, "save_figure", keep)
+    return drawn
+
+
+def legend_texts(legend):
+    return [(text.get_text(), text.get_fontsize()) for text in legend.get_texts()]
+
+
+def test_reproduce_figures_start_bars_at_zero_and_explain_their_marks(figures):
+    from lsa_fast.paper import paper_table
+    from lsa_fast.reproduce import ReproduceSettings, plot_cm_layers, plot_rg_scores, summarise
+
+    table = paper_table("moons")
+    runs = []
+    for name in table.names:
+        row = table.row(name)
+        for seed, rg in enumerate((380.0, 420.0)):
+            runs.append({"seed": seed, "row": name, "model": row.model, "training": row.training,
+                         "accuracies": [rg / 6] * 6, "rg": rg, "cm": {"fgsm": [0.3, 0.5, 0.8], "pgd": [0.3, 0.6, 0.9]},
+                         "mvl": [2], "layer_names": ["fc1", "fc2", "fc3"], "clean_norm": [1.0] * 3,
+                         "difference_norm": [0.3, 0.5, 0.8], "train_accuracy": 90.0})
+    summary = summarise(table, ReproduceSettings.defaults("moons", quick=True), runs)
+    plot_rg_scores(summary, "rg.png")
+    plot_cm_layers(summary, "cm.png")
+    rg_figure, cm_figure = figures
+
+    axes = rg_figure.axes[0]
+    assert axes.get_ylim()[0] == 0.0 and axes.get_ylim()[1] > max(row.rg for row in table.rows)
+    assert "R&G" in axes.get_ylabel() and "moons units" in axes.get_title()
+    assert all(size >= 8 for _, size in legend_texts(axes.get_legend()))
+    assert all(label.get_fontsize() >= 8 for label in axes.get_xticklabels())
+
+    panels = cm_figure.axes
+    assert all(panel.get_ylim()[0] == 0.0 for panel in panels)
+    legends = [panel.get_legend() for panel in panels if panel.get_legend() is not None]
+    assert legends and all(size >= 8 for legend in legends for _, size in legend_texts(legend))
+    assert all("layer the variant regularises" in [text for text, _ in legend_texts(legend)] for legend in legends)
+    assert "std over 2 seeds" in cm_figure._suptitle.get_text()
+
+
+def test_lsa_and_decision_boundary_figures_label_everything(figures):
+    from lsa_fast.analysis import analyze
+    from lsa_fast.attacks import make_attack
+    from lsa_fast.data import MOONS_LOW, MOONS_SCALE
+    from lsa_fast.report import plot_decision_boundaries
+
+    torch.manual_seed(0)
+    model = build_model("A")
+    x, y = load_dataset("moons", train=False, n_samples=64).tensors
+    perturbations = {"fgsm:0.3": make_attack("fgsm", 0.06), "gaussian:0.3": make_attack("gaussian", 0.06)}
+    report = analyze(model, (x, y), perturbations, eta=-10.0, dataset="moons", progress=False)  # eta < 0: all in MVL
+    report.plot("lsa.png")
+    labels = [text for text, _ in legend_texts(figures[0].axes[0].get_legend())]
+    assert any(label.startswith("band: MVL of the adversarial CM pooled") for label in labels)
+    assert any(label.startswith("ring: ") for label in labels)
+    assert "fgsm:0.3 (adversarial; eps 0.3 in moons units)" in labels
+
+    plot_decision_boundaries({"Normal": model}, x, y, "db.png", notes={"Normal": "clean acc 50.0%"},
+                             unit_map=(MOONS_LOW, MOONS_SCALE), axis_names=("x1 (moons units)", "x2 (moons units)"))
+    figure = figures[1]
+    axes = figure.axes[0]
+    assert axes.get_xlabel() == "x1 (moons units)" and axes.get_ylabel() == "x2 (moons units)"
+    assert "clean acc 50.0%" in axes.get_title()
+    assert axes.get_xlim()[0] < 0 < axes.get_xlim()[1]  # moons coordinates, not [0, 1]
+    entries = [text for text, _ in legend_texts(figure.legends[0])]
+    assert {"test point, class 0", "test point, class 1", "decision boundary (logit = 0)"} <= set(entries)
