@@ -59,7 +59,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import make_loader
-from .analysis import analyze
+from .analysis import analyze, is_terminal
 from .ops import layerwise_regularizer
 from .probes import LayerProbe
 from .report import atomic_write_text
@@ -815,9 +815,12 @@ def _stream_seed(seed: int, rank: int, stream: int) -> int:
 
 class _Progress:
     """tqdm when it is installed (else a line every log_every batches): images/s per
-    batch, loss and accuracy every log_every batches (reading them is a host sync)."""
+    batch, loss and accuracy every log_every batches (reading them is a host sync).
+    Nothing when stderr is not a terminal: a log gets the one line per epoch of
+    ATLRTrainer, not the bar's redraws."""
 
     def __init__(self, enabled: bool, total: int, initial: int, desc: str, log_every: int):
+        enabled = enabled and is_terminal(sys.stderr)
         self.enabled, self.total, self.done, self.desc, self.log_every = enabled, total, initial, desc, log_every
         self.images, self.start = 0, time.perf_counter()
         self.bar = None

@@ -238,8 +238,9 @@ def test_a_finished_run_is_extended_by_raising_epochs(tmp_path):
                                cwd=tmp_path)
     assert code == 0, stderr
     two_epochs = load_checkpoint(run / "final.pt")["model"]
-    code, stdout, stderr = lsa_fast("train", "--resume", run, "--epochs", "3", "--no-progress", cwd=tmp_path)
+    code, stdout, stderr = lsa_fast("train", "--resume", run, "--epochs", "3", cwd=tmp_path)
     assert code == 0, stderr
+    assert "\r" not in stderr and "batch/s" not in stderr  # a pipe, not a terminal: no progress bar
     assert "extending" in stderr and "from 2 to 3 epochs" in stderr and "stretched over 3 epochs" in stderr
     config = json.loads((run / "config.json").read_text())
     assert config["epochs"] == 3 and config["extra"]["extended_from"] == [2]
