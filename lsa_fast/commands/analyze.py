@@ -20,12 +20,12 @@ from ..checkpoint import resolve_checkpoint
 from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_units
 from ..attacks import make_attack, parse_attack_spec
 from ..data import DATASET_NAMES, make_loader
-from ..run_data import describe, load_split
-from .arguments import comma_items
 from ..messages import shorten
 from ..model_fit import check_model_fits, check_model_name, load_weights, paper_dataset
 from ..models import build_model
 from ..report import atomic_write_text
+from ..run_data import describe, load_split
+from .arguments import comma_items
 
 REPORT_FILES = ("report.json", "report.md", "lsa.png")
 

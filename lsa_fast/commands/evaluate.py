@@ -22,8 +22,8 @@ from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
 from ..model_fit import check_model_fits, check_model_name, load_weights
 from ..run_data import describe, load_split
-from .arguments import comma_items
 from ..training import TrainConfig, run_name
+from .arguments import comma_items
 
 
 def register(subparsers, name: str) -> argparse.ArgumentParser:

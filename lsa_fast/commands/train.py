@@ -22,7 +22,6 @@ from ..analysis import eps_to_input_units
 from ..checkpoint import CHECKPOINT_NAME, FINAL_NAME, load_checkpoint
 from ..model_fit import FITS, check_model_fits, check_model_name, paper_dataset
 from ..run_data import describe, load_split, record
-from .arguments import comma_items
 from ..train_config import BASES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..training import (
     ATLRTrainer,
@@ -33,6 +32,7 @@ from ..training import (
     setup_distributed,
     teardown_distributed,
 )
+from .arguments import comma_items
 
 # The paper's training eps per dataset, in the dataset's units.
 DEFAULT_EPS = {"moons": 0.3, "mnist": 0.3, "cifar10": 8 / 255}
@@ -124,9 +124,10 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> int:
         state = load_checkpoint(Path(args.resume) / CHECKPOINT_NAME if Path(args.resume).is_dir() else args.resume)
         config = TrainConfig.from_dict(state["config"])
         out_dir = Path(args.out) if args.out else Path(state["path"]).parent
-        if args.epochs is not None and args.epochs > config.epochs:
+        extending = args.epochs is not None and args.epochs > config.epochs
+        _check_resume_args(args, config, MODEL_DATASET, ignore=("epochs",) if extending else ())
+        if extending:
             config = _extend(config, args.epochs, state, out_dir, rank)
-        _check_resume_args(args, config, MODEL_DATASET)
     else:
         if not args.out:
             raise ValueError("--out DIR is required (or --resume DIR)")
@@ -239,10 +240,11 @@ def _extend(config: TrainConfig, epochs: int, state, out_dir: Path, rank: int) -
     return extended
 
 
-def _check_resume_args(args, config: TrainConfig, model_dataset) -> None:
+def _check_resume_args(args, config: TrainConfig, model_dataset, ignore=()) -> None:
     """With --resume the checkpoint defines the run. Run options given anyway (e.g. the
-    same command line relaunched with --resume appended) must agree with it."""
-    given = [name for name in _RUN_OPTIONS if getattr(args, name, None) not in (None, False)]
+    same command line relaunched with --resume appended) must agree with it, except
+    those in `ignore` (--epochs when it extends the run)."""
+    given = [name for name in _RUN_OPTIONS if getattr(args, name, None) not in (None, False) and name not in ignore]
     if not given:
         return
     if args.model is None and args.dataset is None:
