@@ -15,8 +15,11 @@ _INTERNAL = re.compile(r"^(?:TrainConfig|ATLRTrainer|build_model|make_attack|get
 _OPTIONS = {
     "lr": "--learning-rate", "lr_layers": "--lr-layers", "gammas": "--gamma", "gamma": "--gamma",
     "warmup_epochs": "--warmup-epochs", "batch_size": "--batch-size", "weight_decay": "--weight-decay",
-    "grad_clip": "--grad-clip", "attack_mode": "--attack-mode", "random_start": "--no-random-start",
+    "grad_clip": "--grad-clip", "attack_mode": "--attack-mode",
 }
+# TrainConfig fields whose option is the field's name.
+_TRAIN_FIELDS = ("base", "eps", "alpha", "steps", "beta", "eta", "epochs", "optimizer", "momentum", "schedule", "amp",
+                 "seed")
 
 
 def shorten(text: str, limit: int = 300) -> str:
@@ -47,6 +50,3 @@ def for_the_command_line(message: str) -> str:
             return option + word.group(2)
     return rest
 
-
-_TRAIN_FIELDS = ("base", "eps", "alpha", "steps", "beta", "eta", "epochs", "optimizer", "momentum", "schedule", "amp",
-                 "seed")

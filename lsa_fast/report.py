@@ -321,12 +321,13 @@ def plot_decision_boundaries(models, x, y, path: PathLike, resolution: int = 200
     axes in the dataset's own coordinates low + scale * x (moons), else input units.
     Returns the path."""
     import torch
-    from matplotlib.lines import Line2D
-    from matplotlib.patches import Patch
 
     models = dict(models)
     notes = dict(notes or {})
-    figure = new_figure((4.4 * len(models), 5.0), "plot_decision_boundaries")
+    figure = new_figure((4.4 * len(models), 5.0), "plot_decision_boundaries")  # a clear error without matplotlib
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     x, y = x.detach().cpu().float(), y.detach().cpu()
     low = (x.min() - 0.05).clamp(min=0).item()  # the points' square, inside [0, 1]
     high = (x.max() + 0.05).clamp(max=1).item()

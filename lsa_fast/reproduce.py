@@ -534,13 +534,13 @@ def plot_cm_layers(summary: Dict, path, dpi: int = 120) -> str:
     """The paper's Fig. 5 for every base: mean CM per learnable layer under each attack
     for Normal, the base and its LR variants (seed error bars); a star marks the layer
     each variant regularises."""
-    from matplotlib.lines import Line2D
-
     rows = summary["rows"]
     groups = _groups(rows)
     attacks = list(next(iter(rows.values()))["cm"])
     columns = max(1, len(groups))
-    figure = new_figure((5.0 * columns, 4.0 * len(attacks) + 1.2), "plot_cm_layers")
+    figure = new_figure((5.0 * columns, 4.0 * len(attacks) + 1.2), "plot_cm_layers")  # clear error without matplotlib
+    from matplotlib.lines import Line2D
+
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
     eps = summary["settings"]["cm_eps"]
     for i, attack in enumerate(attacks):
