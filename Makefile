@@ -1,18 +1,26 @@
 # The two commands of the README: `make demo` and `make test`. Both set up a virtual
-# environment in .venv (torch, then lsa_fast built against it) the first time.
+# environment in .venv (torch, cmake, then lsa_fast built against that torch) the first
+# time. Needed beforehand: Python >= 3.10 with venv, a C++17 compiler, make.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
+# The venv's cmake (pip-installed by setup), else one on PATH.
+CMAKE ?= $(if $(wildcard $(BIN)/cmake),$(BIN)/cmake,cmake)
+CTEST ?= $(if $(wildcard $(BIN)/ctest),$(BIN)/ctest,ctest)
 
 .PHONY: setup demo test cpp-test bench clean
 
 setup: $(VENV)/.installed
 
+# cmake (>= 3.18, for the C++ tests of `make test`) comes from PyPI: no system package needed.
 $(VENV)/.installed: $(SOURCES)
+	@test -x $(BIN)/python || $(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 10))' 2>/dev/null || { \
+	  echo "make: lsa_fast needs Python >= 3.10 (torch >= 2.10 has no wheels for older ones); '$(PYTHON)' is" \
+	       "$$($(PYTHON) --version 2>&1 || echo missing). Run make PYTHON=python3.12 (or another >= 3.10)." >&2; exit 2; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q "torch>=2.10" numpy setuptools wheel ninja
+	$(BIN)/python -m pip install -q "torch>=2.10" numpy setuptools wheel ninja "cmake>=3.18"
 	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test]"
 	touch $@
 
@@ -27,11 +35,16 @@ NVCC ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/de
 CMAKE_CUDA := $(if $(NVCC),-DLSA_FAST_CUDA=ON -DCMAKE_CUDA_COMPILER=$(NVCC),-DLSA_FAST_CUDA=OFF)
 
 # The C++ unit tests through CMake, and the extension built by CMake with the same flags
-# as setup.py (csrc/flags/), CUDA kernels included where nvcc is found.
+# as setup.py (csrc/flags/), CUDA kernels included where nvcc is found. CMake's own
+# chatter goes to cmake-build.log; its tail is shown when a step fails.
 cpp-test: setup
-	cmake -S . -B cmake-build -DPython3_EXECUTABLE=$(abspath $(BIN)/python) $(CMAKE_CUDA) > cmake-build.log
-	cmake --build cmake-build -j2 >> cmake-build.log
-	ctest --test-dir cmake-build --output-on-failure
+	@command -v $(CMAKE) >/dev/null 2>&1 || { \
+	  echo "make: cmake not found ($(CMAKE)). 'make setup' pip-installs it into $(VENV) when it (re)creates it;" \
+	       "run $(BIN)/python -m pip install cmake, or install cmake >= 3.18 on PATH." >&2; exit 2; }
+	$(CMAKE) -S . -B cmake-build -DPython3_EXECUTABLE=$(abspath $(BIN)/python) $(CMAKE_CUDA) > cmake-build.log 2>&1 \
+	  || { tail -n 30 cmake-build.log; exit 1; }
+	$(CMAKE) --build cmake-build -j2 >> cmake-build.log 2>&1 || { tail -n 30 cmake-build.log; exit 1; }
+	$(CTEST) --test-dir cmake-build --output-on-failure
 
 bench: setup
 	$(BIN)/python benchmarks/bench_relative_error.py

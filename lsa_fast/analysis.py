@@ -404,6 +404,8 @@ def _progress(batches, loader, enabled: bool):
         from tqdm import tqdm
     except ImportError:
         tqdm = None
+    if not is_terminal(sys.stderr):
+        tqdm = None  # a log file: a few plain lines, not the bar's redraws
     if tqdm is not None:
         yield from tqdm(batches, total=total, desc="LSA", unit="batch", file=sys.stderr, leave=False)
         return
@@ -415,6 +417,14 @@ def _progress(batches, loader, enabled: bool):
         if done % every == 0 or done == total:
             of = f"/{total}" if total else ""
             print(f"LSA: batch {done}{of} ({time.monotonic() - start:.1f} s)", file=sys.stderr, flush=True)
+
+
+def is_terminal(stream) -> bool:
+    """Whether progress bars make sense on `stream` (not in a log file or a pipe)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
 
 
 def _model_device(model) -> torch.device:

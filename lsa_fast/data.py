@@ -184,7 +184,8 @@ def load_mnist(data_dir: PathLike, train: bool = True, limit: Optional[int] = No
     dirs = [root, root / "MNIST" / "raw", root / "raw"]
     images_name, labels_name = MNIST_FILES[split]
     images_path, labels_path = _find_files("MNIST", split, dirs, [images_name, labels_name],
-                                           _mnist_variants, _MNIST_HINT)
+                                           _mnist_variants, _MNIST_HINT,
+                                           spellings="raw or .gz, '-idx' or '.idx' in the name")
     images = _read_idx(images_path, expect_ndim=3)
     labels = _read_idx(labels_path, expect_ndim=1)
     n_images, rows, cols = images.shape
@@ -319,28 +320,31 @@ def _mnist_variants(name: str) -> List[str]:
 
 
 def _find_files(dataset: str, split: str, dirs: Sequence[Path], names: Sequence[str],
-                variants, hint: str, archives: Sequence[str] = ()) -> List[Path]:
-    """The first existing candidate for every expected file, or one error listing all
-    missing files and every path looked at."""
+                variants, hint: str, archives: Sequence[str] = (), spellings: str = "") -> List[Path]:
+    """The first existing candidate for every expected file, or one short error naming
+    the missing files and the directories looked in."""
     found: List[Path] = []
     missing: List[str] = []
-    looked: List[str] = []
     for name in names:
         candidates = [d / v for d in dirs for v in variants(name)]
         hit = next((c for c in candidates if c.is_file()), None)
         if hit is None:
             missing.append(name)
-            looked.extend(str(c) for c in candidates)
         else:
             found.append(hit)
     if missing:
         packed = [str(d / a) for d in dirs for a in archives if (d / a).is_file()]
         extra = f" Found the archive {packed[0]}: extract it first." if packed else ""
+        also = f" ({spellings})" if spellings else ""
         raise FileNotFoundError(
-            f"{dataset} ({split} split): missing {', '.join(missing)}. Expected the files "
-            f"{', '.join(names)} in one of: {', '.join(str(d) for d in dirs)}. "
-            f"Looked at: {', '.join(looked)}.{extra} lsa_fast never downloads; {hint}.")
+            f"{dataset} ({split} split): missing {_missing_names(missing)}{also}; looked in "
+            f"{', '.join(str(d) for d in dirs)}. Give the directory with --data DIR or $LSA_FAST_DATA.{extra} "
+            f"lsa_fast never downloads: {hint}.")
     return found
+
+
+def _missing_names(missing: Sequence[str]) -> str:
+    return missing[0] if len(missing) == 1 else ", ".join(missing[:-1]) + " and " + missing[-1]
 
 
 def _read_bytes(path: Path) -> bytes:

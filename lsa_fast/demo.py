@@ -17,10 +17,12 @@ from typing import Dict, List, Optional
 import torch
 
 from .analysis import analyze, eps_to_input_units
-from .data import load_dataset, make_loader
+from .attacks import make_attack
+from .data import MOONS_LOW, MOONS_SCALE, make_loader
 from .evaluation import PAPER_EPS_GRIDS, EvaluationTable, evaluate
 from .models import build_model
 from .report import atomic_write_text, plot_decision_boundaries
+from .run_data import load_split, record
 from .threads import torch_threads
 from .training import ATLRTrainer, TrainConfig
 
@@ -61,8 +63,8 @@ def _run_demo(out_dir, settings: DemoSettings, device, progress: bool, log) -> D
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     torch.manual_seed(settings.seed)
-    train = load_dataset("moons", train=True, n_samples=settings.n_train, noise=settings.noise, seed=settings.seed)
-    test = load_dataset("moons", train=False, n_samples=settings.n_test, noise=settings.noise, seed=settings.seed)
+    train = load_split("moons", _data_options(settings), train=True)
+    test = load_split("moons", _data_options(settings), train=False)
     train_loader = make_loader(train, settings.batch_size, shuffle=True, seed=settings.seed)
     test_loader = make_loader(test, 256)
     log(f"Moons: {settings.n_train} training and {settings.n_test} test points, noise {settings.noise}; model A (MLP 2-100-100-100-1, ELU)")
@@ -72,12 +74,17 @@ def _run_demo(out_dir, settings: DemoSettings, device, progress: bool, log) -> D
 
     log("\n[2/4] Layer Sustainability Analysis of the normally trained model (test set)")
     # Noises of the attacks' size, as the paper compares them (Fig. 5).
-    eps_in = eps_to_input_units("moons", settings.lsa_eps)
-    std_in = eps_to_input_units("moons", settings.noise_std, "gaussian")
-    perturbations = [
-        f"fgsm:{eps_in}", f"pgd:{eps_in}", f"gaussian:{std_in}",
-        f"salt:{settings.noise_amount}", f"pepper:{settings.noise_amount}", f"speckle:{std_in}",
-    ]
+    # Labelled in the dataset's units (moons coordinates), like every eps the user reads.
+    eps, std, amount = settings.lsa_eps, settings.noise_std, settings.noise_amount
+    std_in = eps_to_input_units("moons", std, "gaussian")
+    perturbations = {
+        f"fgsm:{eps:g}": make_attack("fgsm", eps_to_input_units("moons", eps)),
+        f"pgd:{eps:g}": make_attack("pgd", eps_to_input_units("moons", eps)),
+        f"gaussian:{std:g}": make_attack("gaussian", std_in),
+        f"salt:{amount:g}": make_attack("salt", amount),
+        f"pepper:{amount:g}": make_attack("pepper", amount),
+        f"speckle:{std_in:g}": make_attack("speckle", std_in),  # unitless: a relative std
+    }
     report = analyze(normal, test_loader, perturbations, eta=settings.eta, dataset="moons",
                      model_name="A", progress=progress)
     log(report.to_markdown())
@@ -102,10 +109,8 @@ def _run_demo(out_dir, settings: DemoSettings, device, progress: bool, log) -> D
         table.add_row(name, row.rows[name])
     log(table.to_markdown())
 
+    # The results first: a figure that cannot be drawn must not cost the numbers.
     report.to_json(out / "lsa_report.json")
-    report.plot(out / "lsa.png", title="Model A on Moons: CM per learnable layer")
-    x_test, y_test = test.tensors
-    plot_decision_boundaries(models, x_test, y_test, out / "decision_boundaries.png")
     summary = {
         "settings": dataclasses.asdict(settings),
         "mvl": mvl,
@@ -117,9 +122,30 @@ def _run_demo(out_dir, settings: DemoSettings, device, progress: bool, log) -> D
     }
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2))
     atomic_write_text(out / "report.md", _markdown(settings, report, mvl, table))
+    figures = _figures(out, settings, report, models, table, test)
     log(f"\ndone in {summary['seconds']} s")
-    log(f"report: {out}/report.md, {out}/report.json; figures: {out}/lsa.png, {out}/decision_boundaries.png")
+    log(f"report: {out}/report.md, {out}/report.json" + (f"; figures: {', '.join(figures)}" if figures else ""))
     return summary
+
+
+def _figures(out: Path, settings: DemoSettings, report, models, table, test) -> List[str]:
+    """lsa.png and decision_boundaries.png; skipped with one line on stderr when
+    matplotlib cannot be imported."""
+    try:
+        report.plot(out / "lsa.png")
+        x_test, y_test = test.tensors
+        at = min(table.eps_grid, key=lambda e: abs(e - settings.train_eps))
+        column = table.eps_grid.index(at)
+        clean = table.eps_grid.index(0.0) if 0.0 in table.eps_grid else None
+        notes = {name: (f"clean acc {row[clean]:.1f}%, " if clean is not None else "")
+                 + f"FGSM eps {at:g}: {row[column]:.1f}%\nR&G {sum(row):.1f}" for name, row in table.rows.items()}
+        plot_decision_boundaries(models, x_test, y_test, out / "decision_boundaries.png", notes=notes,
+                                 unit_map=(MOONS_LOW, MOONS_SCALE), axis_names=("x1 (moons units)", "x2 (moons units)"))
+    except ImportError as error:
+        print(f"lsa-fast demo: figures skipped ({error}); the results are in report.json and report.md",
+              file=sys.stderr, flush=True)
+        return []
+    return [str(out / "lsa.png"), str(out / "decision_boundaries.png")]
 
 
 def _train(settings: DemoSettings, base: str, layers: Optional[List[int]], loader, device, progress, out_dir):
@@ -127,11 +153,19 @@ def _train(settings: DemoSettings, base: str, layers: Optional[List[int]], loade
         base=base, eps=eps_to_input_units("moons", settings.train_eps), steps=settings.pgd_steps,
         lr_layers=layers, gammas=settings.gamma, epochs=settings.epochs, batch_size=settings.batch_size,
         optimizer="adam", lr=settings.lr, schedule="cosine", seed=settings.seed, model="A", dataset="moons",
+        data_options=_data_options(settings),
     )
     torch.manual_seed(settings.seed)
     model = build_model("A")
-    ATLRTrainer(model, config, loader, device=device, out_dir=out_dir).fit(progress=progress)
+    if ATLRTrainer(model, config, loader, device=device, out_dir=out_dir).fit(progress=progress).interrupted:
+        raise KeyboardInterrupt  # Ctrl-C / SIGTERM: the run is checkpointed; the demo stops here
     return model.eval()
+
+
+def _data_options(settings: DemoSettings) -> Dict:
+    """The demo's Moons, as every run directory records them (lsa_fast.run_data)."""
+    return record("moons", {"n_train": settings.n_train, "n_test": settings.n_test, "noise": settings.noise,
+                            "seed": settings.seed})
 
 
 def _markdown(settings, report, mvl, table) -> str:

@@ -243,27 +243,32 @@ class LSAReport:
         noise dashed), each perturbation's MVL layers ringed, the pooled adversarial MVL
         shaded; written atomically to
         path (format from its suffix, PNG by default). Returns the path."""
-        figure = new_figure((min(24.0, max(6.0, 0.6 * len(self.layer_names) + 3.0)) + 3.0, 4.5), "LSAReport.plot")
+        figure = new_figure((min(24.0, max(6.0, 0.6 * len(self.layer_names) + 3.0)) + 4.5, 4.5), "LSAReport.plot")
         axes = figure.add_subplot(1, 1, 1)
         xs = list(range(len(self.layer_names)))
         ringed = False
         for p in self.perturbations:
             adversarial = p.kind != "noise"
+            label = f"{p.name} ({p.kind})"
+            if p.eps_dataset is not None and p.eps_input is not None and p.eps_dataset != p.eps_input:
+                label = f"{p.name} ({p.kind}; eps {p.eps_dataset:g} in {self.dataset} units)"
             line = axes.plot(xs, p.layer_mean, marker="o" if adversarial else "s", linestyle="-" if adversarial else "--",
-                             linewidth=2.0 if adversarial else 1.5, label=f"{p.name} ({p.kind})")[0]
+                             linewidth=2.0 if adversarial else 1.5, label=label)[0]
             if p.mvl:
                 axes.scatter([xs[l] for l in p.mvl], [p.layer_mean[l] for l in p.mvl], s=220, facecolors="none",
                              edgecolors=line.get_color(), linewidths=2.0, zorder=3)
                 ringed = True
         if ringed:  # one neutral legend entry for the rings of every colour
-            axes.scatter([], [], s=220, facecolors="none", edgecolors="0.3", linewidths=2.0, label=f"MVL (eta={self.eta:g})")
+            axes.scatter([], [], s=220, facecolors="none", edgecolors="0.3", linewidths=2.0,
+                         label=f"ring: in that perturbation's MVL (eta={self.eta:g})")
         if self.combined is not None and self.combined.mvl:
-            for l in self.combined.mvl:
-                axes.axvspan(l - 0.3, l + 0.3, color="tab:red", alpha=0.07, linewidth=0)
+            for i, l in enumerate(self.combined.mvl):
+                axes.axvspan(l - 0.3, l + 0.3, color="tab:red", alpha=0.07, linewidth=0,
+                             label=None if i else f"band: MVL of the adversarial CM pooled (eta={self.eta:g})")
         axes.set_xticks(xs)
-        axes.set_xticklabels([f"L{l}\n{name}" for l, name in enumerate(self.layer_names)], fontsize=8)
+        axes.set_xticklabels([f"L{l}\n{name}" for l, name in enumerate(self.layer_names)], fontsize=9)
         axes.set_xlabel("learnable layer" if self.select in ("hidden", "learnable") else "probe point")
-        axes.set_ylabel("relative error ||phi(x) - phi(x')|| / ||phi(x)||")
+        axes.set_ylabel("mean CM = ||phi(x) - phi(x')|| / ||phi(x)||")
         axes.set_ylim(bottom=0)
         axes.grid(True, alpha=0.3)
         default = f"LSA: model {self.model_name or self.model_class or '?'}"
@@ -274,7 +279,7 @@ class LSAReport:
             default += f", eta={self.eta:g}: {found}"
         axes.set_title(title or default, fontsize=10)
         # Outside the axes: the curves of a deep model fill the whole plot area.
-        axes.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+        axes.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
         figure.tight_layout()
 
         return save_figure(figure, path, dpi)
@@ -309,20 +314,37 @@ def save_figure(figure, path: PathLike, dpi: int = 120) -> str:
     return path
 
 
-def plot_decision_boundaries(models, x, y, path: PathLike, resolution: int = 200, dpi: int = 120) -> str:
+def plot_decision_boundaries(models, x, y, path: PathLike, resolution: int = 200, dpi: int = 120,
+                             notes: Optional[Dict[str, str]] = None, unit_map=None,
+                             axis_names: Sequence[str] = ("x1", "x2")) -> str:
     """The paper's Fig. 7: the decision regions of 2-d binary models (one logit, class
-    = logit > 0) over [0, 1]^2 with the points, one panel per model. models: a dict
-    name -> model. Returns the path."""
+    = logit > 0) with the points, one panel per model. models: a dict name -> model;
+    x: inputs in [0, 1]^2 (what the models take), y: labels 0/1. notes: name -> a line
+    under the panel's title (e.g. accuracies). unit_map: (low, scale) to draw points and
+    axes in the dataset's own coordinates low + scale * x (moons), else input units.
+    Returns the path."""
     import torch
 
     models = dict(models)
-    figure = new_figure((4.2 * len(models), 4.0), "plot_decision_boundaries")
+    notes = dict(notes or {})
+    figure = new_figure((4.4 * len(models), 5.0), "plot_decision_boundaries")  # a clear error without matplotlib
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
     x, y = x.detach().cpu().float(), y.detach().cpu()
     low = (x.min() - 0.05).clamp(min=0).item()  # the points' square, inside [0, 1]
     high = (x.max() + 0.05).clamp(max=1).item()
     ticks = torch.linspace(low, high, resolution)
     grid_y, grid_x = torch.meshgrid(ticks, ticks, indexing="ij")
     points = torch.stack([grid_x.reshape(-1), grid_y.reshape(-1)], dim=1)
+    if unit_map is not None:  # drawn in the dataset's coordinates; the models still see [0, 1]^2
+        offset, scale = torch.tensor(unit_map[0], dtype=torch.float32), float(unit_map[1])
+        shown = x * scale + offset
+        ticks_x, ticks_y = ticks * scale + offset[0], ticks * scale + offset[1]
+    else:
+        shown, ticks_x, ticks_y = x, ticks, ticks
+    region_colours = ["#c6dbef", "#fdd0a2"]
+    point_colours = ["#2166ac", "#b2182b"]
     for i, (name, model) in enumerate(models.items()):
         axes = figure.add_subplot(1, len(models), i + 1)
         parameter = next(model.parameters(), None)
@@ -332,17 +354,29 @@ def plot_decision_boundaries(models, x, y, path: PathLike, resolution: int = 200
         with torch.no_grad():
             logits = model(points.to(device)).reshape(-1).float().cpu()
         model.train(was_training)
-        axes.contourf(ticks, ticks, (logits > 0).float().reshape(resolution, resolution), levels=[-0.5, 0.5, 1.5],
-                      colors=["#c6dbef", "#fdd0a2"], alpha=0.8)
-        axes.contour(ticks, ticks, logits.reshape(resolution, resolution), levels=[0.0], colors="k", linewidths=1.0)
-        axes.scatter(x[:, 0], x[:, 1], c=y, cmap="coolwarm", s=4, linewidths=0)
-        axes.set_title(name, fontsize=10)
-        axes.set_xlim(low, high)
-        axes.set_ylim(low, high)
+        axes.contourf(ticks_x, ticks_y, (logits > 0).float().reshape(resolution, resolution), levels=[-0.5, 0.5, 1.5],
+                      colors=region_colours, alpha=0.8)
+        axes.contour(ticks_x, ticks_y, logits.reshape(resolution, resolution), levels=[0.0], colors="k", linewidths=1.0)
+        for label in (0, 1):
+            mask = y == label
+            axes.scatter(shown[mask, 0], shown[mask, 1], color=point_colours[label], s=5, linewidths=0)
+        axes.set_title(name + (f"\n{notes[name]}" if name in notes else ""), fontsize=10)
+        axes.set_xlim(float(ticks_x[0]), float(ticks_x[-1]))
+        axes.set_ylim(float(ticks_y[0]), float(ticks_y[-1]))
         axes.set_aspect("equal")
-        axes.set_xticks([])
-        axes.set_yticks([])
-    figure.tight_layout()
+        axes.tick_params(labelsize=9)
+        axes.set_xlabel(axis_names[0], fontsize=10)
+        if i == 0:
+            axes.set_ylabel(axis_names[1], fontsize=10)
+    handles = [
+        Line2D([], [], linestyle="", marker="o", color=point_colours[0], label="test point, class 0"),
+        Line2D([], [], linestyle="", marker="o", color=point_colours[1], label="test point, class 1"),
+        Patch(color=region_colours[0], label="predicted class 0"),
+        Patch(color=region_colours[1], label="predicted class 1"),
+        Line2D([], [], color="k", linewidth=1.0, label="decision boundary (logit = 0)"),
+    ]
+    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
+    figure.tight_layout(rect=(0, 0.09, 1, 0.97))
     return save_figure(figure, path, dpi)
 
 

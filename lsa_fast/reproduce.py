@@ -198,14 +198,21 @@ def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings],
     markdown = to_markdown(summary)
     atomic_write_text(out / "report.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
     atomic_write_text(out / "report.md", markdown)
-    plot_rg_scores(summary, out / "rg_scores.png")
-    plot_cm_layers(summary, out / "cm_layers.png")
+    figures = [out / "rg_scores.png", out / "cm_layers.png"]
+    try:  # after the results are written: a figure that cannot be drawn must not cost them
+        plot_rg_scores(summary, figures[0])
+        plot_cm_layers(summary, figures[1])
+    except ImportError as error:
+        print(f"lsa-fast reproduce: figures skipped ({error}); the results are in report.json and report.md",
+              file=sys.stderr, flush=True)
+        figures = []
     log("")
     log(_main_table(summary))
     log("")
     log(_claims_markdown(summary))
     log(f"\ndone in {_duration(summary['seconds'])}")
-    log(f"report: {out}/report.md, {out}/report.json, {runs_path}; figures: {out}/rg_scores.png, {out}/cm_layers.png")
+    log(f"report: {out}/report.md, {out}/report.json, {runs_path}"
+        + (f"; figures: {', '.join(str(f) for f in figures)}" if figures else ""))
     return summary
 
 
@@ -484,6 +491,10 @@ def _units_note(summary: Dict) -> str:
     return "eps values are in [0, 1] pixel units, as in the paper."
 
 
+def _units(dataset: str) -> str:
+    return "moons units" if dataset == "moons" else "pixel fractions"
+
+
 # ------------------------------------------------------------------ figures
 
 
@@ -502,13 +513,18 @@ def plot_rg_scores(summary: Dict, path, dpi: int = 120) -> str:
              label=f"lsa_fast (mean ± std, {seeds} seed{'s' if seeds > 1 else ''})")
     axes.bar([x + width / 2 for x in xs], paper, width, color="tab:gray", alpha=0.7, label=summary["paper_source"])
     axes.set_xticks(xs)
-    axes.set_xticklabels(names, rotation=60, ha="right", fontsize=8)
-    axes.set_ylabel("R&G score (sum of FGSM accuracies, %)")
-    low = min(min(ours), min(paper))
-    axes.set_ylim(bottom=max(0.0, low - 0.15 * abs(low)))
+    axes.set_xticklabels(names, rotation=60, ha="right", fontsize=9)
+    axes.set_ylabel("R&G score (sum of FGSM accuracies, %)", fontsize=10)
+    top = max(max(o + e for o, e in zip(ours, errors)), max(paper))
+    axes.set_ylim(0.0, 1.2 * top)  # bars start at 0: their heights compare
+    for x, value in zip(xs, ours):
+        axes.text(x - width / 2, value / 2, f"{value:.0f}", rotation=90, ha="center", va="center", fontsize=8,
+                  color="white")
     axes.grid(True, axis="y", alpha=0.3)
-    axes.legend(fontsize=8)
-    axes.set_title(f"R&G scores on {summary['dataset']} (like the paper's Fig. 6)", fontsize=10)
+    axes.legend(fontsize=9, loc="upper left", ncol=2)
+    grid = ", ".join(f"{e:g}" for e in summary.get("eps_grid", []))
+    axes.set_title(f"R&G scores on {summary['dataset']} (like the paper's Fig. 6): the sum of the FGSM accuracies "
+                   f"(%) at eps {grid}" + (f" ({_units(summary['dataset'])})" if grid else ""), fontsize=10)
     figure.tight_layout()
     return save_figure(figure, path, dpi)
 
@@ -520,11 +536,15 @@ def plot_cm_layers(summary: Dict, path, dpi: int = 120) -> str:
     rows = summary["rows"]
     groups = _groups(rows)
     attacks = list(next(iter(rows.values()))["cm"])
-    figure = new_figure((4.6 * max(1, len(groups)), 3.8 * len(attacks)), "plot_cm_layers")
+    columns = max(1, len(groups))
+    figure = new_figure((5.0 * columns, 4.0 * len(attacks) + 1.2), "plot_cm_layers")  # clear error without matplotlib
+    from matplotlib.lines import Line2D
+
     colours = ["tab:blue", "tab:orange", "tab:green", "tab:red", "tab:purple"]
+    eps = summary["settings"]["cm_eps"]
     for i, attack in enumerate(attacks):
         for j, ((model, base), (base_name, lr_names)) in enumerate(groups.items()):
-            axes = figure.add_subplot(len(attacks), max(1, len(groups)), i * max(1, len(groups)) + j + 1)
+            axes = figure.add_subplot(len(attacks), columns, i * columns + j + 1)
             normal = next((name for name, row in rows.items() if row["model"] == model and row["base"] == "none"), None)
             lines = ([(normal, "0.5", "--")] if normal else []) + [(base_name, "k", "-")]
             lines += [(name, colours[c % len(colours)], "-") for c, name in enumerate(lr_names)]
@@ -539,17 +559,26 @@ def plot_cm_layers(summary: Dict, path, dpi: int = 120) -> str:
                     axes.scatter([k], [cm["mean"][k]], marker="*", s=160, color=colour, edgecolors="k", zorder=4)
             names = summary["layer_names"].get(model, [])
             axes.set_xticks(list(range(len(names))))
-            axes.set_xticklabels([f"L{l}" for l in range(len(names))], fontsize=7)
+            axes.set_xticklabels([f"L{l}" for l in range(len(names))], fontsize=9)
+            axes.tick_params(axis="y", labelsize=9)
             axes.set_ylim(bottom=0)
             axes.grid(True, alpha=0.3)
-            axes.set_title(f"model {model}, {base.upper()} family: {attack.upper()} at eps "
-                           f"{summary['settings']['cm_eps']:.3g}", fontsize=9)
+            axes.set_title(f"model {model}, {base.upper()} family: CM under {attack.upper()}, eps {eps:.3g}",
+                           fontsize=10)
             if j == 0:
-                axes.set_ylabel("mean relative error (CM)")
+                axes.set_ylabel("mean CM (relative error)", fontsize=10)
             if i == len(attacks) - 1:
-                axes.set_xlabel("learnable layer")
-            axes.legend(fontsize=6)
-    figure.tight_layout()
+                axes.set_xlabel("learnable layer", fontsize=10)
+            if i == 0:  # the same rows in every panel of a column
+                handles, labels = axes.get_legend_handles_labels()
+                star = Line2D([], [], linestyle="", marker="*", markersize=12, markerfacecolor="0.7",
+                              markeredgecolor="k", label="layer the variant regularises")
+                axes.legend(handles + [star], labels + [star.get_label()], fontsize=8, loc="upper left")
+    seeds = len(summary["seeds"])
+    figure.suptitle(f"Mean CM per learnable layer on {summary['dataset']} test samples (eps in "
+                    f"{_units(summary['dataset'])}); error bars: std over {seeds} seed{'s' if seeds > 1 else ''}; "
+                    f"dashed grey: Normal, black: the base, colours: its LR variants", fontsize=10)
+    figure.tight_layout(rect=(0, 0, 1, 0.97))
     return save_figure(figure, path, dpi)
 
 

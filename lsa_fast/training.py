@@ -59,7 +59,7 @@ from .checkpoint import (
     save_checkpoint,
 )
 from .data import make_loader
-from .analysis import analyze
+from .analysis import analyze, is_terminal
 from .ops import layerwise_regularizer
 from .probes import LayerProbe
 from .report import atomic_write_text
@@ -78,6 +78,7 @@ __all__ = [
     "run_name",
     "write_run_files",
     "format_throughput",
+    "learning_rate_at",
 ]
 
 METRICS_NAME = "metrics.jsonl"
@@ -103,13 +104,14 @@ class TrainResult:
     interrupted: bool
     checkpoint: Optional[str]
     final: Optional[str]
+    stop_signal: Optional[str] = None  # "SIGTERM" or "SIGINT" when a signal interrupted the run
 
 
 class ATLRTrainer:
     """AT-LR training of `model` on `train_loader` (batches (x, y), x in [0, 1]).
 
     device: where to train (default: the model's device). out_dir: where checkpoint.pt
-    (every epoch and on SIGTERM), final.pt, metrics.jsonl and config.json go (None: no
+    (every epoch and on SIGTERM or Ctrl-C), final.pt, metrics.jsonl and config.json go (None: no
     files). Under torch.distributed (see setup_distributed) the model is wrapped in
     DistributedDataParallel and only rank 0 writes or prints.
 
@@ -174,17 +176,18 @@ class ATLRTrainer:
         self._epoch_loader_state: Optional[torch.Tensor] = None
         self._resume_loader_state: Optional[torch.Tensor] = None
         self._stop_requested = False
+        self._stop_signal: Optional[str] = None
         self._setup_regulariser()
 
     # ------------------------------------------------------------------ training
 
     def fit(self, progress: bool = False, stop_after_epoch: Optional[int] = None) -> TrainResult:
         """Train until config.epochs (or until `stop_after_epoch` epochs are complete),
-        checkpointing every epoch. On SIGTERM (main thread only, with an out_dir): a
+        checkpointing every epoch. On SIGTERM or SIGINT (main thread only, with an out_dir): a
         checkpoint at the current batch, then return with interrupted=True."""
         config = self.config
         last = config.epochs if stop_after_epoch is None else min(config.epochs, int(stop_after_epoch))
-        previous_handler = self._install_sigterm()
+        previous_handlers = self._install_stop_signals()
         try:
             self._write_run_files()
             while self.epoch < last:
@@ -192,14 +195,15 @@ class ATLRTrainer:
                     self._find_mvl()
                 if not self._train_epoch(progress):
                     self._checkpoint(final=False)
-                    self._say(f"stopped by SIGTERM in epoch {self.epoch + 1} after batch {self.step_in_epoch}; "
+                    by = {"SIGINT": "SIGINT (Ctrl-C)", None: "request_stop()"}.get(self._stop_signal, self._stop_signal)
+                    self._say(f"stopped by {by} in epoch {self.epoch + 1} after batch {self.step_in_epoch}; "
                               f"checkpoint {self._path(CHECKPOINT_NAME)}")
                     return self._result(interrupted=True)
                 self._finish_epoch()
             return self._result(interrupted=False)
         finally:
-            if previous_handler is not None:
-                signal.signal(signal.SIGTERM, previous_handler)
+            for signum, handler in previous_handlers.items():
+                signal.signal(signum, handler)
 
     def compute_loss(self, x: torch.Tensor, y: torch.Tensor, real: Optional[int] = None) -> StepLoss:
         """Algorithm 3 for one minibatch (no backward): x_hat = attack(model, x, y),
@@ -354,6 +358,12 @@ class ATLRTrainer:
             raise ValueError(f"{where}: the model weights do not fit this model: {error}") from None
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        # The rate for the next step from this config's schedule (the same value after a
+        # plain resume; the stretched schedule's after `lsa-fast train --resume --epochs N`).
+        step, scheduler = self.scheduler.last_epoch, self.scheduler
+        for group, base, multiplier in zip(self.optimizer.param_groups, scheduler.base_lrs, scheduler.lr_lambdas):
+            group["lr"] = base * multiplier(step)
+        self.scheduler._last_lr = [group["lr"] for group in self.optimizer.param_groups]
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         self.epoch = int(state["epoch"])
@@ -362,7 +372,7 @@ class ATLRTrainer:
         self._epoch_sums = sums.to(self.device) if sums is not None else None
         self._epoch_seen = int(state.get("epoch_seen", 0))
         self._epoch_time = float(state.get("epoch_time", 0.0))
-        self.metrics = [dict(m) for m in state.get("metrics", [])]
+        self.metrics = [_current_metric_names(m) for m in state.get("metrics", [])]
         self.lsa_summary = state.get("lsa")
         mvl = state.get("mvl")
         self.mvl = None if mvl is None else [int(l) for l in mvl]
@@ -449,10 +459,10 @@ class ATLRTrainer:
             "epoch": self.epoch + 1,
             "base": self.active_base,
             "mvl": None if not self.regulariser_active else list(self.mvl),
-            "loss": loss_sum / seen,
+            "loss": loss_sum / seen,  # the task loss J (TRADES: clean CE + beta KL), without the regulariser
             "regularizer": reg_sum / seen,
             "train_acc": 100.0 * correct / seen,
-            "lr": float(self.scheduler.get_last_lr()[0]),
+            "learning_rate": float(self.scheduler.get_last_lr()[0]),  # the optimiser's, after this epoch
             "time_s": self._epoch_time,
             "images_per_s": seen / self._epoch_time if self._epoch_time > 0 else None,
             "samples": int(seen),
@@ -471,8 +481,10 @@ class ATLRTrainer:
                 handle.write(json.dumps(record) + "\n")
         test = f", test acc {record['test_acc']:.2f}%" if "test_acc" in record else ""
         speed = f", {format_throughput(record['images_per_s'])}" if record["images_per_s"] else ""
-        self._say(f"epoch {record['epoch']}/{self.config.epochs}: loss {record['loss']:.4f}, "
-                  f"LR {record['regularizer']:.4f}, train acc {record['train_acc']:.2f}%{test}{speed}")
+        # "regulariser", never "LR": the paper's LR is the regulariser, and lr the learning rate.
+        self._say(f"epoch {record['epoch']}/{self.config.epochs}: task loss {record['loss']:.4f}, "
+                  f"regulariser {record['regularizer']:.4f}, train acc {record['train_acc']:.2f}%{test}, "
+                  f"learning rate {record['learning_rate']:.3g}{speed}")
 
     def _checkpoint(self, final: bool) -> None:
         if self.out_dir is None:
@@ -599,10 +611,19 @@ class ATLRTrainer:
         dist.all_reduce(flag, op=dist.ReduceOp.MAX)
         return bool(flag.item())
 
-    def _install_sigterm(self):
+    def _install_stop_signals(self):
+        """SIGTERM and SIGINT (Ctrl-C) alike: checkpoint after the current batch, then
+        return. A second Ctrl-C aborts at once (KeyboardInterrupt) without that checkpoint."""
         if self.out_dir is None or threading.current_thread() is not threading.main_thread():
-            return None
-        return signal.signal(signal.SIGTERM, lambda signum, frame: self.request_stop())
+            return {}
+
+        def stop(signum, frame):
+            if signum == signal.SIGINT and self._stop_requested:
+                raise KeyboardInterrupt
+            self._stop_signal = signal.Signals(signum).name
+            self.request_stop()
+
+        return {signum: signal.signal(signum, stop) for signum in (signal.SIGTERM, signal.SIGINT)}
 
     def _result(self, interrupted: bool) -> TrainResult:
         checkpoint = final = None
@@ -611,7 +632,8 @@ class ATLRTrainer:
             if not interrupted and self.epoch >= self.config.epochs:
                 final = str(self._path(FINAL_NAME))
         return TrainResult(metrics=[dict(m) for m in self.metrics], mvl=None if self.mvl is None else list(self.mvl),
-                           epochs_completed=self.epoch, interrupted=interrupted, checkpoint=checkpoint, final=final)
+                           epochs_completed=self.epoch, interrupted=interrupted, checkpoint=checkpoint, final=final,
+                           stop_signal=self._stop_signal if interrupted else None)
 
     def _path(self, name: str) -> Optional[Path]:
         return None if self.out_dir is None else self.out_dir / name
@@ -746,6 +768,20 @@ def _lsa(model: nn.Module, loader: DataLoader, eps: float, eta: float, device: t
 # ------------------------------------------------------------------- helpers
 
 
+def learning_rate_at(config: TrainConfig, epochs_done: float) -> float:
+    """The learning rate that config's schedule gives once `epochs_done` of its
+    config.epochs epochs are done (the schedules depend on that fraction only)."""
+    return config.resolved_lr() * _lr_multiplier(config.resolved_schedule(), config.epochs)(epochs_done)
+
+
+def _current_metric_names(record: Dict[str, Any]) -> Dict[str, Any]:
+    """A metrics record of an older checkpoint, whose "lr" is now "learning_rate"."""
+    record = dict(record)
+    if "lr" in record and "learning_rate" not in record:
+        record["learning_rate"] = record.pop("lr")
+    return record
+
+
 def _lr_multiplier(schedule: str, total_steps: int):
     total = max(int(total_steps), 1)
 
@@ -828,9 +864,12 @@ def _stream_seed(seed: int, rank: int, stream: int) -> int:
 
 class _Progress:
     """tqdm when it is installed (else a line every log_every batches): images/s per
-    batch, loss and accuracy every log_every batches (reading them is a host sync)."""
+    batch, loss and accuracy every log_every batches (reading them is a host sync).
+    Nothing when stderr is not a terminal: a log gets the one line per epoch of
+    ATLRTrainer, not the bar's redraws."""
 
     def __init__(self, enabled: bool, total: int, initial: int, desc: str, log_every: int):
+        enabled = enabled and is_terminal(sys.stderr)
         self.enabled, self.total, self.done, self.desc, self.log_every = enabled, total, initial, desc, log_every
         self.images, self.start = 0, time.perf_counter()
         self.bar = None

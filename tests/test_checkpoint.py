@@ -193,9 +193,9 @@ def test_cli_train_resume_and_eval(tmp_path, capsys):
     assert "--resume" in capsys.readouterr().out
     # The same command line again with --resume appended is accepted; a changed one is not.
     assert cli.main(TRAIN + ["--lr", "0.5", "--resume", str(tmp_path / "split")]) == 2
-    assert "--lr: 0.5 (the run has 0.01)" in capsys.readouterr().err
-    assert cli.main(["train", "--resume", str(tmp_path / "split"), "--epochs", "5"]) == 2
-    assert "--epochs: 5 (the run has 3)" in capsys.readouterr().err
+    assert "--learning-rate: 0.5 (the run has 0.01)" in capsys.readouterr().err
+    assert cli.main(["train", "--resume", str(tmp_path / "split"), "--epochs", "2"]) == 2  # raising extends
+    assert "--epochs: 2 (the run has 3; raise it to extend the run)" in capsys.readouterr().err
     assert cli.main(TRAIN + ["--resume", str(tmp_path / "split")]) == 0
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(tmp_path / "split")]) == 0  # complete: says so

@@ -21,12 +21,15 @@ from torch.utils.data import TensorDataset
 from ..checkpoint import resolve_checkpoint, why_unreadable
 from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_units
 from ..attacks import make_attack, parse_attack_spec
-from ..data import DATASET_NAMES, load_dataset, make_loader
+from ..data import DATASET_NAMES, make_loader
 from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
-from ..models import build_model, model_dataset, parse_model_options, recorded_model_options, weights_mismatch_hint
+from ..model_fit import check_model_fits, check_model_name, load_weights, paper_dataset
+from ..models import build_model, parse_model_options, recorded_model_options
 from ..report import atomic_write_text
+from ..run_data import describe, load_split
 from ._device import parse_device
 from ._outputs import check_output_dir
+from .arguments import comma_items
 
 REPORT_FILES = ("report.json", "report.md", "lsa.png")
 
@@ -42,7 +45,8 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument("--model", default=None,
-                        help="A, B, C, D, wrn-28-10, wrn-34-10 or package.module:attr (default: the checkpoint's)")
+                        help="A (fits moons), B (mnist), C, D, wrn-28-10, wrn-34-10 (cifar10) or package.module:attr "
+                             "(default: the checkpoint's)")
     parser.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                         help="a constructor option of the model (repeatable), e.g. depth=16 or normalize=none "
                              "(default: the checkpoint's record, else the paper's)")
@@ -64,7 +68,8 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
                         help="probe points: hidden (Conv/Linear outputs but the last: L0, L1, ...), learnable, "
                              "activations, or a module name / glob pattern (default: hidden)")
     parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--limit", type=int, default=None, metavar="N", help="analyse only the first N samples")
+    parser.add_argument("--limit", type=int, default=None, metavar="N",
+                        help="analyse only the first N samples (default: the split the run recorded, in full)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
     parser.add_argument("--seed", type=int, default=0, help="seed of random starts and noises (0)")
     parser.add_argument("--out", default="lsa-report", metavar="DIR", help="output directory (lsa-report)")
@@ -84,13 +89,15 @@ def run(args: argparse.Namespace) -> int:
                          else "--model is required (A, B, C, D or package.module:attr)")
     model_name = str(model_name)
     # The trainer's checkpoints record the constructor arguments of the model they hold.
+    check_model_name(model_name)  # an unknown name fails here, before anything else
     kwargs = recorded_model_options(model_name, config.get("model"), config.get("model_kwargs"), given)
-    model = build_model(model_name, **kwargs)  # an unknown name fails here, before anything else
+    model = build_model(model_name, **kwargs)
     if state is not None:
-        _load_weights(model, state, args.checkpoint, model_name)
-    dataset = args.dataset or config.get("dataset") or model_dataset(model_name)
+        load_weights(model, state, f"--checkpoint {args.checkpoint}", model_name)
+    dataset = args.dataset or config.get("dataset") or paper_dataset(model_name)
     if dataset is None:
         raise ValueError(f"--dataset is required for model {model_name!r} (one of {', '.join(DATASET_NAMES)})")
+    check_model_fits(model, model_name, dataset)  # before the data is read
     perturbations = _perturbations(args.perturbations, dataset)
     eta_sweep = _floats("--eta-sweep", args.eta_sweep)
     if args.batch_size < 1:
@@ -102,7 +109,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = _device(args.device, distributed)
         model.to(device)
-        data = _load(args, dataset, config)
+        data = _load(args, dataset, config, distributed)
         sampler = ShardSampler(len(data)) if distributed else None
         loader = make_loader(data, args.batch_size, sampler=sampler)
         torch.manual_seed(args.seed)
@@ -171,22 +178,16 @@ def _read_checkpoint(path: str):
     return state, config
 
 
-def _load_weights(model, state, path: str, model_name: str) -> None:
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as error:
-        detail = " ".join(str(error).split())
-        raise ValueError(f"--checkpoint {path}: its weights do not fit model {model_name!r}: {detail[:600]}"
-                         f"{weights_mismatch_hint(error)}") from None
-
-
-def _load(args, dataset: str, config: dict):
-    """The split to analyse: files from --data, $LSA_FAST_DATA or where the checkpoint's
-    run read them, checked against the run's fingerprint of that split."""
+def _load(args, dataset: str, config: dict, distributed: bool):
+    """The split to analyse, as the checkpoint's run recorded it (lsa_fast.run_data):
+    files from --data, $LSA_FAST_DATA or where the run read them, checked against the
+    run's fingerprint of that split."""
     same = config.get("dataset") == dataset
+    recorded_options = config.get("data_options") if same else None
+    options = recorded_options if isinstance(recorded_options, dict) else {}
     recorded_dir = config.get("data_dir") if same else None
-    if same and recorded_dir is None and isinstance(config.get("data_options"), dict):
-        recorded_dir = config["data_options"].get("data_dir")  # runs from before TrainConfig.data_dir
+    if same and recorded_dir is None:
+        recorded_dir = options.get("data_dir")  # runs from before TrainConfig.data_dir
     source = data_dir_to_read(args.data, recorded_dir)
     split = "train" if args.split == "train" else "test"
     recorded = None
@@ -196,20 +197,25 @@ def _load(args, dataset: str, config: dict):
     if limit is not None and recorded:
         limit = max(limit, int(recorded["samples"]))  # enough to compare the run's samples
     try:
-        data = load_dataset(dataset, source, train=split == "train", limit=limit)
+        data = load_split(dataset, options, train=split == "train", data_dir=source, limit=limit)
     except FileNotFoundError as error:
         raise missing_data_hint(error, recorded_dir, args.data) from None
     check_fingerprint(recorded, data, split, source.resolve() if source else "./data", f"--checkpoint {args.checkpoint}")
     if args.limit is not None and len(data) > args.limit:
         data = TensorDataset(*(tensor[: args.limit] for tensor in data.tensors))
+    where = "the run's data" if isinstance(recorded_options, dict) else "no data recorded with the weights: defaults"
+    if not distributed or torch.distributed.get_rank() == 0:
+        shown = {**options, "data_dir": str(source.resolve())} if source else options
+        print(f"lsa-fast analyze: {describe(dataset, shown, args.split, len(data))} [{where}]",
+              file=sys.stderr, flush=True)
     return data
 
 
 def _perturbations(text: str, dataset: str) -> dict:
     """{spec as written: attack bound with eps in input units}."""
-    specs = [s.strip() for s in str(text).split(",") if s.strip()]
-    if not specs:
+    if not str(text).strip():
         raise ValueError("--perturbations is empty; e.g. fgsm:0.1,pgd:0.1,gaussian:0.1")
+    specs = comma_items(text, "--perturbations")
     perturbations = {}
     for spec in specs:
         try:
@@ -225,8 +231,9 @@ def _perturbations(text: str, dataset: str) -> dict:
 
 
 def _floats(option: str, text: str):
+    items = comma_items(text, option)
     try:
-        return [float(part) for part in str(text).split(",") if part.strip()]
+        return [float(part) for part in items]
     except ValueError:
         raise ValueError(f"{option}: expected comma-separated numbers, got {text!r}") from None
 

@@ -8,7 +8,7 @@ def register(subparsers, name: str) -> None:
         help="the main job: LSA and AT-LR on Moons with model A, with a report",
         description="Train model A normally on Moons, run LSA (FGSM, PGD, statistical noises), train AT-PGD "
         "and AT-PGD-LR on the most vulnerable layers, evaluate under FGSM over the paper's eps grid and "
-        "write a report directory. No download; a few minutes on two CPU cores.",
+        "write a report directory. No download; about 70 s on two CPU cores (--quick: a few seconds).",
     )
     parser.add_argument("--out", default="runs/demo", help="report directory (default: runs/demo)")
     parser.add_argument("--seed", type=int, default=0)

@@ -22,10 +22,13 @@ from ..attacks.registry import parse_eps
 from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
 from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
-from ..models import parse_model_options, recorded_model_options, weights_mismatch_hint
+from ..model_fit import check_model_fits, check_model_name, load_weights
+from ..models import parse_model_options, recorded_model_options
+from ..run_data import describe, load_split
 from ..training import TrainConfig, run_name
 from ._device import parse_device
 from ._outputs import check_output_file
+from .arguments import comma_items
 
 
 def register(subparsers, name: str) -> argparse.ArgumentParser:
@@ -37,14 +40,16 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--attack", default="fgsm", help="attack name (fgsm, fgsm-rs, pgd, apgd-ce, ...; default fgsm)")
     parser.add_argument("--eps-grid", "--eps", dest="eps_grid", help="comma-separated eps in dataset units (default: the paper's grid)")
     parser.add_argument("--steps", type=int, help="steps of iterative attacks (their default otherwise)")
-    parser.add_argument("--model", help="override the checkpoint's model name")
+    parser.add_argument("--model", help="override the checkpoint's model name (A fits moons, B mnist, C, D, "
+                                        "wrn-28-10, wrn-34-10 cifar10)")
     parser.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                         help="override one of the model's recorded constructor options (repeatable)")
     parser.add_argument("--dataset", help="override the checkpoint's dataset")
     parser.add_argument("--data", metavar="DIR", help="where MNIST / CIFAR-10 files are (default: $LSA_FAST_DATA, "
                                                       "else the run's recorded directory); checked against the "
                                                       "run's record of its data")
-    parser.add_argument("--limit", type=int, help="evaluate the first N test samples")
+    parser.add_argument("--limit", type=int, help="evaluate the first N test samples (default: the test set the "
+                                                  "run recorded, in full)")
     parser.add_argument("--batch-size", type=int, default=256, help="default 256")
     parser.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (default)")
     parser.add_argument("--seed", type=int, default=0, help="seed of randomised attacks (default 0)")
@@ -55,7 +60,7 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
 
 
 def run(args) -> int:
-    from ..data import load_dataset, make_loader
+    from ..data import make_loader
     from ..evaluation import PAPER_EPS_GRIDS, EvaluationTable, evaluate
     from ..models import build_model
 
@@ -76,22 +81,14 @@ def run(args) -> int:
     if not grid:
         raise ValueError(f"no paper eps grid for dataset {dataset!r}; give --eps-grid")
 
+    check_model_name(model_name)
     model = build_model(model_name, **recorded_model_options(model_name, config.model, config.model_kwargs, given))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as error:
-        raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {error}"
-                         f"{weights_mismatch_hint(error)}") from None
+    load_weights(model, state["model"], where, model_name)
+    check_model_fits(model, model_name, dataset)  # before the data is read
     model.to(device).eval()
 
-    options = {}
+    # The test set the run was evaluated on, as its config records it (lsa_fast.run_data).
     data_options = config.data_options if dataset == config.dataset else {}
-    if dataset == "moons":
-        for key in ("noise",):
-            if key in data_options:
-                options[key] = data_options[key]
-        if "n_test" in data_options:
-            options["n_samples"] = data_options["n_test"]
     # Files: from --data, $LSA_FAST_DATA or where the run read them, and checked against
     # the run's fingerprint of its test split (its first samples, when --limit is smaller).
     recorded_dir = config.data_dir if dataset == config.dataset else None
@@ -99,15 +96,19 @@ def run(args) -> int:
     recorded = None
     if dataset == config.dataset and dataset in FILE_DATASETS:
         recorded = (config.extra.get("data_fingerprint") or {}).get("test")
-    if args.limit is not None:
-        options["limit"] = max(args.limit, int(recorded["samples"])) if recorded else args.limit
+    limit = args.limit
+    if limit is not None and recorded:
+        limit = max(limit, int(recorded["samples"]))
     try:
-        test_set = load_dataset(dataset, source, train=False, **options)
+        test_set = load_split(dataset, data_options, train=False, data_dir=source, limit=limit)
     except FileNotFoundError as error:
         raise missing_data_hint(error, recorded_dir, args.data) from None
     check_fingerprint(recorded, test_set, "test", source.resolve() if source else "./data", f"--checkpoint {where}")
     if args.limit is not None and len(test_set) > args.limit:
         test_set = TensorDataset(*(tensor[: args.limit] for tensor in test_set.tensors))
+    shown = {**data_options, "data_dir": str(source.resolve())} if source else data_options
+    print(f"{where}: model {model_name}; " + describe(dataset, shown, "test", len(test_set)),
+          file=sys.stderr, flush=True)
     loader = make_loader(test_set, args.batch_size, shuffle=False)
 
     attack_kw = {}
@@ -124,7 +125,6 @@ def run(args) -> int:
     measured = evaluate(model, loader, attack=args.attack, eps_grid=input_grid, row=row, **attack_kw)
     # The same row, labelled with the eps in dataset units as the paper prints them.
     table = EvaluationTable(eps_grid=tuple(grid), attack=measured.attack, rows=dict(measured.rows))
-    print(f"{where}: {model_name} on {dataset} ({len(test_set)} test samples)", file=sys.stderr)
     print(table.to_markdown())
     print(f"R&G = {table.rg(row):.2f}")
     if args.out:
@@ -135,7 +135,4 @@ def run(args) -> int:
 
 
 def _parse_grid(text: str):
-    values = [parse_eps(part, "--eps-grid") for part in text.split(",") if part.strip()]
-    if not values:
-        raise ValueError("--eps-grid is empty")
-    return values
+    return [parse_eps(part, "--eps-grid") for part in comma_items(text, "--eps-grid")]

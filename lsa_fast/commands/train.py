@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import sys
 from pathlib import Path
@@ -35,14 +36,17 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..data_record import check_fingerprint, data_dir_to_read, data_dir_to_record, fingerprint, missing_data_hint
+from ..model_fit import FITS, check_model_fits, check_model_name
 from ..models import MODEL_DATASET, model_options, parse_model_options
 from ..models import model_dataset as implied_dataset
+from ..run_data import describe, load_split, record
 from ..run_lock import RunLock
 from ..train_config import BASES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..training import (
     CONFIG_NAME,
     METRICS_NAME,
     ATLRTrainer,
+    learning_rate_at,
     make_train_loader,
     run_name,
     seed_everything,
@@ -52,6 +56,7 @@ from ..training import (
 )
 from ._device import parse_device
 from ._outputs import check_output_dir
+from .arguments import comma_items
 
 # The paper's training eps per dataset, in the dataset's units.
 DEFAULT_EPS = {"moons": 0.3, "mnist": 0.3, "cifar10": 8 / 255}
@@ -67,13 +72,17 @@ _RUN_OPTIONS = ("model", "dataset", "base", "lr_layers", "gamma", "epochs", "eps
 _RUN_FILES = (CHECKPOINT_NAME, FINAL_NAME, CONFIG_NAME, METRICS_NAME)
 
 
+# Options whose flag is not their dest with dashes.
+_OPTION_NAMES = {"lr": "--learning-rate"}
+
+
 def register(subparsers, name: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         name, help="adversarial training with the layer-wise regulariser (AT-LR, Algorithm 3)",
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     general = parser.add_argument_group("run")
-    general.add_argument("--model", help="A, B, C, D, wrn-28-10, wrn-34-10 or package.module:attr (default: "
-                                     "the dataset's paper model)")
+    general.add_argument("--model", help="A (fits moons), B (mnist), C, D, wrn-28-10, wrn-34-10 (cifar10) or "
+                                         "package.module:attr (default: the dataset's paper model)")
     general.add_argument("--model-option", action="append", metavar="KEY=VALUE",
                          help="a constructor option of the model (repeatable), e.g. depth=16, widen_factor=4, "
                               "hidden=50, normalize=none|cifar10; recorded in the run (default: the paper's; C and D "
@@ -104,7 +113,8 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     attack.add_argument("--beta", type=float, help="TRADES beta (default 6)")
     attack.add_argument("--attack-mode", choices=("auto", "train", "eval"),
                         help="model mode while attacking (default auto: eval for TRADES, else train)")
-    attack.add_argument("--lr-layers", help="regularised layers: '0,2', 'auto' (LSA after the warm-up), or "
+    attack.add_argument("--lr-layers", help="layers of the layer-wise regulariser (the paper's LR, not the "
+                                            "learning rate): '0,2', 'auto' (LSA after the warm-up), or "
                                             "an LSA report JSON (its MVL); default: none")
     attack.add_argument("--gamma", help="regulariser weight: one value, or one per layer '1,0.5' (default 1)")
     attack.add_argument("--eta", type=float, help="MVL threshold of Algorithm 1 for --lr-layers auto (default 1)")
@@ -114,7 +124,9 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     optim.add_argument("--epochs", type=int, help="default 10")
     optim.add_argument("--batch-size", type=int, help="global batch size (default 128; per rank: / world size)")
     optim.add_argument("--optimizer", choices=OPTIMIZERS, help="default sgd (momentum 0.9)")
-    optim.add_argument("--lr", type=float, help="peak learning rate (default: sgd 0.1, adam 1e-3)")
+    optim.add_argument("--learning-rate", "--lr", dest="lr", type=float,
+                       help="peak learning rate of the optimiser (default: sgd 0.1, adam 1e-3); not the "
+                            "regulariser, which --lr-layers and --gamma set")
     optim.add_argument("--momentum", type=float, help="SGD momentum (default 0.9)")
     optim.add_argument("--weight-decay", type=float, help="default: sgd 5e-4, adam 0")
     optim.add_argument("--schedule", choices=SCHEDULES, help="default auto: cyclic for fast, piecewise for sgd, "
@@ -155,7 +167,10 @@ def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path
     if args.resume:  # read only now, under the lock: no other process can be writing it
         state = load_checkpoint(resolve_checkpoint(args.resume, prefer=(CHECKPOINT_NAME, FINAL_NAME)))
         config = TrainConfig.from_dict(state["config"])
-        _check_resume_args(args, config, MODEL_DATASET)
+        extending = args.epochs is not None and args.epochs > config.epochs
+        _check_resume_args(args, config, MODEL_DATASET, ignore=("epochs",) if extending else ())
+        if extending:
+            config = _extend(config, args.epochs, state, out_dir, rank)
 
     if state is not None and int(state["epoch"]) >= config.epochs:
         done = _on_rank0(rank, world_size, lambda: _complete(state, config, out_dir))
@@ -164,9 +179,11 @@ def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path
                    f"weights in {out_dir / FINAL_NAME}{undone}", final=True)
         return 0
 
-    train_set, test_set = _load_data(args, config, resumed=state is not None)
     seed_everything(config.seed)  # the same initial weights on every rank
     model = build_model(config.model, **config.model_kwargs)
+    check_model_fits(model, config.model, config.dataset)  # before the data is read
+    train_set, test_set = _load_data(args, config, resumed=state is not None)
+    _say(rank, "training data: " + describe(config.dataset, config.data_options, "train", len(train_set)))
     train_loader = make_train_loader(train_set, config, rank, world_size, num_workers=args.workers,
                                      pin_memory=device.type == "cuda")
     test_loader = make_loader(test_set, max(config.batch_size // world_size, 1), shuffle=False)
@@ -182,7 +199,8 @@ def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path
     result = trainer.fit(progress=not args.no_progress, stop_after_epoch=args.stop_after_epoch)
     if result.interrupted:
         _say(rank, f"interrupted; continue with: lsa-fast train --resume {out_dir}", final=True)
-        return 143  # 128 + SIGTERM, what a scheduler expects from a terminated job
+        # 128 + the signal: what a shell (Ctrl-C: 130) or a scheduler (SIGTERM: 143) expects.
+        return 130 if result.stop_signal == "SIGINT" else 143
     if result.epochs_completed < config.epochs:
         _say(rank, f"stopped after epoch {result.epochs_completed} of {config.epochs}; checkpoint "
                    f"{out_dir / CHECKPOINT_NAME}; continue with: lsa-fast train --resume {out_dir}", final=True)
@@ -250,24 +268,10 @@ def _load_data(args, config: TrainConfig, resumed: bool):
     """Both splits; a new run records where its files were and their fingerprints, a
     resumed one reads them from --data, $LSA_FAST_DATA or the recorded directory and
     checks them against the fingerprints."""
-    from ..data import load_dataset
-
-    options = dict(config.data_options)
-    train_options = {k: v for k, v in options.items() if k != "n_test"}
-    test_options = {k: v for k, v in options.items() if k != "n_train"}
-    if config.dataset == "moons":
-        if "n_train" in train_options:
-            train_options["n_samples"] = train_options.pop("n_train")
-        if "n_test" in test_options:
-            test_options["n_samples"] = test_options.pop("n_test")
-    else:
-        for key in ("n_train", "n_test", "noise"):
-            if key in options:
-                raise ValueError(f"--{key.replace('_', '-')} applies to moons only, not {config.dataset}")
     source = data_dir_to_read(args.data, config.data_dir if resumed else None)
     try:
-        train_set = load_dataset(config.dataset, source, train=True, **train_options)
-        test_set = load_dataset(config.dataset, source, train=False, **test_options)
+        train_set = load_split(config.dataset, config.data_options, train=True, data_dir=source)
+        test_set = load_split(config.dataset, config.data_options, train=False, data_dir=source)
     except FileNotFoundError as error:
         raise missing_data_hint(error, config.data_dir if resumed else None, args.data) from None
     config.data_dir = data_dir_to_record(config.dataset, source)
@@ -317,11 +321,12 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
     dataset = args.dataset
     if model is None and dataset is None:
         raise ValueError("give --model or --dataset (e.g. --model A --dataset moons)")
+    if model is not None:
+        check_model_name(model)
     if dataset is None:
         dataset = implied_dataset(model)
         if dataset is None:
-            raise ValueError(f"--dataset is needed for model {model!r} (paper models: "
-                             f"{', '.join(f'{m} -> {d}' for m, d in model_dataset.items())}, wrn-* -> cifar10)")
+            raise ValueError(f"--dataset is needed for model {model!r} (one of {', '.join(DEFAULT_EPS)}; {FITS})")
     dataset = dataset.strip().lower().replace("-", "").replace("_", "")
     if model is None:
         model = {d: m for m, d in reversed(list(model_dataset.items()))}.get(dataset)
@@ -332,11 +337,12 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
     eps = DEFAULT_EPS[dataset] if args.eps is None else args.eps
     if eps < 0:
         raise ValueError(f"--eps must be >= 0, got {eps}")
-    data_options = {}
-    for key in ("n_train", "n_test", "noise", "limit"):
-        value = getattr(args, key)
-        if value is not None:
-            data_options[key] = value
+    # The run directory records its data in full (defaults too): eval and analyze rebuild it
+    # from there; where files were read from is TrainConfig.data_dir (_load_data).
+    data_options = record(dataset, {key: getattr(args, key) for key in ("n_train", "n_test", "noise", "limit")})
+    for option, text in (("--gamma", args.gamma), ("--lr-layers", args.lr_layers)):
+        if text is not None and "," in text:
+            comma_items(text, option)  # '0,,2' is an error, not '0,2'
     fields = {
         "base": args.base, "steps": args.steps, "beta": args.beta, "attack_mode": args.attack_mode,
         "lr_layers": args.lr_layers, "gammas": args.gamma, "eta": args.eta, "warmup_epochs": args.warmup_epochs,
@@ -357,10 +363,28 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
                        model_kwargs=options, data_options=data_options, extra=extra, **fields)
 
 
-def _check_resume_args(args, config: TrainConfig, model_dataset) -> None:
+def _extend(config: TrainConfig, epochs: int, state, out_dir: Path, rank: int) -> TrainConfig:
+    """The run's config with more epochs (--resume DIR --epochs N, N above the run's).
+    The learning-rate schedule is a function of the fraction of training done, so it is
+    stretched over the new total: the epochs to come follow the schedule of an N-epoch
+    run from where this run stands. The config's extra records the earlier totals."""
+    done = int(state["epoch"])
+    earlier = list(config.extra.get("extended_from", [])) + [config.epochs]
+    extended = dataclasses.replace(config, epochs=epochs, extra={**config.extra, "extended_from": earlier})
+    state["config"] = extended.to_dict()  # the trainer resumes this config, not the old one
+    old_rate, new_rate = learning_rate_at(config, done), learning_rate_at(extended, done)
+    _say(rank, f"extending {out_dir} from {config.epochs} to {epochs} epochs ({done} done): the "
+               f"{config.resolved_schedule()} learning-rate schedule is stretched over {epochs} epochs, so the "
+               f"learning rate goes from {old_rate:.3g} (where the {config.epochs}-epoch schedule stands) to "
+               f"{new_rate:.3g}")
+    return extended
+
+
+def _check_resume_args(args, config: TrainConfig, model_dataset, ignore=()) -> None:
     """With --resume the checkpoint defines the run. Run options given anyway (e.g. the
-    same command line relaunched with --resume appended) must agree with it."""
-    given = [name for name in _RUN_OPTIONS if getattr(args, name, None) not in (None, False)]
+    same command line relaunched with --resume appended) must agree with it, except
+    those in `ignore` (--epochs when it extends the run)."""
+    given = [name for name in _RUN_OPTIONS if getattr(args, name, None) not in (None, False) and name not in ignore]
     if not given:
         return
     if args.model is None and args.dataset is None:
@@ -370,12 +394,15 @@ def _check_resume_args(args, config: TrainConfig, model_dataset) -> None:
     conflicts = []
     for name in given:
         if name in ("n_train", "n_test", "noise", "limit"):
-            mine, theirs = wanted.data_options.get(name), config.data_options.get(name)
+            # A run written before data_options was complete used the defaults for what it omits.
+            mine, theirs = wanted.data_options.get(name), record(config.dataset, config.data_options).get(name)
         else:
             key = renamed.get(name, name)
             mine, theirs = getattr(wanted, key), getattr(config, key)
         if mine != theirs:
-            conflicts.append(f"--{name.replace('_', '-')}: {mine!r} (the run has {theirs!r})")
+            note = "; raise it to extend the run" if name == "epochs" else ""
+            option = _OPTION_NAMES.get(name, "--" + name.replace("_", "-"))
+            conflicts.append(f"{option}: {mine!r} (the run has {theirs!r}{note})")
     if conflicts:
         raise ValueError("--resume continues the run as it was configured, but these options differ from its "
                          "checkpoint: " + "; ".join(conflicts))
