@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from .data import DATASET_INFO
-from .models import MODEL_DATASET, MODEL_NAMES
+from .models import MODEL_DATASET, MODEL_NAMES, weights_mismatch_hint
 
 __all__ = ["FITS", "paper_dataset", "check_model_name", "check_model_fits", "load_weights"]
 
@@ -69,8 +69,8 @@ def load_weights(model: nn.Module, state, where: str, model_name: str) -> None:
     try:
         model.load_state_dict(state, strict=True)
         return
-    except RuntimeError:
-        pass
+    except RuntimeError as error:
+        hint = weights_mismatch_hint(error)
     mine = model.state_dict()
     missing = [k for k in mine if k not in state]
     unexpected = [k for k in state if k not in mine]
@@ -85,8 +85,8 @@ def load_weights(model: nn.Module, state, where: str, model_name: str) -> None:
     if unexpected:
         parts.append(f"{len(unexpected)} unexpected (first: {unexpected[0]})")
     what = "; ".join(parts) or "load_state_dict failed"
-    raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {what} (was it trained with another "
-                     f"--model or other model options?)") from None
+    raise ValueError(f"{where}: the weights do not fit model {model_name!r}: {what}"
+                     + (hint or " (was it trained with another --model or other model options?)")) from None
 
 
 def _short(text: str, limit: int = 160) -> str:
