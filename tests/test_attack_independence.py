@@ -169,3 +169,11 @@ def test_pgd_l2_agrees_with_foolbox(confident, eps):
     assert robust_accuracy(model, x, y) > 0.95
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-8)
     assert robust_accuracy(model, ours, y) == robust_accuracy(model, theirs, y)
+
+
+@pytest.mark.parametrize("noise", [A.gaussian_noise, A.salt, A.pepper, A.salt_and_pepper, A.speckle])
+def test_statistical_noise_of_a_sample_is_its_own(noise):
+    x = torch.rand(4, 3, 5, 5, generator=torch.Generator().manual_seed(0))
+    together = noise(x, 0.3, generator=generators([10, 11, 12, 13]))
+    for i in range(4):
+        assert torch.equal(together[i : i + 1], noise(x[i : i + 1], 0.3, generator=generators([10 + i])))
