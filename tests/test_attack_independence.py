@@ -3,7 +3,6 @@ batch (issue 11, item 2): attack(batch)[i] == attack(batch[i:i+1]) up to float
 rounding, with each sample's random numbers drawn from its own generator (the
 contract lsa_fast/attacks/_common.py states). L2 PGD agrees with foolbox's L2PGD."""
 import copy
-import math
 
 import pytest
 import torch
@@ -11,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lsa_fast import attacks as A
+from pinwheel import pinwheel, trained_mlp
 
 CLASSES = 5
 
@@ -106,37 +106,13 @@ def test_generator_list_errors():
 # ------------------------------------------------- PGD-L2 on a confidently trained model
 
 
-def pinwheel(n, seed):
-    """Four interleaved spiral arms in [0, 1]^2 (4 classes), shaped [N, 2]."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 4, (n,), generator=g)
-    r = torch.rand(n, generator=g) * 0.35 + 0.05
-    angle = y * (math.pi / 2) + r * 3.0 + 0.25 * torch.randn(n, generator=g)
-    x = torch.stack([0.5 + r * torch.cos(angle), 0.5 + r * torch.sin(angle)], dim=1)
-    return x.clamp(0, 1), y
-
-
 @pytest.fixture(scope="module")
 def confident():
     """An MLP trained to a training loss of ~1e-4 (99 % test accuracy): many test
     samples have input gradients of 1e-11..1e-7, where a batch-mean loss divided by
     B = 400 falls under the L2 step's 1e-10 guard."""
-    x, y = pinwheel(800, seed=0)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Linear(2, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64), torch.nn.ReLU(), torch.nn.Linear(64, 4)
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(1500):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
-    for p in model.parameters():
-        p.requires_grad_(False)
-    x_test, y_test = pinwheel(400, seed=1)
-    return model, x_test, y_test
+    x, y = pinwheel(400, seed=1)
+    return trained_mlp(1500), x, y
 
 
 def robust_accuracy(model, x, y):
