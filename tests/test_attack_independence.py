@@ -83,13 +83,18 @@ def test_attack_of_a_batch_equals_attacks_of_its_samples(name, kind, batch, eps,
 
 
 def test_one_generator_per_sample_is_the_stream_a_batch_of_one_gets():
-    """A list of one generator and the generator itself draw the same numbers."""
-    model = random_model("mlp", 32, 0, 1.0)
-    x, y = torch.rand(1, 2, 4, 4, dtype=torch.float64), torch.tensor([3])
+    """For a contiguous sample, a list of one generator and the generator itself draw
+    the same numbers; a sample's own generator gives it the same numbers whatever the
+    memory layout of its batch."""
+    model = random_model("cnn", 32, 0, 1.0)
+    x, y = torch.rand(3, 2, 4, 4, dtype=torch.float64), torch.tensor([3, 0, 1])
     for name in ("fgsm_rs", "pgd_linf", "pgd_l2", "apgd_t", "trades"):
-        listed = ATTACKS[name](model, x, y, 0.1, generators([5]))
-        single = ATTACKS[name](model, x, y, 0.1, torch.Generator().manual_seed(5))
+        listed = ATTACKS[name](model, x[:1], y[:1], 0.1, generators([5]))
+        single = ATTACKS[name](model, x[:1], y[:1], 0.1, torch.Generator().manual_seed(5))
         assert torch.equal(listed, single), name
+        contiguous = ATTACKS[name](model, x, y, 0.1, generators([5, 6, 7]))
+        channels_last = ATTACKS[name](model, x.to(memory_format=torch.channels_last), y, 0.1, generators([5, 6, 7]))
+        torch.testing.assert_close(channels_last, contiguous, rtol=0, atol=1e-12, msg=name)
 
 
 def test_generator_list_errors():

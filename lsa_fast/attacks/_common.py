@@ -298,15 +298,14 @@ def draw(
 ) -> torch.Tensor:
     """Random numbers shaped like x (per_sample=True: one per sample, shaped
     [B, 1, ..., 1]), made by fill(empty_tensor, generator), e.g.
-    lambda t, g: t.uniform_(-1, 1, generator=g). A sequence of generators (one per
-    sample, as check_generator returns it) fills sample i's rows from generator[i]
-    alone, exactly the call it would get in a batch of one."""
-    def empty(rows: torch.Tensor) -> torch.Tensor:
-        return rows.new_empty(batch_shape(rows)) if per_sample else torch.empty_like(rows)
-
+    lambda t, g: t.uniform_(-1, 1, generator=g). One generator fills the batch in x's
+    memory order. A sequence of generators (one per sample, as check_generator
+    returns it) fills sample i's values from generator[i] alone, in contiguous order
+    whatever x's layout: the numbers sample i gets depend on nothing else."""
     if generator is None or isinstance(generator, torch.Generator):
-        return fill(empty(x), generator)
-    return torch.cat([fill(empty(x[i : i + 1]), g) for i, g in enumerate(generator)])
+        return fill(x.new_empty(batch_shape(x)) if per_sample else torch.empty_like(x), generator)
+    one = (1,) + ((1,) * (x.dim() - 1) if per_sample else tuple(x.shape[1:]))
+    return torch.cat([fill(x.new_empty(one), g) for g in generator])
 
 
 def batch_shape(x: torch.Tensor):
