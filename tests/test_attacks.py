@@ -322,10 +322,17 @@ def test_no_host_sync_per_step(monkeypatch):
         lambda steps: A.pgd(model, x, y, 0.1, steps=steps, generator=g),
         lambda steps: A.pgd(model, x, y, 0.3, steps=steps, norm="l2", generator=g),
         lambda steps: A.apgd(model, x, y, 0.1, steps=steps, generator=g),
-        lambda steps: A.apgd(model, x, y, 0.1, steps=steps, loss="dlr", targeted=True, n_target_classes=2, generator=g),
+        lambda steps: A.apgd(model, x, y, 0.1, steps=steps, loss="dlr", targeted=True, n_target_classes=2,
+                             generator=g, skip_fooled=False),
         lambda steps: A.trades_perturb(model, x, 0.1, steps=steps, generator=g),
     ):
         assert reads_for(lambda: attack(1)) == reads_for(lambda: attack(12)) <= 1
+    # AutoAttack's order (skip_fooled, the default) gathers the samples left to attack
+    # once per run after the first: one read per run, none per step.
+    runs = 3
+    targeted = lambda steps: A.apgd(model, x, y, 0.1, steps=steps, loss="dlr", targeted=True, n_target_classes=runs,
+                                    generator=g)
+    assert reads_for(lambda: targeted(1)) == reads_for(lambda: targeted(12)) <= runs
 
 
 # ----------------------------------------------------------------- one-logit models

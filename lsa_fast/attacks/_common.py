@@ -10,6 +10,25 @@ choice, every submodule's `training` flag is restored afterwards, exactly.
 One-logit models (output [N] or [N, 1]) are binary classifiers: the loss is
 BCE-with-logits on y as a float, the predicted class is logit > 0. Models with C >= 2
 logits use cross-entropy and predict argmax.
+
+Independence of the batch: a sample's adversarial depends only on the model, that
+sample, its label and the random numbers drawn for it, never on the other samples of
+its batch (up to float rounding). What makes it so:
+- the objective whose input gradient an attack takes is the SUM of per-sample losses,
+  so sample i's gradient is its own (a batch mean would shrink it by 1/B: the L2
+  normalisation's guard then stops small-gradient samples, and an fp32 gradient
+  can underflow);
+- every step size, projection, checkpoint and restart decision is per sample;
+- randomness: with one torch.Generator the batch's numbers come from one stream in
+  batch order, so which numbers sample i gets depends on its position. Pass
+  `generator` as a sequence of B generators, one per sample, and sample i draws
+  only from generator[i], in the same order as it would alone: then
+  attack(x, y, generator=gens)[i] equals attack(x[i:i+1], y[i:i+1], generator=[g_i])
+  with g_i in the state gens[i] was in;
+- the model runs as given: in eval mode (the default) each sample's logits are its
+  own; in train mode (model_mode="train"/"keep" on a training model) BatchNorm uses
+  the batch's statistics and couples the samples, and dropout draws from torch's
+  global generator: then no attack can be independent of its batch.
 """
 from __future__ import annotations
 
@@ -17,7 +36,7 @@ import contextlib
 import contextvars
 import math
 import numbers
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -26,6 +45,7 @@ MODEL_MODES = ("eval", "train", "keep")
 NORMS = ("linf", "l2")
 
 LossArg = Union[None, str, Callable[[torch.Tensor, torch.Tensor], torch.Tensor]]
+GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 
 
 # ----------------------------------------------------------------------------- checks
@@ -81,6 +101,27 @@ def check_y(fn: str, x: torch.Tensor, y) -> torch.Tensor:
 
 def check_model_mode(fn: str, model_mode: str) -> str:
     return check_choice(fn, "model_mode", model_mode, MODEL_MODES)
+
+
+def check_generator(fn: str, generator: GeneratorArg, x: torch.Tensor) -> GeneratorArg:
+    """None, one torch.Generator, or a sequence of one torch.Generator per sample,
+    each on x's device."""
+    if generator is None:
+        return None
+    single = isinstance(generator, torch.Generator)
+    if not single and not isinstance(generator, (list, tuple)):
+        raise TypeError(
+            f"{fn}: generator must be a torch.Generator or a list of one per sample, got {type(generator).__name__}"
+        )
+    generators = [generator] if single else list(generator)
+    if not single and len(generators) != x.shape[0]:
+        raise ValueError(f"{fn}: got {len(generators)} generators for a batch of {x.shape[0]} samples (one per sample)")
+    for i, g in enumerate(generators):
+        if not isinstance(g, torch.Generator):
+            raise TypeError(f"{fn}: generator[{i}] is a {type(g).__name__}, not a torch.Generator")
+        if g.device.type != x.device.type:
+            raise ValueError(f"{fn}: the generator is on {g.device} but x is on {x.device}")
+    return generator if single else generators
 
 
 def check_logits(fn: str, logits, batch: int) -> torch.Tensor:
@@ -207,21 +248,19 @@ def per_sample_loss(logits: torch.Tensor, y: torch.Tensor, loss: LossArg = None,
     raise ValueError(f"{fn}: loss must be 'ce', 'bce', 'dlr' or a callable, got {loss!r}")
 
 
-def mean_loss(logits: torch.Tensor, y: torch.Tensor, loss: LossArg = None, fn: str = "attack") -> torch.Tensor:
-    """Scalar loss for the sign/normalised-gradient attacks. The built-in losses use
-    the functional mean reduction, the computation torchattacks' FGSM/PGD make, so
-    the gradient signs agree bit for bit."""
-    if loss in (None, "ce", "bce"):
-        if is_binary(logits):
-            z = logits.reshape(-1)
-            return F.binary_cross_entropy_with_logits(z, y.to(z.dtype))
-        if loss == "bce":
-            raise ValueError(f"{fn}: loss='bce' needs a one-logit model, this one returns {logits.shape[1]} logits")
-        return F.cross_entropy(logits, y.long())
+def summed_loss(logits: torch.Tensor, y: torch.Tensor, loss: LossArg = None, fn: str = "attack") -> torch.Tensor:
+    """Scalar objective of the gradient attacks: the sum over the batch of the
+    per-sample losses, so that each sample's input gradient is the one it would have
+    alone (see the module docstring). The gradient's sign, and its direction per
+    sample, are those of torchattacks' mean loss: only the scale differs, by B.
+    A callable may return [N] losses (summed here) or a scalar, used as it is: a
+    callable that averages over the batch couples the samples again."""
     if callable(loss):
         value = loss(logits, y)
+        if not isinstance(value, torch.Tensor):
+            raise ValueError(f"{fn}: a loss callable must return a tensor, got {type(value).__name__}")
         return value if value.dim() == 0 else value.sum()
-    return per_sample_loss(logits, y, loss, fn).mean()
+    return per_sample_loss(logits, y, loss, fn).sum()
 
 
 def dlr_loss(logits: torch.Tensor, y: torch.Tensor, fn: str = "apgd") -> torch.Tensor:
@@ -246,6 +285,32 @@ def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tenso
     z_y = logits.gather(1, y.long()[:, None]).squeeze(1)
     z_t = logits.gather(1, target.long()[:, None]).squeeze(1)
     return -(z_y - z_t) / (z_sorted[:, -1] - 0.5 * (z_sorted[:, -3] + z_sorted[:, -4]) + 1e-12)
+
+
+# ----------------------------------------------------------------------- randomness
+
+
+def draw(
+    x: torch.Tensor,
+    fill: Callable[[torch.Tensor, Optional[torch.Generator]], torch.Tensor],
+    generator: GeneratorArg,
+    per_sample: bool = False,
+) -> torch.Tensor:
+    """Random numbers shaped like x (per_sample=True: one per sample, shaped
+    [B, 1, ..., 1]), made by fill(empty_tensor, generator), e.g.
+    lambda t, g: t.uniform_(-1, 1, generator=g). One generator fills the batch in x's
+    memory order. A sequence of generators (one per sample, as check_generator
+    returns it) fills sample i's values from generator[i] alone, in contiguous order
+    whatever x's layout: the numbers sample i gets depend on nothing else."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return fill(x.new_empty(batch_shape(x)) if per_sample else torch.empty_like(x), generator)
+    one = (1,) + ((1,) * (x.dim() - 1) if per_sample else tuple(x.shape[1:]))
+    return torch.cat([fill(x.new_empty(one), g) for g in generator])
+
+
+def batch_shape(x: torch.Tensor):
+    """[B, 1, ..., 1]: broadcasts one value per sample over x."""
+    return (x.shape[0],) + (1,) * (x.dim() - 1)
 
 
 # ------------------------------------------------------------------------ gradients

@@ -16,28 +16,37 @@ Read beside the paper:
     condition 2: the step size was not halved at the last checkpoint and the best loss
                  has not improved since.
 
-Per-sample bookkeeping is torch.where throughout: no host sync in the loop. Restarts
-run on the whole batch (no data-dependent subsetting, no sync) and keep, per sample,
+Per-sample bookkeeping is torch.where throughout: no host sync in the loop. Each
+sample's run is its own (per-sample losses summed for the gradient, per-sample step
+sizes and checkpoints), so a sample's result does not depend on its batch.
+
+Several runs (restarts, target classes): as AutoAttack does, every run after the
+first attacks only the samples that no earlier run has fooled (skip_fooled=True, one
+host sync per run to gather them; nothing is left to do for a fooled sample, whose
+output is the first misclassified point found). skip_fooled=False runs every run on
+the whole batch without a host sync, with the same result. Per sample, the output is
 the first misclassified point found, else the highest-loss point.
 """
 from __future__ import annotations
-
-from typing import Optional
 
 import torch
 
 from ._common import (
     NORMS,
+    GeneratorArg,
     LossArg,
     attack_mode,
+    batch_shape,
     check_choice,
     check_eps,
+    check_generator,
     check_model_mode,
     check_steps,
     check_x,
     check_y,
     correct,
     dlr_targeted_loss,
+    draw,
     input_gradient,
     is_binary,
     per_sample_loss,
@@ -59,8 +68,9 @@ def apgd(
     n_restarts: int = 1,
     n_target_classes: int = 9,
     rho: float = 0.75,
-    generator: Optional[torch.Generator] = None,
+    generator: GeneratorArg = None,
     *,
+    skip_fooled: bool = True,
     model_mode: str = "eval",
 ) -> torch.Tensor:
     """APGD with `steps` iterations per run and `n_restarts` random restarts.
@@ -70,8 +80,11 @@ def apgd(
     n_target_classes most likely wrong classes of the clean input (capped at C - 1),
     n_restarts runs of the targeted loss (targeted DLR for loss="dlr", -CE(target) for
     loss="ce"); y stays the true label, success is any misclassification.
-    Returns x_hat detached, x's dtype and shape: a misclassified point where one was
-    found, else the highest-loss point."""
+    skip_fooled: runs after the first attack only the samples not fooled yet (one
+    host sync per run); False: every run on the whole batch, no host sync.
+    generator: a torch.Generator, or a list of one per sample (each sample's random
+    starts its own). Returns x_hat detached, x's dtype and shape: a misclassified
+    point where one was found, else the highest-loss point."""
     eps = check_eps("apgd", eps)
     steps = check_steps("apgd", steps)
     n_restarts = check_steps("apgd", n_restarts, "n_restarts")
@@ -84,59 +97,92 @@ def apgd(
     x = check_x("apgd", x)
     y = check_y("apgd", x, y)
     check_model_mode("apgd", model_mode)
+    generator = check_generator("apgd", generator, x)
 
     with attack_mode(model, model_mode):
         clean_logits = validate("apgd", model, x, y)
         if eps == 0:
             return x.clone()
-        objectives = _objectives(clean_logits, y, loss, targeted, n_target_classes, n_restarts)
+        objective = _objective(clean_logits, loss, targeted)
+        targets = _targets(clean_logits, targeted, n_target_classes, n_restarts)
         x_out = x.clone()
         out_fooled = torch.zeros_like(y, dtype=torch.bool)
         out_loss = torch.full((x.shape[0],), float("-inf"), dtype=clean_logits.dtype, device=x.device)
-        for objective in objectives:
-            x_run, fooled, best_loss = _apgd_run(model, x, y, eps, steps, norm, objective, rho, generator)
+        for run, target in enumerate(targets):
+            # Drawn for the whole batch, as without skip_fooled: the same starts either way.
+            start = _random_start(x, eps, norm, generator)
+            active = None  # all samples
+            if skip_fooled and run > 0:
+                active = (~out_fooled).nonzero().squeeze(1)  # the run's one host sync
+                if active.numel() == 0:
+                    break
+            x_run, fooled, best_loss = _apgd_run(
+                model, _take(x, active), _take(y, active), _take(target, active), _take(start, active),
+                eps, steps, norm, objective, rho,
+            )
             # First success wins; among still-robust samples the highest loss wins.
-            take = ~out_fooled & (fooled | (best_loss > out_loss))
-            x_out = torch.where(_per_sample(take, x), x_run, x_out)
-            out_loss = torch.where(take, best_loss.to(out_loss.dtype), out_loss)
-            out_fooled = out_fooled | fooled
+            was_fooled, had_loss = _take(out_fooled, active), _take(out_loss, active)
+            take = ~was_fooled & (fooled | (best_loss > had_loss))
+            _put(x_out, active, torch.where(take.reshape(batch_shape(x_run)), x_run, _take(x_out, active)))
+            _put(out_loss, active, torch.where(take, best_loss.to(out_loss.dtype), had_loss))
+            _put(out_fooled, active, was_fooled | fooled)
     return x_out
 
 
-def _objectives(clean_logits, y, loss, targeted, n_target_classes, n_restarts):
-    """One per-sample loss function per run: restarts x target classes."""
+def _objective(clean_logits, loss, targeted):
+    """The per-sample loss of a run, as f(logits, y, target) -> [N]."""
     if not targeted:
-        return [lambda logits: per_sample_loss(logits, y, loss, "apgd")] * n_restarts
+        return lambda logits, y, target: per_sample_loss(logits, y, loss, "apgd")
     if callable(loss):
         raise ValueError("apgd: targeted=True takes loss='dlr' or 'ce', not a callable")
     if is_binary(clean_logits):
         raise ValueError("apgd: targeted=True needs a model with C >= 3 logits (a one-logit model has one wrong class)")
-    classes = clean_logits.shape[1]
+    if loss == "dlr":
+        return lambda logits, y, target: dlr_targeted_loss(logits, y, target, "apgd")
+    return lambda logits, y, target: -per_sample_loss(logits, target, "ce", "apgd")
+
+
+def _targets(clean_logits, targeted, n_target_classes, n_restarts):
+    """The target class of every run ([N] per run; None when untargeted), in
+    AutoAttack's order: restarts inside target classes."""
+    if not targeted:
+        return [None] * n_restarts
     ranked = clean_logits.argsort(dim=1)  # ascending: ranked[:, -1] is the top class
     runs = []
-    for rank in range(2, min(n_target_classes, classes - 1) + 2):
-        target = ranked[:, -rank]  # auto-attack: the rank-th most likely class at x
-        if loss == "dlr":
-            objective = lambda logits, t=target: dlr_targeted_loss(logits, y, t, "apgd")
-        else:
-            objective = lambda logits, t=target: -per_sample_loss(logits, t, "ce", "apgd")
-        runs.extend([objective] * n_restarts)
+    for rank in range(2, min(n_target_classes, clean_logits.shape[1] - 1) + 2):
+        runs.extend([ranked[:, -rank]] * n_restarts)  # auto-attack: the rank-th most likely class at x
     return runs
 
 
-def _apgd_run(model, x, y, eps, steps, norm, objective, rho, generator):
-    """One run of Algorithm 1. Returns (x_hat, fooled, best loss), all per sample."""
+def _take(t, active):
+    return t if t is None or active is None else t[active]
+
+
+def _put(t, active, value):
+    if active is None:
+        t.copy_(value)
+    else:
+        t[active] = value
+
+
+def _apgd_run(model, x, y, target, start, eps, steps, norm, objective, rho):
+    """One run of Algorithm 1 from `start`. Returns (x_hat, fooled, best loss), all
+    per sample."""
+
+    def run_loss(logits):
+        return objective(logits, y, target)
+
     window = max(int(0.22 * steps), 1)  # w_1 - w_0
     window_min = max(int(0.06 * steps), 1)
     window_decrease = max(int(0.03 * steps), 1)
 
-    x_adv = _project(_random_start(x, eps, norm, generator), x, eps, norm)
-    grad, logits, loss = input_gradient(model, x_adv, objective, "apgd")
+    x_adv = _project(start, x, eps, norm)
+    grad, logits, loss = input_gradient(model, x_adv, run_loss, "apgd")
     fooled = ~correct(logits, y)
     x_fooled = x_adv.clone()
     x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
 
-    step_size = torch.full(_shape(x), 2 * eps, dtype=x.dtype, device=x.device)  # eta^(0) = 2 eps
+    step_size = torch.full(batch_shape(x), 2 * eps, dtype=x.dtype, device=x.device)  # eta^(0) = 2 eps
     x_prev = x_adv
     loss_prev = loss
     increases = torch.zeros_like(loss)  # steps of this window where the loss went up
@@ -150,7 +196,7 @@ def _apgd_run(model, x, y, eps, steps, norm, objective, rho, generator):
         x_next = _project(x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - x_prev), x, eps, norm)
         x_prev, x_adv = x_adv, x_next
 
-        grad, logits, loss = input_gradient(model, x_adv, objective, "apgd")
+        grad, logits, loss = input_gradient(model, x_adv, run_loss, "apgd")
         now_fooled = ~correct(logits, y)
         x_fooled = torch.where(_per_sample(now_fooled & ~fooled, x), x_adv, x_fooled)
         fooled = fooled | now_fooled
@@ -184,12 +230,12 @@ def _random_start(x, eps, norm, generator):
     """auto-attack's start: on the L-inf sphere (t / max|t|, t ~ U(-1, 1)) or the L2
     sphere (Gaussian direction) of radius eps."""
     if norm == "linf":
-        t = torch.empty_like(x).uniform_(-1, 1, generator=generator)
+        t = draw(x, lambda r, g: r.uniform_(-1, 1, generator=g), generator)
         scale = t.reshape(x.shape[0], -1).abs().amax(dim=1)
     else:
-        t = torch.empty_like(x).normal_(generator=generator)
+        t = draw(x, lambda r, g: r.normal_(generator=g), generator)
         scale = torch.linalg.vector_norm(t.reshape(x.shape[0], -1), dim=1) + 1e-12
-    return x + eps * t / scale.reshape(_shape(x))
+    return x + eps * t / scale.reshape(batch_shape(x))
 
 
 def _direction(grad, norm):
@@ -208,12 +254,8 @@ def _project(v, x, eps, norm):
 
 
 def _norm(t):
-    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).reshape(_shape(t))
-
-
-def _shape(x):
-    return (x.shape[0],) + (1,) * (x.dim() - 1)
+    return torch.linalg.vector_norm(t.reshape(t.shape[0], -1), dim=1).reshape(batch_shape(t))
 
 
 def _per_sample(mask, x):
-    return mask.reshape(_shape(x))
+    return mask.reshape(batch_shape(x))

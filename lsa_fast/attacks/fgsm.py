@@ -7,13 +7,14 @@ from ._common import (
     LossArg,
     attack_mode,
     check_eps,
+    check_generator,
     check_model_mode,
     check_values,
     check_x,
     check_y,
     input_gradient,
-    mean_loss,
     sign_for,
+    summed_loss,
 )
 
 
@@ -33,17 +34,19 @@ def fgsm(
     loss: None/"ce" picks cross-entropy (C logits) or BCE-with-logits (one logit);
     targeted=True reads y as target classes and descends the loss. generator is
     unused (FGSM draws nothing) and accepted so every attack takes the same keywords.
+    Each sample's step is its own: the loss is summed over the batch, not averaged.
     Returns x_hat detached, with x's dtype and shape."""
     eps = check_eps("fgsm", eps)
     x = check_x("fgsm", x)
     y = check_y("fgsm", x, y)
     check_model_mode("fgsm", model_mode)
+    check_generator("fgsm", generator, x)
     sign = sign_for(targeted)
     with attack_mode(model, model_mode):
         grad, _, _ = input_gradient(
             model,
             x,
-            lambda logits: sign * mean_loss(logits, y, loss, "fgsm"),
+            lambda logits: sign * summed_loss(logits, y, loss, "fgsm"),
             "fgsm",
             check=lambda logits: check_values("fgsm", x, logits, y),
         )

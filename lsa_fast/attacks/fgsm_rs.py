@@ -9,16 +9,19 @@ import torch
 
 from .. import ops
 from ._common import (
+    GeneratorArg,
     LossArg,
     attack_mode,
     check_eps,
+    check_generator,
     check_model_mode,
     check_values,
     check_x,
     check_y,
+    draw,
     input_gradient,
-    mean_loss,
     sign_for,
+    summed_loss,
 )
 
 
@@ -28,7 +31,7 @@ def fgsm_rs(
     y: torch.Tensor,
     eps: float,
     alpha: Optional[float] = None,
-    generator: Optional[torch.Generator] = None,
+    generator: GeneratorArg = None,
     *,
     loss: LossArg = None,
     targeted: bool = False,
@@ -37,20 +40,23 @@ def fgsm_rs(
     """x0 = clip_[0,1](x + U(-eps, eps)); x_hat = clip_[0,1](clip_{x +- eps}(x0 + alpha sign(grad))).
 
     alpha defaults to 1.25 * eps (Wong et al. 2020). Deterministic under `generator`
-    (a torch.Generator on x's device). Returns x_hat detached, x's dtype and shape."""
+    (a torch.Generator on x's device, or a list of one per sample: then each sample's
+    start is its own, independent of the batch). Returns x_hat detached, x's dtype
+    and shape."""
     eps = check_eps("fgsm_rs", eps)
     alpha = 1.25 * eps if alpha is None else check_eps("fgsm_rs", alpha, "alpha")
     x = check_x("fgsm_rs", x)
     y = check_y("fgsm_rs", x, y)
     check_model_mode("fgsm_rs", model_mode)
+    generator = check_generator("fgsm_rs", generator, x)
     sign = sign_for(targeted)
-    start = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+    start = draw(x, lambda t, g: t.uniform_(-eps, eps, generator=g), generator)
     x_start = torch.clamp(x + start, min=0, max=1)
     with attack_mode(model, model_mode):
         grad, _, _ = input_gradient(
             model,
             x_start,
-            lambda logits: sign * mean_loss(logits, y, loss, "fgsm_rs"),
+            lambda logits: sign * summed_loss(logits, y, loss, "fgsm_rs"),
             "fgsm_rs",
             check=lambda logits: check_values("fgsm_rs", x, logits, y),
         )

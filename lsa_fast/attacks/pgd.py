@@ -1,5 +1,12 @@
 """PGD (Madry et al. 2018) under the L-inf and L2 threat models, in torchattacks'
-PGD / PGDL2 update order; each step is one fused lsa_fast.ops.pgd_step."""
+PGD / PGDL2 update order; each step is one fused lsa_fast.ops.pgd_step.
+
+Unlike torchattacks' PGDL2, each sample's step is independent of its batch: the loss
+is summed over the batch (a mean shrinks every gradient by 1/B), and the L2 step
+normalises a gradient first scaled to max |g| = 1 per sample, so that the step's
+"||g|| + 1e-10" guard never shortens the step of a sample whose gradient is small
+but not zero (a confidently classified sample in fp32). foolbox's L2PGD takes the
+same steps (its guard is max(||g||, 1e-12))."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,18 +16,22 @@ import torch
 from .. import ops
 from ._common import (
     NORMS,
+    GeneratorArg,
     LossArg,
     attack_mode,
+    batch_shape,
     check_choice,
     check_eps,
+    check_generator,
     check_model_mode,
     check_steps,
     check_values,
     check_x,
     check_y,
+    draw,
     input_gradient,
-    mean_loss,
     sign_for,
+    summed_loss,
 )
 
 
@@ -33,7 +44,7 @@ def pgd(
     steps: int = 10,
     random_start: bool = True,
     norm: str = "linf",
-    generator: Optional[torch.Generator] = None,
+    generator: GeneratorArg = None,
     loss: LossArg = None,
     *,
     targeted: bool = False,
@@ -46,7 +57,8 @@ def pgd(
     onto the per-sample L2 ball. random_start: uniform in the L-inf ball, or (L2) a
     Gaussian direction scaled to a radius U(0, eps), as torchattacks draws them.
     loss: None/"ce" (cross-entropy or BCE for one logit), "bce", "dlr", or a
-    callable(logits, y). targeted=True reads y as target classes.
+    callable(logits, y). targeted=True reads y as target classes. generator: a
+    torch.Generator, or a list of one per sample (each sample's start its own).
     Returns x_hat detached, x's dtype and shape; no host sync inside the loop."""
     eps = check_eps("pgd", eps)
     steps = check_steps("pgd", steps)
@@ -55,10 +67,11 @@ def pgd(
     x = check_x("pgd", x)
     y = check_y("pgd", x, y)
     check_model_mode("pgd", model_mode)
+    generator = check_generator("pgd", generator, x)
     sign = sign_for(targeted)
 
     def objective(logits):
-        return sign * mean_loss(logits, y, loss, "pgd")
+        return sign * summed_loss(logits, y, loss, "pgd")
 
     if eps == 0:
         # The eps-ball is the point x (and the L2 projection would divide 0 by 0).
@@ -70,19 +83,28 @@ def pgd(
             # The value checks (x in [0,1], finite logits, labels) cost one sync: do them once.
             check = (lambda logits: check_values("pgd", x, logits, y)) if step == 0 else None
             grad, _, _ = input_gradient(model, x_adv, objective, "pgd", check=check)
+            if norm == "l2":
+                grad = unit_max_per_sample(grad)
             x_adv = ops.pgd_step(x_adv, grad, x, alpha, eps, norm=norm)
     return x_adv
 
 
-def random_start_point(x: torch.Tensor, eps: float, norm: str, generator=None) -> torch.Tensor:
+def unit_max_per_sample(grad: torch.Tensor) -> torch.Tensor:
+    """grad / max|grad| per sample (a zero gradient stays zero): the same direction,
+    with ||g|| >= 1, so the L2 step's 1e-10 guard is negligible and ||g||^2 cannot
+    underflow in fp32, however small the sample's gradient."""
+    largest = grad.abs().amax(dim=tuple(range(1, grad.dim())), keepdim=True) if grad.dim() > 1 else grad.abs()
+    return grad / torch.where(largest > 0, largest, torch.ones_like(largest))
+
+
+def random_start_point(x: torch.Tensor, eps: float, norm: str, generator: GeneratorArg = None) -> torch.Tensor:
     """L-inf: x + U(-eps, eps) per element; L2: x + eps * r * d / ||d||, d ~ N(0, I),
     r ~ U(0, 1) per sample (torchattacks' PGDL2). Both clipped to [0, 1]."""
     if norm == "linf":
-        delta = torch.empty_like(x).uniform_(-eps, eps, generator=generator)
+        delta = draw(x, lambda t, g: t.uniform_(-eps, eps, generator=g), generator)
     else:
-        direction = torch.empty_like(x).normal_(generator=generator)
-        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
-        length = torch.linalg.vector_norm(direction.reshape(x.shape[0], -1), dim=1).reshape(shape)
-        radius = torch.empty(shape, dtype=x.dtype, device=x.device).uniform_(0, 1, generator=generator)
+        direction = draw(x, lambda t, g: t.normal_(generator=g), generator)
+        length = torch.linalg.vector_norm(direction.reshape(x.shape[0], -1), dim=1).reshape(batch_shape(x))
+        radius = draw(x, lambda t, g: t.uniform_(0, 1, generator=g), generator, per_sample=True)
         delta = direction * (radius / length * eps)
     return torch.clamp(x + delta, min=0, max=1)
