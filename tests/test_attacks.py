@@ -10,7 +10,12 @@ from hypothesis import strategies as st
 
 from lsa_fast import attacks as A
 
-torchattacks = pytest.importorskip("torchattacks")
+
+
+@pytest.fixture(scope="module")
+def torchattacks():
+    """The oracle, only for the tests that compare with it: without it the rest runs."""
+    return pytest.importorskip("torchattacks")
 
 SETTINGS = settings(max_examples=20, deadline=None)
 
@@ -85,21 +90,21 @@ def accuracy(model, x, y):
 # ---------------------------------------------------------------- oracle: torchattacks
 
 
-def test_fgsm_equals_torchattacks():
+def test_fgsm_equals_torchattacks(torchattacks):
     model, (x, y) = small_cnn(), images()
     for eps in (0.03, 0.3):
         expected = torchattacks.FGSM(model, eps=eps)(x, y)
         assert torch.equal(A.fgsm(model, x, y, eps), expected)
 
 
-def test_pgd_linf_equals_torchattacks():
+def test_pgd_linf_equals_torchattacks(torchattacks):
     model, (x, y) = small_cnn(), images()
     expected = torchattacks.PGD(model, eps=0.1, alpha=0.02, steps=7, random_start=False)(x, y)
     ours = A.pgd(model, x, y, eps=0.1, alpha=0.02, steps=7, random_start=False)
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
 
 
-def test_pgd_targeted_equals_torchattacks():
+def test_pgd_targeted_equals_torchattacks(torchattacks):
     model, (x, _) = small_cnn(), images()
     target = torch.arange(x.shape[0]) % 10
     attack = torchattacks.PGD(model, eps=0.1, alpha=0.02, steps=5, random_start=False)
@@ -108,7 +113,7 @@ def test_pgd_targeted_equals_torchattacks():
     torch.testing.assert_close(ours, attack(x, target), rtol=0, atol=1e-6)
 
 
-def test_pgd_l2_equals_torchattacks_pgdl2():
+def test_pgd_l2_equals_torchattacks_pgdl2(torchattacks):
     model, (x, y) = small_cnn(), images()
     expected = torchattacks.PGDL2(model, eps=0.5, alpha=0.1, steps=7, random_start=False)(x, y)
     ours = A.pgd(model, x, y, eps=0.5, alpha=0.1, steps=7, random_start=False, norm="l2")
@@ -119,7 +124,7 @@ def test_pgd_l2_equals_torchattacks_pgdl2():
     "norm, loss, eps",
     [("linf", "ce", 0.04), ("linf", "dlr", 0.04), ("l2", "ce", 0.05)],
 )
-def test_apgd_robust_accuracy_matches_torchattacks(trained, norm, loss, eps):
+def test_apgd_robust_accuracy_matches_torchattacks(trained, norm, loss, eps, torchattacks):
     model, x, y = trained
     clean = accuracy(model, x, y)
     theirs = accuracy(model, torchattacks.APGD(model, norm={"linf": "Linf", "l2": "L2"}[norm], eps=eps, steps=30, loss=loss)(x, y), y)
@@ -128,7 +133,7 @@ def test_apgd_robust_accuracy_matches_torchattacks(trained, norm, loss, eps):
     assert abs(ours - theirs) <= 2.0
 
 
-def test_apgd_targeted_matches_torchattacks_apgdt(trained):
+def test_apgd_targeted_matches_torchattacks_apgdt(trained, torchattacks):
     model, x, y = trained
     theirs = accuracy(model, torchattacks.APGDT(model, norm="Linf", eps=0.04, steps=20, n_classes=4)(x, y), y)
     ours = accuracy(model, A.apgd(model, x, y, 0.04, steps=20, loss="dlr", targeted=True, n_target_classes=3), y)
