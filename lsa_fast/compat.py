@@ -19,8 +19,8 @@ Deliberate differences, each where the reference gives no usable answer:
 - a clean layer with zero norm gives ||diff|| / 1e-12 (the reference divides by 0: nan/inf);
 - a clean and a perturbed pass that call different probe points raise ValueError;
 - a probe output later changed in place (a residual `out += identity`, an in-place ReLU)
-  keeps its value at the probe point (the
-  reference records the tensor object, so it reports the changed value);
+  keeps its value at the probe point (the reference records the tensor object, so it
+  reports the changed value);
 - fp16/bf16 inputs give float32 values (the reference returns float16 / fails on bf16);
 - the helpers are static methods: called on the class they behave as the reference's; called
   on an instance, the reference passes the instance as their first argument (a plot titled
