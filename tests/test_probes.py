@@ -492,7 +492,7 @@ def test_resnet18_probe_points_and_input_gradients_equal_an_independent_capture(
     for index, (got, ref) in enumerate(zip(outs, records)):
         assert torch.equal(got, ref), f"probe point {index} differs from the independent capture"
     (got,) = torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, outs)), x_got)
-    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
     assert _hook_count(model) == 0
 
 
