@@ -13,8 +13,8 @@ writes to that memory. A later write of any kind (nn.ReLU(inplace=True), `out +=
 in a residual block, F.relu(x, inplace=True), x.data.mul_(), an out= argument, ...) goes
 through PyTorch's mutable data access, which gives the writer a private copy first, so the
 recorded value stays as returned (c10's copy-on-write storage; a read never copies). Where a
-snapshot is not available (a device or tensor subclass without copy-on-write storage) the
-output is copied when recorded. Writes that bypass PyTorch's storage (a CUDA graph replay)
+snapshot is not available (a device or tensor subclass without copy-on-write storage, or
+inside a torch.compile graph, where the compiler owns the memory) the output is copied. Writes that bypass PyTorch's storage (a CUDA graph replay)
 are outside what any hook can see.
 """
 from __future__ import annotations
@@ -324,6 +324,9 @@ def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor's value now, kept whatever later writes to its memory: a copy-on-write
     clone (no copy unless the memory is written; differentiable, gradient = identity), or a
     plain copy where copy-on-write storage is not available."""
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace _lazy_clone; in a graph a clone is exact and may be optimised away.
+        return tensor.clone()
     try:
         return torch._lazy_clone(tensor)
     except (AttributeError, NotImplementedError, RuntimeError, TypeError):

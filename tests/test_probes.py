@@ -263,6 +263,22 @@ def test_residual_gradients_flow_from_the_returned_value_only():
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
 
+def test_residual_under_torch_compile_keeps_the_returned_value():
+    # Dynamo traces the hooks into the graph (fullgraph: no graph break), where the
+    # snapshot is a clone that functionalisation keeps apart from the later writes.
+    torch.manual_seed(0)
+    model, x = Residual().eval(), torch.randn(2, 4, 6, 6)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        want = model.conv(x)
+        with LayerProbe(model, select=(nn.Conv2d, nn.ReLU)) as probe:
+            compiled(x)
+        conv_out, relu_out = probe.outputs
+    torch.testing.assert_close(conv_out, want, rtol=0, atol=0)
+    torch.testing.assert_close(relu_out, torch.relu(want + x), rtol=1e-6, atol=1e-6)
+    assert _hook_count(model) == 0
+
+
 class Writers(nn.Module):
     """A probed Linear whose output the forward then changes in one of many ways."""
 
