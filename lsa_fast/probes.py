@@ -12,10 +12,11 @@ tensor afterwards: each output is recorded as a copy-on-write snapshot
 writes to that memory. A later write of any kind (nn.ReLU(inplace=True), `out += identity`
 in a residual block, F.relu(x, inplace=True), x.data.mul_(), an out= argument, ...) goes
 through PyTorch's mutable data access, which gives the writer a private copy first, so the
-recorded value stays as returned (c10's copy-on-write storage; a read never copies). Where a
+recorded value stays as returned (c10's copy-on-write storage). Reads by PyTorch's ops do
+not copy; APIs that hand out a writable pointer (.numpy(), data_ptr()) copy once. Where a
 snapshot is not available (a device or tensor subclass without copy-on-write storage, or
-inside a torch.compile graph, where the compiler owns the memory) the output is copied. Writes that bypass PyTorch's storage (a CUDA graph replay)
-are outside what any hook can see.
+inside a torch.compile graph, where the compiler owns the memory) the output is copied.
+Writes that bypass PyTorch's storage (a CUDA graph replay) are outside what a hook can see.
 """
 from __future__ import annotations
 

@@ -251,6 +251,23 @@ def test_residual_add_then_inplace_relu_keeps_the_returned_value(capture_grad, g
     torch.testing.assert_close(relu_out, torch.relu(want + x), rtol=0, atol=0)
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("capture_grad", [False, True])
+def test_residual_on_cuda_keeps_the_returned_value_without_a_copy_where_nothing_writes(capture_grad):
+    torch.manual_seed(0)
+    model = Residual().cuda().eval()
+    x = torch.randn(2, 4, 6, 6, device="cuda")
+    with torch.no_grad():
+        want = model.conv(x)
+    with torch.set_grad_enabled(capture_grad):
+        probe = LayerProbe(model, select=(nn.Conv2d, nn.ReLU), capture_grad=capture_grad)
+        conv_out, relu_out = probe.capture(x)
+    torch.testing.assert_close(conv_out, want, rtol=0, atol=0)
+    torch.testing.assert_close(relu_out, torch.relu(want + x), rtol=0, atol=0)
+    # the ReLU's output is written by nobody: a copy-on-write snapshot, no copy made
+    assert torch._C._is_cow_tensor(relu_out)
+
+
 def test_residual_gradients_flow_from_the_returned_value_only():
     # d/dx of sum(conv(x)) must not see the identity branch that `out += x` added later.
     torch.manual_seed(0)
