@@ -16,8 +16,9 @@ Variants, each on the same model and input:
   clone all        - LayerProbe(clone=True): an eager copy of every output;
   plain forward    - no hooks (what the model costs alone).
 "wrong points" counts the probe points where a variant's value differs from a copy taken
-when the module returned. Time: median of torch.utils.benchmark (CUDA events on GPU), the
-least of a few interleaved rounds (other jobs on a shared machine only add time).
+when the module returned. Time: the median over rounds in which every variant runs once in
+turn (torch.utils.benchmark; CUDA events on GPU), so load from other jobs on a shared machine
+falls on all variants alike.
 Memory: on CPU from torch.profiler's memory timeline (allocations and frees), on CUDA
 from torch.cuda's allocator statistics: the peak above the start of the call and what is
 still allocated after it (the probe's records and the logits; in training also the
@@ -26,11 +27,13 @@ parameters' gradients, the same for every variant), in MB.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import warnings
 from pathlib import Path
 
 import torch
+import torch.utils.benchmark as benchmark
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -160,6 +163,26 @@ def memory(step, model, device):
     return peak, live
 
 
+def interleaved_medians(steps, device, rounds, min_run_time):
+    """Median seconds per call of each step, timed in turns (one call of each variant, then
+    the next round), so that load from other jobs on a shared machine hits all alike."""
+    if device == "cuda":  # CUDA events: short timings per round are precise
+        times = {name: [] for name in steps}
+        for _ in range(rounds):
+            for name, step in steps.items():
+                times[name].append(harness.time_it(step, device, min_run_time=min_run_time / rounds))
+        return {name: statistics.median(values) for name, values in times.items()}
+    timers = {name: benchmark.Timer(stmt="step()", globals={"step": step}, num_threads=torch.get_num_threads())
+              for name, step in steps.items()}
+    for step in steps.values():
+        step()  # warm-up
+    times = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, timer in timers.items():
+            times[name].append(timer.timeit(1).median)
+    return {name: statistics.median(values) for name, values in times.items()}
+
+
 def bench_workload(name, factory, shape, device, min_run_time, rounds):
     torch.manual_seed(0)
     model = factory().to(device).eval()
@@ -169,11 +192,7 @@ def bench_workload(name, factory, shape, device, min_run_time, rounds):
     for training in (False, True):
         mode = "training" if training else "analysis"
         steps = {variant: make_step(variant, model, x, training) for variant in VARIANTS}
-        # Interleaved rounds, the least median kept: other jobs on the machine only add time.
-        seconds = {variant: float("inf") for variant in VARIANTS}
-        for _ in range(rounds):
-            for variant, step in steps.items():
-                seconds[variant] = min(seconds[variant], harness.time_it(step, device, min_run_time=min_run_time))
+        seconds = interleaved_medians(steps, device, rounds, min_run_time)
         model.zero_grad(set_to_none=True)
         measured = {}
         for variant, step in steps.items():
@@ -203,7 +222,7 @@ def main():
     print(f"probing every {', '.join('nn.' + t.__name__ for t in SELECT)} output; baseline: {BASELINE}")
     print("note: timings are medians; on a shared machine they are noisy")
     min_run_time = 0.3 if args.quick else 1.0
-    rounds = 2 if args.quick else 3
+    rounds = 5 if args.quick else 15
     rows = []
     for name, (factory, shape) in workloads(args.quick).items():
         print(f"\n{name} ...", flush=True)
