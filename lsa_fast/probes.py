@@ -6,9 +6,17 @@ gives two probe points ("relu", then "relu#1"). Modules are selected by type, by
 qualified name or glob pattern, or by a predicate; activations applied as functions
 (F.relu, torch.relu) are not modules and are never probed by type.
 
-In-place modules (nn.ReLU(inplace=True), ...) are captured without a copy; a recorded
-output is copied only when an in-place module is about to overwrite it, and any other
-in-place change after recording is detected (version counter) and reported.
+A probe point holds the value its module returned, whatever the model does with that
+tensor afterwards: each output is recorded as a copy-on-write snapshot
+(torch._lazy_clone), which shares the model's memory and costs no copy until someone
+writes to that memory. A later write of any kind (nn.ReLU(inplace=True), `out += identity`
+in a residual block, F.relu(x, inplace=True), x.data.mul_(), an out= argument, ...) goes
+through PyTorch's mutable data access, which gives the writer a private copy first, so the
+recorded value stays as returned (c10's copy-on-write storage). Reads by PyTorch's ops do
+not copy; APIs that hand out a writable pointer (.numpy(), data_ptr()) copy once. Where a
+snapshot is not available (a device or tensor subclass without copy-on-write storage, or
+inside a torch.compile graph, where the compiler owns the memory) the output is copied.
+Writes that bypass PyTorch's storage (a CUDA graph replay) are outside what a hook can see.
 """
 from __future__ import annotations
 
@@ -48,9 +56,9 @@ class LayerProbe:
       grad mode); True keeps the autograd graph so a loss on the outputs trains the model.
     stop_after: probe index k; the forward is stopped right after probe point k is recorded
       (through capture() / capture_pair(); use it when the logits are not needed).
-    clone: copy every output when it is recorded. Not needed for nn.Module in-place ops
-      (those are handled); needed only when a probe output is later changed in place by an
-      op outside a module with inplace=True, which the probe detects and reports.
+    clone: copy every output when it is recorded instead of taking a copy-on-write snapshot.
+      Never needed for correct values (see the module docstring); it only moves the copy
+      to the hook, also where the model would never write to the output.
 
     Use as a context manager (hooks live only inside the `with`, also when it raises), or
     call capture(x) / capture_pair(x, x_hat) directly, which attach the hooks for one call.
@@ -83,9 +91,8 @@ class LayerProbe:
 
     @property
     def outputs(self) -> List[torch.Tensor]:
-        """The probe outputs of the last forward, in call order (RuntimeError if one of
-        them was changed in place after it was recorded: see `clone`)."""
-        _check_unchanged(self._outputs, self._versions, self._names)
+        """The probe outputs of the last forward, in call order, each the value its module
+        returned (also when the model changed that tensor in place afterwards)."""
         return list(self._outputs)
 
     @property
@@ -108,8 +115,6 @@ class LayerProbe:
             self._handles.append(self.model.register_forward_pre_hook(self._on_forward_start))
             for name, module in self.selected:
                 self._handles.append(module.register_forward_hook(partial(self._on_output, name)))
-            for module in _inplace_modules(self.model):
-                self._handles.append(module.register_forward_pre_hook(self._before_inplace))
         except BaseException:
             self._remove_hooks()
             raise
@@ -131,12 +136,10 @@ class LayerProbe:
         with self._attached():
             self._run((clean,), {})
             clean_outputs = self._finished_outputs()
-            clean_record = (list(self._outputs), list(self._versions), list(self._names))
+            clean_names = list(self._names)
             self._run((perturbed,), {})
             perturbed_outputs = self._finished_outputs()
-        check_same_sequence(clean_record[2], self._names)
-        # The second forward must not have changed what the first one recorded.
-        _check_unchanged(*clean_record)
+        check_same_sequence(clean_names, self._names)
         return clean_outputs, perturbed_outputs
 
     def __repr__(self) -> str:
@@ -151,10 +154,7 @@ class LayerProbe:
         self._outputs: List[torch.Tensor] = []
         self._names: List[str] = []
         self._modules: List[nn.Module] = []
-        self._versions: List[Optional[int]] = []
         self._calls: Dict[str, int] = {}
-        # storage key -> indices of recorded outputs that still alias the model's tensors
-        self._shared: Dict[tuple, List[int]] = {}
 
     def _on_forward_start(self, module, args):
         self._reset()
@@ -168,34 +168,12 @@ class LayerProbe:
         count = self._calls.get(name, 0)
         self._calls[name] = count + 1
         tensor = output if self.capture_grad else output.detach()
-        key = None if (self.clone or tensor.is_inference()) else _storage_key(tensor)
         index = len(self._outputs)
-        if key is None:
-            # Copy now: asked for, or an inference tensor has no version counter (so a later
-            # in-place change could not be detected), or the storage cannot be identified.
-            tensor = tensor.clone()
-            self._versions.append(None)
-        else:
-            # No copy: the tensor is the model's own. If an in-place module later takes it
-            # (or a view of it) as input, _before_inplace copies it first; any other in-place
-            # change bumps its version counter, which `outputs` checks.
-            self._shared.setdefault(key, []).append(index)
-            self._versions.append(tensor._version)
-        self._outputs.append(tensor)
+        self._outputs.append(tensor.clone() if self.clone else _snapshot(tensor))
         self._names.append(name if count == 0 else f"{name}#{count}")
         self._modules.append(module)
         if self.stop_after is not None and index >= self.stop_after:
             raise _StopForward(self)
-
-    def _before_inplace(self, module, args):
-        # An in-place module overwrites its input: copy the recorded outputs sharing that
-        # storage first, so they keep the value they had at their probe point. The copy is
-        # differentiable (clone), so capture_grad=True still reaches the earlier layers.
-        if not self._shared or not args or not isinstance(args[0], torch.Tensor):
-            return
-        for index in self._shared.pop(_storage_key(args[0]), ()):
-            self._outputs[index] = self._outputs[index].clone()
-            self._versions[index] = None
 
     # ------------------------------------------------------------------ helpers
 
@@ -343,25 +321,14 @@ def _describe(select) -> str:
     return repr(select)
 
 
-def _inplace_modules(model: nn.Module) -> List[nn.Module]:
-    # nn.ReLU, ELU, LeakyReLU, Hardtanh, Dropout, ... all spell the flag `inplace`.
-    return [m for m in model.modules() if getattr(m, "inplace", False) is True]
-
-
-def _storage_key(tensor: torch.Tensor):
-    """Identifies the memory a tensor (or any view of it) lives in; None if unknown."""
+def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor's value now, kept whatever later writes to its memory: a copy-on-write
+    clone (no copy unless the memory is written; differentiable, gradient = identity), or a
+    plain copy where copy-on-write storage is not available."""
+    if torch.compiler.is_compiling():
+        # Dynamo cannot trace _lazy_clone; in a graph a clone is exact and may be optimised away.
+        return tensor.clone()
     try:
-        return (tensor.device, tensor.untyped_storage().data_ptr())
-    except (RuntimeError, NotImplementedError, TypeError):
-        return None
-
-
-def _check_unchanged(outputs, versions, names):
-    for index, (tensor, version) in enumerate(zip(outputs, versions)):
-        if version is not None and tensor._version != version:
-            raise RuntimeError(
-                f"LayerProbe: probe point {index} ({names[index]!r}) was modified in place after it was "
-                "recorded, by an op outside an nn.Module with inplace=True (e.g. F.relu(x, inplace=True), "
-                "x += y, or x.mul_() inside a custom module), so its recorded value is no longer the "
-                "value at that probe point; create the LayerProbe with clone=True"
-            )
+        return torch._lazy_clone(tensor)
+    except (AttributeError, NotImplementedError, RuntimeError, TypeError):
+        return tensor.clone()

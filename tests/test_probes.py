@@ -210,13 +210,172 @@ def test_learnable_output_overwritten_by_inplace_relu_is_kept_with_grad():
 
 
 def test_no_copy_when_nothing_overwrites_the_output():
+    # The probe point and the model's tensor share one copy-on-write memory: nothing was
+    # copied (a copy would leave neither copy-on-write), and the gradient path is the model's.
     model, x = nn.Sequential(nn.Linear(4, 4), nn.ReLU()), torch.randn(2, 4)
     with LayerProbe(model, capture_grad=True) as probe:
         out = model(x)
-    assert probe.outputs[0] is out
+    recorded = probe.outputs[0]
+    assert torch._C._is_cow_tensor(recorded) and torch._C._is_cow_tensor(out)
+    assert recorded.grad_fn.next_functions[0][0] is out.grad_fn
+    torch.testing.assert_close(recorded, out, rtol=0, atol=0)
 
 
-def test_functional_inplace_change_is_detected_and_clone_fixes_it():
+class Residual(nn.Module):
+    """The issue's minimal case: torchvision's BasicBlock pattern, `out += identity` outside
+    any module, then an in-place ReLU whose input is the probed tensor."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.conv(x)
+        out += x
+        return self.relu(out)
+
+
+@pytest.mark.parametrize("capture_grad", [False, True])
+@pytest.mark.parametrize("grad_mode", ["no_grad", "grad", "inference_mode"])
+def test_residual_add_then_inplace_relu_keeps_the_returned_value(capture_grad, grad_mode):
+    torch.manual_seed(0)
+    model, x = Residual().eval(), torch.randn(2, 4, 6, 6)
+    with torch.no_grad():
+        want = model.conv(x)
+    context = {"no_grad": torch.no_grad, "grad": torch.enable_grad, "inference_mode": torch.inference_mode}[grad_mode]
+    with context():
+        probe = LayerProbe(model, select=(nn.Conv2d, nn.ReLU), capture_grad=capture_grad)
+        conv_out, relu_out = probe.capture(x)
+    torch.testing.assert_close(conv_out, want, rtol=0, atol=0)
+    torch.testing.assert_close(relu_out, torch.relu(want + x), rtol=0, atol=0)
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("capture_grad", [False, True])
+def test_residual_on_cuda_keeps_the_returned_value_without_a_copy_where_nothing_writes(capture_grad):
+    torch.manual_seed(0)
+    model = Residual().cuda().eval()
+    x = torch.randn(2, 4, 6, 6, device="cuda")
+    with torch.no_grad():
+        want = model.conv(x)
+    with torch.set_grad_enabled(capture_grad):
+        probe = LayerProbe(model, select=(nn.Conv2d, nn.ReLU), capture_grad=capture_grad)
+        conv_out, relu_out = probe.capture(x)
+    torch.testing.assert_close(conv_out, want, rtol=0, atol=0)
+    torch.testing.assert_close(relu_out, torch.relu(want + x), rtol=0, atol=0)
+    # the ReLU's output is written by nobody: a copy-on-write snapshot, no copy made
+    assert torch._C._is_cow_tensor(relu_out)
+
+
+def test_residual_gradients_flow_from_the_returned_value_only():
+    # d/dx of sum(conv(x)) must not see the identity branch that `out += x` added later.
+    torch.manual_seed(0)
+    model = Residual()
+    x = torch.randn(2, 4, 6, 6, requires_grad=True)
+    (conv_out,) = LayerProbe(model, select="learnable", capture_grad=True).capture(x)
+    (got,) = torch.autograd.grad(conv_out.sum(), x)
+    x2 = x.detach().requires_grad_()
+    (want,) = torch.autograd.grad(model.conv(x2).sum(), x2)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_residual_under_torch_compile_keeps_the_returned_value():
+    # Dynamo traces the hooks into the graph (fullgraph: no graph break), where the
+    # snapshot is a clone that functionalisation keeps apart from the later writes.
+    torch.manual_seed(0)
+    model, x = Residual().eval(), torch.randn(2, 4, 6, 6)
+    compiled = torch.compile(model, backend="aot_eager", fullgraph=True)
+    with torch.no_grad():
+        want = model.conv(x)
+        with LayerProbe(model, select=(nn.Conv2d, nn.ReLU)) as probe:
+            compiled(x)
+        conv_out, relu_out = probe.outputs
+    torch.testing.assert_close(conv_out, want, rtol=0, atol=0)
+    torch.testing.assert_close(relu_out, torch.relu(want + x), rtol=1e-6, atol=1e-6)
+    assert _hook_count(model) == 0
+
+
+class Writers(nn.Module):
+    """A probed Linear whose output the forward then changes in one of many ways."""
+
+    def __init__(self, how):
+        super().__init__()
+        self.fc = nn.Linear(4, 8)
+        self.how = how
+
+    def forward(self, x):
+        h = self.fc(x)
+        if self.how == "functional inplace relu":
+            h = F.relu(h, inplace=True)
+        elif self.how == "method":
+            h.mul_(3.0)
+        elif self.how == "out=":
+            torch.add(h, 1.0, out=h)
+        elif self.how == ".data":
+            h.data.zero_()
+        elif self.how == "view of it":
+            h[:, :3].fill_(5.0)
+        elif self.how == "setitem":
+            h[0] = 7.0
+        elif self.how == "copy_":
+            h.copy_(torch.ones_like(h))
+        elif self.how == "chunk relu_":
+            for part in h.chunk(2, dim=1):
+                part.relu_()
+        elif self.how == "inplace module on a view":
+            nn.Hardtanh(0.0, 0.1, inplace=True)(h[1:])
+        return h.sum(1)
+
+
+WRITES = ["functional inplace relu", "method", "out=", ".data", "view of it", "setitem", "copy_",
+          "chunk relu_", "inplace module on a view"]
+
+
+@pytest.mark.parametrize("how", WRITES)
+@pytest.mark.parametrize("clone", [False, True])
+def test_any_later_write_leaves_the_recorded_value(how, clone):
+    torch.manual_seed(0)
+    model, x = Writers(how), torch.randn(3, 4)
+    with torch.no_grad():
+        want = model.fc(x)
+        outs = LayerProbe(model, select="learnable", clone=clone).capture(x)
+    torch.testing.assert_close(outs[0], want, rtol=0, atol=0)
+
+
+def test_a_write_after_the_forward_leaves_the_recorded_value():
+    # The probed module's output is the model's return value, which the caller then changes.
+    torch.manual_seed(0)
+    model, x = nn.Sequential(nn.Linear(4, 3)), torch.randn(2, 4)
+    with torch.no_grad(), LayerProbe(model, select="learnable") as probe:
+        logits = model(x)
+        want = logits.clone()
+        logits.zero_()
+        assert (probe.outputs[0] == want).all() and (logits == 0).all()
+
+
+def test_probe_point_that_is_a_view_of_a_later_overwritten_tensor():
+    # nn.Flatten returns a view of its input; the forward then writes into that input.
+    class FlattenThenWrite(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.flat = nn.Flatten()
+
+        def forward(self, x):
+            h = x * 2
+            flat = self.flat(h)
+            h.add_(100.0)
+            return flat
+
+    x = torch.randn(2, 3, 2)
+    with torch.no_grad():
+        (got,) = LayerProbe(FlattenThenWrite(), select="flat").capture(x)
+    torch.testing.assert_close(got, (x * 2).flatten(1), rtol=0, atol=0)
+
+
+def test_functional_inplace_change_keeps_the_returned_value_with_and_without_clone():
+    # Before copy-on-write snapshots this raised and asked for clone=True; now the default
+    # records the value returned, and clone=True gives the same value.
     class InplaceFunctional(nn.Module):
         def __init__(self):
             super().__init__()
@@ -227,10 +386,10 @@ def test_functional_inplace_change_is_detected_and_clone_fixes_it():
 
     torch.manual_seed(0)
     model, x = InplaceFunctional(), torch.randn(8, 4)
-    with pytest.raises(RuntimeError, match=r"probe point 0 \('fc'\) was modified in place.*clone=True"):
-        LayerProbe(model, select="learnable").capture(x)
-    outs = LayerProbe(model, select="learnable", clone=True).capture(x)
-    torch.testing.assert_close(outs[0], model.fc(x))
+    for clone in (False, True):
+        outs = LayerProbe(model, select="learnable", clone=clone).capture(x)
+        torch.testing.assert_close(outs[0], model.fc(x))
+        assert (outs[0] < 0).any()
 
 
 def test_inplace_model_under_inference_mode():
@@ -334,6 +493,40 @@ def test_capture_grad_true_lets_the_regulariser_reach_both_passes():
     lsa_fast.relative_error(clean, perturbed, mode="sample").mean().backward()
     assert x.grad.abs().sum() > 0 and x_hat.grad.abs().sum() > 0
     assert model[0].weight.grad.abs().sum() > 0
+
+
+def _clone_hooks(model, select):
+    """An independent capture: plain forward hooks that copy (clone) each selected output."""
+    records, handles = [], []
+    for module in model.modules():
+        if isinstance(module, select):
+            handles.append(module.register_forward_hook(lambda m, args, out: records.append(out.clone())))
+    return records, handles
+
+
+def test_resnet18_probe_points_and_input_gradients_equal_an_independent_capture():
+    # torchvision's BasicBlock: bn2's output gets `+= identity`, then an in-place ReLU.
+    torchvision = pytest.importorskip("torchvision")
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(num_classes=10).eval()
+    select = (nn.Conv2d, nn.BatchNorm2d, nn.ReLU)
+    x = torch.randn(2, 3, 32, 32)
+    records, handles = _clone_hooks(model, select)
+    x_ref = x.clone().requires_grad_()
+    model(x_ref)
+    for handle in handles:
+        handle.remove()
+    weights = [torch.randn(r.shape, generator=torch.Generator().manual_seed(i)) for i, r in enumerate(records)]
+    (want,) = torch.autograd.grad(sum((w * r).sum() for w, r in zip(weights, records)), x_ref)
+
+    x_got = x.clone().requires_grad_()
+    outs = LayerProbe(model, select=select, capture_grad=True).capture(x_got)
+    assert len(outs) == len(records) == 57
+    for index, (got, ref) in enumerate(zip(outs, records)):
+        assert torch.equal(got, ref), f"probe point {index} differs from the independent capture"
+    (got,) = torch.autograd.grad(sum((w * o).sum() for w, o in zip(weights, outs)), x_got)
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+    assert _hook_count(model) == 0
 
 
 # ---------------------------------------------------------------------- sequences
