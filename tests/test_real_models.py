@@ -6,8 +6,9 @@ the BatchNorm before a residual `+=` included): each probe point equals an indep
 capture (plain forward hooks that clone) taken in the same forward, relative_error on the
 probe points equals an fp64 computation, and no hook is left behind; input gradients
 through capture_grad equal those through the cloned outputs; analyze() runs on each.
-The corpus holds the patterns that broke probes before: residual `+=` then an in-place
-ReLU (ResNet, timm's BatchNormAct), concatenation (DenseNet), squeeze-excitation scaling
+The corpus holds the patterns hooks must survive: residual `+=` then an in-place ReLU
+(ResNet), BatchNorm and activation in one module (timm's BatchNormAct2d), in-place
+activations after BatchNorm (DenseNet), concatenation (DenseNet), squeeze-excitation scaling
 (MobileNetV3, EfficientNet), depthwise convolutions and LayerNorm (ConvNeXt), attention
 whose out_proj module is never called (torchvision's ViT, nn.MultiheadAttention).
 """
@@ -65,13 +66,14 @@ NO_DEFAULT_ACTIVATIONS = {"efficientnet_b0", "convnext_tiny", "vit_b_16", "timm_
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
+def _one_thread_and_the_models_freed_after():
     # Batch-2 forwards gain nothing from threads, and on a machine shared with other jobs
     # OpenMP threads waiting at barriers for a descheduled peer cost 10-100x.
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+    _model_and_inputs.cache_clear()  # ~0.7 GB of weights, built once for this file
 
 
 @functools.lru_cache(maxsize=None)
