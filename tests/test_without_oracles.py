@@ -43,7 +43,7 @@ def test_cuda_selection_collects_without_any_oracle(tmp_path):
     assert result.returncode == 0, output[-3000:]
     assert not re.search(r"\d+ errors?\b|^ERROR", output, re.M), output[-3000:]
     collected = [line for line in result.stdout.splitlines() if "::" in line]
-    for module in ("test_relative_error.py", "test_kernel_edges.py", "test_real_models.py"):
+    for module in ("test_relative_error.py", "test_kernel_edges.py", "test_probes.py"):
         assert any(module in line for line in collected), f"no CUDA test collected from {module}"
 
 
