@@ -152,9 +152,11 @@ def capture_rng_state(generators: Optional[Mapping[str, Optional[torch.Generator
     }
 
 
-def restore_rng_state(state: Mapping, generators: Optional[Mapping[str, Optional[torch.Generator]]] = None) -> None:
+def restore_rng_state(state: Mapping, generators: Optional[Mapping[str, Optional[torch.Generator]]] = None) -> List[str]:
     """The inverse of capture_rng_state. CUDA states are restored only where CUDA is
-    available and the counts of devices agree."""
+    available and the counts of devices agree. Returns the names of the generators left
+    as they were because the saved state belongs to another device type (a run saved on
+    the CPU and resumed on a GPU, say)."""
     torch.set_rng_state(state["torch"].cpu())
     cuda = state.get("cuda") or []
     if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
@@ -165,9 +167,14 @@ def restore_rng_state(state: Mapping, generators: Optional[Mapping[str, Optional
     py = state["python"]
     random.setstate((py["version"], tuple(int(v) for v in py["state"].tolist()), py["gauss_next"]))
     saved = state.get("generators") or {}
+    skipped = []
     for name, gen in (generators or {}).items():
         if gen is not None and name in saved:
+            if gen.get_state().numel() != saved[name].numel():  # another device type's generator
+                skipped.append(name)
+                continue
             gen.set_state(saved[name].cpu())
+    return skipped
 
 
 # ---------------------------------------------------------------------------- helpers

@@ -382,7 +382,10 @@ class ATLRTrainer:
         rng = state.get("rng") or []
         if len(rng) == self.world_size:
             mine_rng = rng[self.rank]
-            restore_rng_state(mine_rng, {"attack": self.attack_generator})
+            if restore_rng_state(mine_rng, {"attack": self.attack_generator}):
+                warnings.warn(f"{where}: saved on another device type than {self.device.type}: the attacks' random "
+                              f"stream is reseeded, so the run continues correctly but not bit for bit")
+                self.attack_generator.manual_seed(_stream_seed(self.config.seed, self.rank, 1000 + self.epoch))
             self._resume_loader_state = (mine_rng.get("generators") or {}).get("loader")
         else:
             warnings.warn(f"{where}: written by {len(rng)} process(es), resumed by {self.world_size}: the random "

@@ -145,7 +145,7 @@ def test_pgd_l2_agrees_with_foolbox(confident, eps):
     model, x, y = confident
     model, x = copy.deepcopy(model).double(), x.double()
     attack = foolbox.attacks.L2PGD(abs_stepsize=eps / 4, steps=10, random_start=False)
-    _, theirs, _ = attack(foolbox.PyTorchModel(model, bounds=(0, 1)), x, y, epsilons=eps)
+    _, theirs, _ = attack(foolbox.PyTorchModel(model, bounds=(0, 1), device="cpu"), x, y, epsilons=eps)
     ours = A.pgd(model, x, y, eps=eps, alpha=eps / 4, steps=10, random_start=False, norm="l2")
     assert robust_accuracy(model, x, y) > 0.95
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-8)

@@ -116,7 +116,7 @@ def test_fp16_autocast_grad_scaler_keeps_stepping_with_a_dead_sample():
     probed; now it lowers its scale a few times and then steps."""
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2)).cuda()
-    optimizer = torch.optim.SGD(model.parameters(), lr=1e-3)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)  # fixed weights: the scaler's dynamics alone
     scaler = torch.amp.GradScaler("cuda")
     x = torch.randn(4, 8, device="cuda")
     x[0] = 0  # with a zero bias below, this sample's hidden layer is all zero

@@ -15,6 +15,8 @@ import pytest
 from lsa_fast.cli import _attach_negative_values, build_parser
 
 ROOT = Path(__file__).resolve().parents[1]
+if not (ROOT / "README.md").is_file():  # the tests copied beside an installed wheel (gpu_check.sh)
+    pytest.skip("testing an installed package: no README.md beside the tests", allow_module_level=True)
 README = (ROOT / "README.md").read_text()
 
 
