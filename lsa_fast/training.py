@@ -173,6 +173,13 @@ class ATLRTrainer:
         self._resume_loader_state: Optional[torch.Tensor] = None
         self._stop_requested = False
         self._setup_regulariser()
+        from .compiled_step import make_compiled_step
+        from .device_data import check_augmentation
+
+        self.compiled_step = make_compiled_step(self)
+        unapplied = check_augmentation(train_loader, config)
+        if unapplied:
+            warnings.warn(unapplied, stacklevel=2)
 
     # ------------------------------------------------------------------ training
 
@@ -260,24 +267,31 @@ class ATLRTrainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """One optimiser step; returns the detached stats of StepLoss (no host sync)."""
-        config = self.config
+        if self.compiled_step is not None:  # TrainConfig.compile: lsa_fast/compiled_step.py
+            stats = self.compiled_step(x, y)
+            if stats is not None:
+                return stats
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             step = self.compute_loss(x, y)
+        (self.scaler.scale(step.total) if self.scaler.is_enabled() else step.total).backward()
+        self.apply_gradients()
+        return step.stats
+
+    def apply_gradients(self) -> None:
+        """After the backward: GradScaler, gradient clipping, the optimiser and schedule steps."""
+        config = self.config
         if self.scaler.is_enabled():
-            self.scaler.scale(step.total).backward()
             if config.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            step.total.backward()
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
             self.optimizer.step()
         self.scheduler.step()
-        return step.stats
 
     @property
     def active_base(self) -> str:
@@ -337,7 +351,10 @@ class ATLRTrainer:
         where = state.get("path", "the checkpoint")
         saved = dict(state["config"])
         mine = self.config.to_dict()
-        differing = sorted(k for k in set(saved) | set(mine) if k != "extra" and saved.get(k) != mine.get(k))
+        # compile does not define the run; a field the checkpoint predates has its default there.
+        defaults = TrainConfig.field_defaults()
+        differing = sorted(k for k in set(saved) | set(mine)
+                           if k not in ("extra", "compile") and saved.get(k, defaults.get(k)) != mine.get(k))
         if differing:
             details = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint vs {mine.get(k)!r}" for k in differing[:6])
             raise ValueError(f"{where}: the checkpoint was written with a different configuration ({details}); "
@@ -619,7 +636,7 @@ def make_train_loader(dataset: Dataset, config: TrainConfig, rank: Optional[int]
                          f"{world_size} processes")
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed)
     return make_loader(dataset, config.batch_size // world_size, sampler=sampler, seed=config.seed,
-                       num_workers=num_workers, pin_memory=pin_memory)
+                       num_workers=num_workers, pin_memory=pin_memory, drop_last=config.drop_last)
 
 
 def setup_distributed(device: Union[str, torch.device, None] = None):

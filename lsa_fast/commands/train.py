@@ -19,10 +19,10 @@ import torch
 
 from ..analysis import eps_to_input_units
 from ..checkpoint import CHECKPOINT_NAME, FINAL_NAME, load_checkpoint
-from ..train_config import BASES, OPTIMIZERS, SCHEDULES, TrainConfig
+from ..device_data import make_device_loader
+from ..train_config import AUGMENT_MODES, BASES, COMPILE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..training import (
     ATLRTrainer,
-    make_train_loader,
     run_name,
     seed_everything,
     setup_distributed,
@@ -37,7 +37,7 @@ DEFAULT_EPS = {"moons": 0.3, "mnist": 0.3, "cifar10": 8 / 255}
 _RUN_OPTIONS = ("model", "dataset", "base", "lr_layers", "gamma", "epochs", "eps", "alpha", "steps",
                 "no_random_start", "beta", "attack_mode", "eta", "warmup_epochs", "batch_size", "optimizer",
                 "lr", "momentum", "weight_decay", "schedule", "amp", "channels_last", "grad_clip", "seed",
-                "n_train", "n_test", "noise", "limit")
+                "n_train", "n_test", "noise", "limit", "augment", "drop_last")
 
 
 def register(subparsers, name: str) -> argparse.ArgumentParser:
@@ -56,7 +56,8 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     general.add_argument("--n-test", type=int, help="moons: test samples (default 2000)")
     general.add_argument("--noise", type=float, help="moons: noise (default 0.2)")
     general.add_argument("--limit", type=int, help="keep the first N samples of each split (quick runs)")
-    general.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    general.add_argument("--workers", type=int, default=0,
+                         help="unused: the training data live on the device (kept for old command lines)")
     general.add_argument("--no-progress", action="store_true", help="no progress bar")
     general.add_argument("--stop-after-epoch", type=int, metavar="K",
                          help="stop (resumably) once K epochs are complete, e.g. to fit a job's time slot")
@@ -90,6 +91,14 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     optim.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast dtype (fp16: CUDA only)")
     optim.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
     optim.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    optim.add_argument("--augment", choices=AUGMENT_MODES,
+                       help="training augmentation on the device: crop-flip (random crop with 4-pixel padding + "
+                            "horizontal flip), none, or auto (default: crop-flip for cifar10, else none)")
+    optim.add_argument("--drop-last", action="store_true", default=None,
+                       help="drop each epoch's last, smaller batch (a static batch shape for CUDA graphs)")
+    optim.add_argument("--compile", nargs="?", const="auto", choices=COMPILE_MODES,
+                       help="compile the training step (torch.compile; on CUDA also CUDA graphs): --compile alone "
+                            "is auto (cudagraphs on CUDA, inductor on CPU); may differ on --resume")
     optim.add_argument("--seed", type=int, help="default 0")
     parser.set_defaults(run=run)
     return parser
@@ -112,6 +121,8 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> int:
         state = load_checkpoint(Path(args.resume) / CHECKPOINT_NAME if Path(args.resume).is_dir() else args.resume)
         config = TrainConfig.from_dict(state["config"])
         _check_resume_args(args, config, MODEL_DATASET)
+        if args.compile is not None:  # how to run, not what: a resumed run may change it
+            config.compile = args.compile
         out_dir = Path(args.out) if args.out else Path(state["path"]).parent
     else:
         if not args.out:
@@ -145,8 +156,10 @@ def _train(args, rank: int, world_size: int, device: torch.device) -> int:
 
     seed_everything(config.seed)  # the same initial weights on every rank
     model = build_model(config.model, **config.model_kwargs)
-    train_loader = make_train_loader(train_set, config, rank, world_size, num_workers=args.workers,
-                                     pin_memory=device.type == "cuda")
+    if args.workers:
+        print("lsa-fast train: --workers is unused: the training data are loaded onto the device once",
+              file=sys.stderr)
+    train_loader = make_device_loader(train_set, config, device, rank, world_size)
     test_loader = make_loader(test_set, max(config.batch_size // world_size, 1), shuffle=False)
     trainer = ATLRTrainer(model, config, train_loader, test_loader if rank == 0 else None, device=device,
                           out_dir=out_dir)
@@ -206,6 +219,7 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
         "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
         "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
         "amp": args.amp, "channels_last": args.channels_last, "grad_clip": args.grad_clip, "seed": args.seed,
+        "augment": args.augment, "drop_last": args.drop_last, "compile": args.compile,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.no_random_start:
