@@ -145,6 +145,8 @@ class CompiledStep:
             self.use_graphs = False
             warnings.warn(f"compile: CUDA graph capture failed ({_first_line(error)}); the step runs compiled "
                           f"without graphs", RuntimeWarning, stacklevel=3)
+            # Nothing ran during the capture, but the parameters may hold its unfinished .grad tensors.
+            self.trainer.optimizer.zero_grad(set_to_none=True)
             return units.run(x, y, x_start)
 
 
