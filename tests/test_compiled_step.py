@@ -200,6 +200,10 @@ def test_no_step_after_the_first_reads_a_tensor_value(compile_mode):
         calls["on"] = False
     assert count["n"] == 5
     assert {k: v for k, v in calls.items() if k != "on"} == {}
+    # The next epoch (its first step eager again, hooks added and removed) reuses the graphs.
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert trainer._train_epoch(progress=False)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
 
 
 @pytest.mark.cuda
@@ -223,6 +227,24 @@ def test_cuda_steps_do_not_synchronise(compile_mode):
         torch.cuda.set_sync_debug_mode("default")
     assert count["n"] == 8
     assert trainer.compiled_step is None or not trainer.compiled_step.failed
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("compile_mode", ["inductor", "cudagraphs"])
+def test_cuda_compiled_steps_train_the_eager_weights(compile_mode, monkeypatch):
+    # TF32 off: compiled and eager code may pick different convolution algorithms.
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    eager, fast = image_trainer("none", device="cuda", batches=7), image_trainer(compile_mode, device="cuda", batches=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # neither fallback: compiled, and graphed where asked
+        for trainer in (eager, fast):
+            assert trainer._train_epoch(progress=False)
+    if compile_mode == "cudagraphs":  # steps 2-3 warm up, 4 captures, 5-7 replay
+        assert fast.compiled_step.use_graphs and fast.compiled_step._graphs
+    for (name, a), b in zip(eager.module.state_dict().items(), fast.module.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
+    torch.testing.assert_close(fast._epoch_sums, eager._epoch_sums, rtol=1e-3, atol=1e-3)
 
 
 # ------------------------------------------------------------------ end to end
