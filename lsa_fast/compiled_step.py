@@ -96,7 +96,8 @@ class CompiledStep:
         self._graphs: Dict[tuple, _GraphedStep] = {}
         self._graph_shape: Optional[tuple] = None  # the one batch shape that gets graphs
 
-    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> Optional[torch.Tensor]:
+    def __call__(self, x: torch.Tensor, y: torch.Tensor, real: Optional[int] = None) -> Optional[torch.Tensor]:
+        """real: how many leading samples count in the stats (ATLRTrainer.compute_loss's)."""
         if self.failed or _VALUE_CHECKS.get():
             return None
         trainer = self.trainer
@@ -115,7 +116,7 @@ class CompiledStep:
         try:
             trainer.optimizer.zero_grad(set_to_none=True)
             x_start = units.draw_start(x)
-            stats = self._run(units, key, x, y, x_start)
+            stats = self._run(units, key, x, y, x_start, real)
         except torch._dynamo.exc.TorchDynamoException as error:
             if saved is None:
                 raise
@@ -134,17 +135,19 @@ class CompiledStep:
         trainer.apply_gradients()
         return stats
 
-    def _run(self, units: "_StepUnits", key: tuple, x, y, x_start) -> torch.Tensor:
-        shape = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype)
+    def _run(self, units: "_StepUnits", key: tuple, x, y, x_start, real) -> torch.Tensor:
+        # A graph replays the step of one batch shape (and one count of real samples).
+        shape = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, real)
         if not (self.use_graphs and units.graphable):
-            return units.run(x, y, x_start)
+            return units.run(x, y, x_start, real)
         if self._graph_shape is None:
             self._graph_shape = shape
         if shape != self._graph_shape:
-            return units.run(x, y, x_start)
+            return units.run(x, y, x_start, real)
         graphed = self._graphs.get(key)
         if graphed is None:
-            graphed = self._graphs[key] = _GraphedStep(units.run, list(self.trainer.module.parameters()))
+            run = lambda x, y, x_start: units.run(x, y, x_start, real)  # noqa: E731
+            graphed = self._graphs[key] = _GraphedStep(run, list(self.trainer.module.parameters()))
         try:
             return graphed(x, y, x_start)
         except RuntimeError as error:
@@ -155,7 +158,7 @@ class CompiledStep:
                           f"without graphs", RuntimeWarning, stacklevel=3)
             # Nothing ran during the capture, but the parameters may hold its unfinished .grad tensors.
             self.trainer.optimizer.zero_grad(set_to_none=True)
-            return units.run(x, y, x_start)
+            return units.run(x, y, x_start, real)
 
 
 class _StepUnits:
@@ -213,11 +216,12 @@ class _StepUnits:
             return x + 0.001 * torch.empty_like(x).normal_(generator=self.generator)
         return None
 
-    def run(self, x: torch.Tensor, y: torch.Tensor, x_start: Optional[torch.Tensor]) -> torch.Tensor:
+    def run(self, x: torch.Tensor, y: torch.Tensor, x_start: Optional[torch.Tensor],
+            real: Optional[int] = None) -> torch.Tensor:
         """Attack, loss, backward: the device work of a step; returns the stats."""
         x_hat = self.attack(x, y, x_start)
         scale = None if self.scale is None else self.scale.scale(torch.ones((), device=x.device))
-        return self.loss_backward(x, x_hat, y, scale)
+        return self.loss_backward(x, x_hat, y, scale, real)
 
     def attack(self, x, y, x_start):
         base = self.base
@@ -303,11 +307,12 @@ def _trades_step_fn(module, eps: float, alpha: float, autocast):
 def _loss_backward_fn(module, tap: Optional["_FeatureTap"], base: str, layers: List[int], gammas: List[float],
                       lr_grad: str, beta: float, binary: bool, autocast):
     """ATLRTrainer.compute_loss after the attack, then the backward (of total * scale
-    under GradScaler); returns the stats [task * batch, correct, regulariser * batch]."""
+    under GradScaler); returns the stats [task * real, correct among the first real
+    samples, regulariser * real] (real: the batch size when None)."""
     from .ops import layerwise_regularizer
     from .training import _kl_clean_adv, _task_loss
 
-    def loss_backward(x, x_hat, y, scale):
+    def loss_backward(x, x_hat, y, scale, real):
         with autocast():
             clean_logits = clean_feats = adv_feats = None
             if base == "trades":
@@ -325,8 +330,8 @@ def _loss_backward_fn(module, tap: Optional["_FeatureTap"], base: str, layers: L
             else:
                 regularizer = torch.zeros((), dtype=torch.float32, device=x.device)
                 total = task
-            batch = x.shape[0]
-            correct = (predicted_class(logits.detach()) == y).sum()
+            batch = x.shape[0] if real is None else real
+            correct = (predicted_class(logits.detach())[:batch] == y[:batch]).sum()
             stats = torch.stack([task.detach().double() * batch, correct.double(),
                                  regularizer.detach().double() * batch])
         (total if scale is None else total * scale).backward()

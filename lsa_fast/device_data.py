@@ -99,6 +99,15 @@ class DeviceLoader:
                 x = random_crop_flip(x, offsets[begin:begin + size], flips[begin:begin + size])
             yield x, self.y.index_select(0, index)
 
+    def real_samples(self, batch: int) -> int:
+        """How many samples of this process's batch `batch` are not the epoch's padding
+        (the padding repeats the epoch's first samples at its end; metrics count each
+        sample once)."""
+        start = batch * self._global_batch
+        size = min(self._global_batch, self._positions - start) // self.world_size
+        first = start + self.rank * size
+        return max(0, min(size, self.x.shape[0] - first))
+
     def _draw_epoch(self):
         """The epoch's order, then (crop-flip) one crop offset pair and one flip per position."""
         n = self.x.shape[0]

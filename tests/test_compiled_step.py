@@ -88,6 +88,18 @@ def test_the_compiled_steps_code_is_the_eager_step(moons, base, layers):
     assert not fast.compiled_step.failed
 
 
+def test_stats_count_only_the_real_samples(moons):
+    # real < batch: the last samples are an epoch's padding (DDP); they train but are not counted.
+    x, y = moons.tensors[0][:64], moons.tensors[1][:64]
+    eager, fast = make_trainer(moons, None), make_trainer(moons, "eager")
+    with no_value_checks():
+        full = eager.train_step(x, y)
+        part = fast.compiled_step(x, y, 5)
+    assert_same_training(eager, fast, [], [], exact=True)
+    torch.testing.assert_close(part[[0, 2]] / 5, full[[0, 2]] / 64)
+    assert 0 <= part[1] <= 5 and part[1] <= full[1]
+
+
 @pytest.mark.parametrize("model_name,base,layers", [("A", "pgd", (0, 2)), ("A", "trades", (1,)), ("A", "fast", (2,)),
                                                     ("B", "pgd", (1,))])
 def test_aot_eager_compiled_step_trains_the_eager_weights(moons, digits, model_name, base, layers):

@@ -64,6 +64,8 @@ def test_world_size_shards_give_the_global_batches_of_one_process():
     seen = [torch.cat([yb for _, yb in loader]) for loader in ranks]
     assert [len(s) for s in seen] == [5, 5]
     assert sorted(set(torch.cat(seen).tolist())) == list(range(9)) and seen[1][-1] == seen[0][0]
+    assert [[loader.real_samples(b) for b in range(3)] for loader in ranks] == [[2, 2, 1], [2, 2, 0]]
+    assert [single.real_samples(b) for b in range(3)] == [4, 4, 2]
 
 
 def test_crop_flip_draws_both_flips_and_every_offset():
