@@ -91,6 +91,12 @@ class CompiledStep:
         self.backend = {"inductor": "inductor", "cudagraphs": "inductor", "aot-eager": "aot_eager"}.get(mode)
         self.use_graphs = mode == "cudagraphs" and trainer.device.type == "cuda" and trainer.config.amp != "fp16"
         self.failed = False  # the model did not compile: every step is eager from now on
+        if self.backend is not None and not hasattr(torch._dynamo.config, "trace_autograd_ops"):
+            # The attack's torch.autograd.grad and the step's backward must be traced into the graphs.
+            self.failed = True
+            warnings.warn(f"compile: torch {torch.__version__} has no torch._dynamo.config.trace_autograd_ops, "
+                          f"which traces the attack's torch.autograd.grad and the backward into the graphs; "
+                          f"training eagerly", RuntimeWarning, stacklevel=3)
         self._tap: Optional[_FeatureTap] = None  # hooks on the probe modules, once a step regularises
         self._units: Dict[tuple, _StepUnits] = {}
         self._graphs: Dict[tuple, _GraphedStep] = {}
