@@ -1,16 +1,33 @@
-"""AT-LR training-step benchmark (issue 5, item 8): the time of one optimiser step of
-AT-PGD-10 and AT-PGD-10-LR (the layer-wise regulariser on one or two layers) with
+"""AT-LR training benchmark, two parts measured in one run.
+
+Part "steps" (issue 5, item 8): the time of one optimiser step of AT-PGD-10 and
+AT-PGD-10-LR (the layer-wise regulariser on one or two layers) with
 lsa_fast.training.ATLRTrainer.train_step, against the same AT-LR written plainly, the
 way a user would without lsa_fast: forward hooks collecting the regularised layers'
 outputs, the eager regulariser of lsa_fast/reference.py, torchattacks.PGD for the
-attack, an SGD step. Prints tables of ms/step and ratios and writes
-benchmarks/results/<device>-training.json.
+attack, an SGD step. Tables of ms/step and ratios.
 
-  python benchmarks/bench_training.py [--device cpu|cuda] [--quick] [--c-batch N] [--threads N]
+Part "epoch" (issue 15): images/s of an AT-PGD-10-LR epoch slice (`--slice` batches
+through the whole training loop: data, attack, regulariser, optimiser) in four
+variants: the plain loop (a host DataLoader, .to(device), hooks + eager regulariser +
+torchattacks, SGD); ours eager (ATLRTrainer.fit over a DeviceLoader); ours --compile
+(TrainConfig.compile="inductor"); ours compiled + CUDA graphs (compile="cudagraphs",
+CUDA only). Each variant first runs one slice as warm-up (compilation, CUDA-graph
+capture: reported as warm-up seconds), then `--rounds` timed slices in alternating
+order; ours trains with drop_last (a static batch shape). Model C's "ours" variants
+augment (crop-flip on the device, the CIFAR-10 protocol); the plain loop does not
+augment, which favours it. Without torchattacks (a GPU machine without network) the
+plain loop's attack is an eager PGD loop in torchattacks' order.
+
+  python benchmarks/bench_training.py [--device cpu|cuda] [--part steps|epoch|all] [--quick]
+                                      [--c-batch N] [--slice N] [--rounds N] [--threads N]
+
+Writes benchmarks/results/<device>-training.json (<device>-training-<part>.json for
+one part).
 
 Workloads: paper model B (MNIST CNN) at batch 256, and model C (VGG-19, CIFAR-10
 shapes) at a small batch on CPU (32; 8 with --quick) so that a CPU run stays
-bearable (a full CPU run still takes about 15 minutes on 2 cores), 128 on CUDA. Random weights, x = torch.rand, random labels. PGD-10, L-inf,
+bearable, 128 on CUDA. Random weights, x = torch.rand, random labels. PGD-10, L-inf,
 random start: eps 0.3 / alpha 0.01 on B, 8/255 / 2/255 on C. Both sides generate
 the attack in train mode (the trainer's default for PGD; torchattacks is told
 set_model_training_mode(model_training=True)), use SGD (lr 0.01, momentum 0.9,
@@ -19,9 +36,11 @@ probe indices (LayerProbe(select="hidden"): the hidden Conv/Linear outputs).
 
 Targets: LR step <= 1.10 x the AT step (ours, CPU and GPU); plain eager AT-LR >=
 1.2 x ours on GPU (reported on CPU as measured); no host sync inside a step (checked
-on CUDA with torch.cuda.set_sync_debug_mode).
+on CUDA with torch.cuda.set_sync_debug_mode). Epoch slices: on CPU, --compile ahead
+of eager for model B; on GPU, compiled + CUDA graphs >= 2x the plain loop for model
+B and >= 1.3x for model C.
 
-Every time is harness.time_it's median, taken in alternating rounds (--rounds, 3 by
+Every step time is harness.time_it's median, taken in alternating rounds (--rounds, 3 by
 default; the order reverses every round); a step time is the median over the rounds
 and a ratio the median of the per-round ratios. A CPU step takes seconds, so each
 round holds one timed step (after time_it's warm-up). On a shared
@@ -33,6 +52,7 @@ import argparse
 import copy
 import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -47,6 +67,7 @@ import lsa_fast  # noqa: E402
 from lsa_fast import reference  # noqa: E402
 from lsa_fast.models import build_model  # noqa: E402
 from lsa_fast.probes import LayerProbe  # noqa: E402
+from lsa_fast.device_data import DeviceLoader  # noqa: E402
 from lsa_fast.training import ATLRTrainer, TrainConfig  # noqa: E402
 
 try:
@@ -58,6 +79,12 @@ STEPS = 10
 LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 LR_STEP_TARGET = 1.10
 PLAIN_TARGET = 1.2
+# Epoch slices: (model, this variant / that variant) >= target, on the device named.
+SLICE_TARGETS = {
+    ("B", "ours --compile", "ours eager", "cpu"): 1.0,
+    ("B", "ours compiled + CUDA graphs", "plain", "cuda"): 2.0,
+    ("C", "ours compiled + CUDA graphs", "plain", "cuda"): 1.3,
+}
 
 # name: (model, input shape per sample, eps, alpha, one regularised layer, two layers)
 MODELS = {
@@ -69,27 +96,58 @@ MODELS = {
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true",
-                        help="one regularised layer only, no plain AT; model C at batch 8 on CPU")
+                        help="steps: one regularised layer only, no plain AT; model C at batch 8 on CPU; epoch: "
+                             "2-batch slices on CPU")
+    parser.add_argument("--part", choices=("steps", "epoch", "all"), default="all",
+                        help="steps (ms per training step), epoch (images/s of epoch slices) or all (default)")
     parser.add_argument("--c-batch", type=int, default=None, help="model C batch (default: 128 CUDA, 32 CPU, 8 quick CPU)")
+    parser.add_argument("--slice", type=int, default=None,
+                        help="batches per epoch slice (default: 20 CUDA, 4 CPU, 2 quick CPU)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating timing rounds (default: 3)")
     harness.add_common_arguments(parser, "-training")
     args = harness.parse_common(parser)
-    if torchattacks is None:
-        sys.exit("bench_training: torchattacks is needed for the plain baseline (pip install torchattacks)")
     info = harness.environment(args.device)
-    print(f"lsa_fast AT-LR training-step benchmark on {info['device']} ({info['threads']} threads), torch {info['torch']}")
+    ta_version = torchattacks.__version__ if torchattacks is not None else None
+    print(f"lsa_fast AT-LR training benchmark on {info['device']} ({info['threads']} threads), torch {info['torch']}, "
+          f"torchattacks {ta_version or 'not installed: the plain loop uses an eager PGD in its order'}")
     print(f"backend: {lsa_fast.backend()}")
     print("note: timings are medians; on a shared machine they are noisy")
     c_batch = args.c_batch or (128 if args.device == "cuda" else (8 if args.quick else 32))
     rounds = args.rounds or 3
-    min_run_time = 0.3 if args.quick else 1.0
+    min_run_time = 0.3 if args.quick else (0.5 if args.device == "cuda" else 1.0)
     workloads = [("B", 256), ("C", c_batch)]
+    payload = {
+        "benchmark": "training",
+        "environment": dict(info, torchattacks=ta_version),
+        "quick": args.quick,
+        "rounds": rounds,
+        "note": "shared machine: other jobs ran on the same cores; numbers are noisy",
+        "settings": {"pgd_steps": STEPS, "sgd": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
+                     "models": {k: {"eps": v[1], "alpha": v[2], "one_layer": v[3], "two_layers": v[4]}
+                                for k, v in MODELS.items()}},
+    }
+    if args.part in ("steps", "all"):
+        if torchattacks is not None:
+            payload["results"] = run_steps_part(workloads, args.device, args.quick, rounds, min_run_time)
+        elif args.part == "steps":
+            sys.exit("bench_training: the steps part compares with torchattacks (pip install torchattacks)")
+        else:
+            print("\nsteps part skipped: it compares with torchattacks, which is not installed", flush=True)
+            payload["results"] = "skipped: torchattacks not installed"
+    if args.part in ("epoch", "all"):
+        batches = args.slice or (20 if args.device == "cuda" else (2 if args.quick else 4))
+        payload["epoch_slices"] = run_epoch_part(workloads, args.device, batches, rounds)
+    suffix = "-training" if args.part == "all" else f"-training-{args.part}"
+    path = harness.write_results(args.out or harness.device_slug(info, args.device) + suffix, payload)
+    print(f"\nresults written to {path}")
 
+
+def run_steps_part(workloads, device, quick, rounds, min_run_time):
     results, time_rows, ratio_rows = {}, [], []
     for model_name, batch in workloads:
         name = f"model {model_name} ({'MNIST CNN' if model_name == 'B' else 'VGG-19'}) b{batch}"
-        print(f"\n{name} ...", flush=True)
-        result = bench_workload(model_name, batch, args.device, args.quick, rounds, min_run_time)
+        print(f"\nsteps: {name} ...", flush=True)
+        result = bench_workload(model_name, batch, device, quick, rounds, min_run_time)
         results[name] = result
         time_rows += [{"workload": name, "step": step, "ms/step": f"{ms:.1f}"} for step, ms in result["ms_per_step"].items()]
         ratio_rows += [{"workload": name, "ratio": ratio, "value": f"{value['value']:.3f}", "target": value["target"]}
@@ -101,19 +159,7 @@ def main():
     harness.print_table(f"ms per training step (median{'' if rounds == 1 else f' of {rounds} rounds'})",
                         time_rows, ["workload", "step", "ms/step"])
     harness.print_table("ratios (per-round median)", ratio_rows, ["workload", "ratio", "value", "target"])
-    payload = {
-        "benchmark": "training",
-        "environment": info,
-        "quick": args.quick,
-        "rounds": rounds,
-        "note": "shared machine: other jobs ran on the same cores; numbers are noisy",
-        "settings": {"pgd_steps": STEPS, "sgd": {"lr": LR, "momentum": MOMENTUM, "weight_decay": WEIGHT_DECAY},
-                     "models": {k: {"eps": v[1], "alpha": v[2], "one_layer": v[3], "two_layers": v[4]}
-                                for k, v in MODELS.items()}},
-        "results": results,
-    }
-    path = harness.write_results(args.out or harness.device_slug(info, args.device) + "-training", payload)
-    print(f"\nresults written to {path}")
+    return results
 
 
 def bench_workload(model_name, batch, device, quick, rounds, min_run_time):
@@ -182,6 +228,176 @@ def bench_workload(model_name, batch, device, quick, rounds, min_run_time):
     }
 
 
+def run_epoch_part(workloads, device, batches, rounds):
+    """Images/s of AT-PGD-10-LR epoch slices, four variants per model."""
+    results, rows, ratio_rows = {}, [], []
+    for model_name, batch in workloads:
+        name = f"model {model_name} ({'MNIST CNN' if model_name == 'B' else 'VGG-19'}) b{batch}"
+        print(f"\nepoch slices: {name}, {batches} batches ...", flush=True)
+        result = bench_epoch_slices(model_name, batch, device, batches, rounds)
+        results[name] = result
+        for label, entry in result["variants"].items():
+            row = {"workload": name, "variant": label}
+            if "error" in entry:
+                row["images/s"] = "failed: " + entry["error"][:60]
+            else:
+                rate = entry["images_per_s"]
+                row.update({"images/s": f"{rate:.0f}" if rate >= 100 else f"{rate:.2f}",
+                            "warm-up s": f"{entry['warmup_s']:.1f}",
+                            "vs plain": f"{entry['vs_plain']:.2f}x" if "vs_plain" in entry else ""})
+                if "steady_ms_per_batch" in entry:
+                    row["ms/batch after the 1st"] = f"{entry['steady_ms_per_batch']:.1f}"
+            rows.append(row)
+        for ratio, value in result["targets"].items():
+            ratio_rows.append({"workload": name, "ratio": ratio, "value": f"{value['value']:.3f}",
+                               "target": value["target"]})
+    harness.print_table(f"AT-PGD-10-LR epoch slices of {batches} batches (images/s: median of {rounds} rounds; "
+                        "vs plain: per-round ratio, median; ms/batch: median loop time of the batches after "
+                        "each slice's first, whose step ours runs eagerly with the value checks)", rows,
+                        ["workload", "variant", "images/s", "vs plain", "ms/batch after the 1st", "warm-up s"])
+    if ratio_rows:
+        harness.print_table("targets", ratio_rows, ["workload", "ratio", "value", "target"])
+    return results
+
+
+def bench_epoch_slices(model_name, batch, device, batches, rounds):
+    shape, eps, alpha, one, _ = MODELS[model_name]
+    n = batch * batches
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(n, *shape, generator=generator)
+    y = torch.randint(0, 10, (n,), generator=generator)
+    torch.manual_seed(0)
+    model = build_model(model_name)
+    augment = "crop-flip" if model_name == "C" else "none"
+    builders = {"plain": lambda: PlainEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one)}
+    modes = {"ours eager": "none", "ours --compile": "inductor"}
+    if device == "cuda":
+        modes["ours compiled + CUDA graphs"] = "cudagraphs"
+    for label, mode in modes.items():
+        builders[label] = (lambda mode=mode: OursEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one,
+                                                       mode, augment))
+    runners, variants = {}, {}
+    for label, build in builders.items():
+        # Warm-up slice: compilation and CUDA-graph capture happen here; a variant that fails is reported.
+        try:
+            runners[label] = build()
+            seconds = runners[label]()
+            variants[label] = {"warmup_s": seconds}
+            print(f"  {label}: warm-up slice {seconds:.1f} s", flush=True)
+        except Exception as error:  # report and go on: the other variants still get measured
+            runners.pop(label, None)
+            variants[label] = {"error": f"{type(error).__name__}: {error}"[:500]}
+            print(f"  {label}: FAILED {variants[label]['error'][:200]}", flush=True)
+    times = {label: [] for label in runners}
+    for runner in runners.values():
+        runner.clock.batch_seconds = []  # the warm-up's batches do not count
+    for r in range(rounds):
+        for label in (list(runners) if r % 2 == 0 else list(reversed(runners))):
+            times[label].append(runners[label]())
+    for label, seconds in times.items():
+        entry = variants[label]
+        entry.update({"images_per_s": n / statistics.median(seconds), "slice_s": seconds, "images": n})
+        steady = runners[label].clock.batch_seconds
+        if steady:
+            entry["steady_ms_per_batch"] = 1e3 * statistics.median(steady)
+            entry["steady_images_per_s"] = batch / statistics.median(steady)
+        if "plain" in times and label != "plain":
+            entry["vs_plain"] = statistics.median(p / t for p, t in zip(times["plain"], seconds))
+        fast = getattr(runners[label], "trainer", None)
+        if fast is not None and fast.compiled_step is not None:
+            entry["compile_fell_back_to_eager"] = fast.compiled_step.failed
+            entry["cuda_graphs"] = bool(fast.compiled_step._graphs) and fast.compiled_step.use_graphs
+    targets = {}
+    for (target_model, numerator, denominator, target_device), target in SLICE_TARGETS.items():
+        if target_model == model_name and target_device == device and numerator in times and denominator in times:
+            value = statistics.median(d / t for d, t in zip(times[denominator], times[numerator]))
+            targets[f"{numerator} / {denominator}"] = {"value": value, "target": _verdict(value >= target, f">= {target}")}
+    return {"model": model_name, "batch": batch, "batches": batches, "augment_ours": augment,
+            "augment_plain": "none", "variants": variants, "targets": targets}
+
+
+class OursEpoch:
+    """ATLRTrainer.fit over a DeviceLoader, one epoch (the slice) per call; seconds.
+    clock.batch_seconds: the loop time of each batch but the epoch's first (which runs
+    the eager, value-checked step), from marks at the start of every step."""
+
+    def __init__(self, model, x, y, batch, device, eps, alpha, layers, mode, augment):
+        config = TrainConfig(base="pgd", eps=eps, alpha=alpha, steps=STEPS, random_start=True, lr_layers=layers,
+                             gammas=1.0, epochs=1000, batch_size=batch, optimizer="sgd", lr=LR, momentum=MOMENTUM,
+                             weight_decay=WEIGHT_DECAY, schedule="constant", augment=augment, compile=mode,
+                             drop_last=True)
+        loader = DeviceLoader(x, y, batch, device=device, seed=0, augment=augment, drop_last=True)
+        self.trainer = ATLRTrainer(model, config, loader, device=device)
+        self.clock = _BatchClock(device)
+        step = self.trainer.train_step
+
+        def marked_step(xb, yb):
+            self.clock.mark()
+            return step(xb, yb)
+
+        self.trainer.train_step = marked_step
+
+    def __call__(self) -> float:
+        self.clock.start()
+        self.trainer.fit(stop_after_epoch=self.trainer.epoch + 1)
+        return self.clock.stop()
+
+
+class PlainEpoch:
+    """The loop a user writes: a shuffling host DataLoader, .to(device), PlainATLR."""
+
+    def __init__(self, model, x, y, batch, device, eps, alpha, layers):
+        from torch.utils.data import DataLoader, TensorDataset
+
+        self.step = PlainATLR(model.to(device).train(), eps, alpha, layers)
+        self.loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True,
+                                 pin_memory=device == "cuda", generator=torch.Generator().manual_seed(0))
+        self.device = device
+        self.clock = _BatchClock(device)
+
+    def __call__(self) -> float:
+        self.clock.start()
+        for xb, yb in self.loader:
+            self.clock.mark()
+            self.step(xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True))
+        return self.clock.stop()
+
+
+class _BatchClock:
+    """Wall time of a slice, and the time between consecutive step starts after the
+    first one (CUDA events, read once at the end: no sync inside the slice)."""
+
+    def __init__(self, device):
+        self.cuda = device == "cuda"
+        self.batch_seconds = []
+
+    def start(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.marks = []
+        self.began = time.perf_counter()
+
+    def mark(self):
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.marks.append(event)
+        else:
+            self.marks.append(time.perf_counter())
+
+    def stop(self) -> float:
+        self.mark()
+        if self.cuda:
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - self.began
+        marks = self.marks[1:]  # from the second step's start on
+        if self.cuda:
+            self.batch_seconds += [a.elapsed_time(b) / 1e3 for a, b in zip(marks, marks[1:])]
+        else:
+            self.batch_seconds += [b - a for a, b in zip(marks, marks[1:])]
+        return seconds
+
+
 class PlainATLR:
     """AT(-LR) as a user writes it without lsa_fast: torchattacks PGD, forward hooks on
     the regularised layers (recording only around the two training forwards), the
@@ -190,8 +406,11 @@ class PlainATLR:
     def __init__(self, model, eps, alpha, layers):
         self.model = model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-        self.attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=STEPS, random_start=True)
-        self.attack.set_model_training_mode(model_training=True)
+        if torchattacks is not None:
+            self.attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=STEPS, random_start=True)
+            self.attack.set_model_training_mode(model_training=True)
+        else:
+            self.attack = _EagerPGD(model, eps, alpha)
         self.layers = layers
         self.recorded = None
         if layers:
@@ -221,6 +440,24 @@ class PlainATLR:
         loss.backward()
         self.optimizer.step()
         return loss.detach()
+
+
+class _EagerPGD:
+    """torchattacks.PGD's loop (random start, signed steps, projection, [0, 1] clip) in
+    train mode, for machines without torchattacks."""
+
+    def __init__(self, model, eps, alpha):
+        self.model, self.eps, self.alpha = model, eps, alpha
+
+    def __call__(self, x, y):
+        self.model.train()
+        x_adv = torch.clamp(x + torch.empty_like(x).uniform_(-self.eps, self.eps), min=0, max=1).detach()
+        for _ in range(STEPS):
+            x_adv.requires_grad_(True)
+            (grad,) = torch.autograd.grad(F.cross_entropy(self.model(x_adv), y), x_adv)
+            x_adv = x_adv.detach() + self.alpha * grad.sign()
+            x_adv = torch.clamp(x + torch.clamp(x_adv - x, min=-self.eps, max=self.eps), min=0, max=1).detach()
+        return x_adv
 
 
 def _trainer(model, x, y, eps, alpha, layers):

@@ -9,13 +9,18 @@ import numbers
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
-__all__ = ["TrainConfig", "BASES", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "ATTACK_MODES"]
+__all__ = ["TrainConfig", "BASES", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "ATTACK_MODES", "COMPILE_MODES",
+           "AUGMENT_MODES"]
 
 BASES = ("none", "fgsm", "fast", "pgd", "apgd", "trades")
 OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("auto", "constant", "piecewise", "cosine", "cyclic")
 AMP_MODES = ("none", "bf16", "fp16")
 ATTACK_MODES = ("auto", "train", "eval")
+# torch.compile of the training step (lsa_fast.compiled_step): auto = cudagraphs on CUDA,
+# inductor on CPU; aot-eager traces without generating code (a debugging aid).
+COMPILE_MODES = ("none", "auto", "inductor", "cudagraphs", "aot-eager")
+AUGMENT_MODES = ("auto", "none", "crop-flip")
 
 
 @dataclasses.dataclass
@@ -35,6 +40,14 @@ class TrainConfig:
     absolute directory its data files were read from (None for generated data; not part
     of the run's identity: a resumed run may read the same data from elsewhere, see
     lsa_fast.data_record); extra holds free JSON notes.
+
+    compile: "none" (eager), "auto" (True), "inductor", "cudagraphs" (inductor, and the
+    whole step of a full batch replayed as one CUDA graph; on CPU the same as
+    inductor) or "aot-eager"; see lsa_fast.compiled_step. It does not define the run:
+    a run may be resumed with another value. augment: "crop-flip" (random crop with
+    4-pixel padding + horizontal flip, on the device; see lsa_fast.device_data),
+    "none", or "auto" (crop-flip for cifar10, else none). drop_last: drop each
+    epoch's last, smaller batch (every step then has the same shape).
     """
 
     base: str = "pgd"
@@ -59,6 +72,9 @@ class TrainConfig:
     amp: str = "none"
     channels_last: bool = False
     grad_clip: Optional[float] = None
+    compile: Union[bool, str] = "none"
+    augment: Union[bool, str] = "auto"
+    drop_last: bool = False
     seed: int = 0
     model: Optional[str] = None
     model_kwargs: Dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -97,6 +113,12 @@ class TrainConfig:
                            aliases={"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "off": "none"})
         self.channels_last = bool(self.channels_last)
         self.grad_clip = None if self.grad_clip is None else _real("grad_clip", self.grad_clip, minimum=0.0, strict=True)
+        # True / False are accepted for the two switches (compile=True is "auto").
+        self.compile = _choice("compile", _switch(self.compile, on="auto"), COMPILE_MODES,
+                               aliases={"off": "none", "on": "auto", "default": "inductor", "reduce-overhead": "cudagraphs"})
+        self.augment = _choice("augment", _switch(self.augment, on="crop-flip"), AUGMENT_MODES, aliases={"off": "none"})
+        if not isinstance(self.drop_last, bool):
+            raise ValueError(f"TrainConfig: drop_last must be True or False, got {self.drop_last!r}")
         self.seed = _integer("seed", self.seed, minimum=0)
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             self.data_dir = str(self.data_dir)
@@ -131,6 +153,11 @@ class TrainConfig:
             return "cyclic"
         return "piecewise" if self.optimizer == "sgd" else "constant"
 
+    def resolved_augment(self) -> str:
+        if self.augment != "auto":
+            return self.augment
+        return "crop-flip" if self.dataset == "cifar10" else "none"
+
     def resolved_attack_mode(self) -> str:
         if self.attack_mode != "auto":
             return self.attack_mode
@@ -144,6 +171,12 @@ class TrainConfig:
         if isinstance(data["gammas"], tuple):
             data["gammas"] = list(data["gammas"])
         return data
+
+    @classmethod
+    def field_defaults(cls) -> Dict[str, Any]:
+        """The plain default of every field that has one (what a checkpoint written
+        before a field existed stands for)."""
+        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
@@ -258,6 +291,12 @@ def _normalise_gammas(gammas):
             raise ValueError(f"TrainConfig: every gamma must be a finite number >= 0, got {value!r}")
         out.append(number)
     return out[0] if not isinstance(gammas, (list, tuple)) else out
+
+
+def _switch(value, on: str):
+    if value is None or value is False:
+        return "none"
+    return on if value is True else value
 
 
 def _choice(name: str, value, choices, aliases=None) -> str:

@@ -178,6 +178,13 @@ class ATLRTrainer:
         self._stop_requested = False
         self._stop_signal: Optional[str] = None
         self._setup_regulariser()
+        from .compiled_step import make_compiled_step
+        from .device_data import check_augmentation
+
+        self.compiled_step = make_compiled_step(self)
+        unapplied = check_augmentation(train_loader, config)
+        if unapplied:
+            warnings.warn(unapplied, stacklevel=2)
 
     # ------------------------------------------------------------------ training
 
@@ -268,24 +275,31 @@ class ATLRTrainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor, real: Optional[int] = None) -> torch.Tensor:
         """One optimiser step; returns the detached stats of StepLoss (no host sync)."""
-        config = self.config
+        if self.compiled_step is not None:  # TrainConfig.compile: lsa_fast/compiled_step.py
+            stats = self.compiled_step(x, y, real)
+            if stats is not None:
+                return stats
         self.optimizer.zero_grad(set_to_none=True)
         with self._autocast():
             step = self.compute_loss(x, y, real)
+        (self.scaler.scale(step.total) if self.scaler.is_enabled() else step.total).backward()
+        self.apply_gradients()
+        return step.stats
+
+    def apply_gradients(self) -> None:
+        """After the backward: GradScaler, gradient clipping, the optimiser and schedule steps."""
+        config = self.config
         if self.scaler.is_enabled():
-            self.scaler.scale(step.total).backward()
             if config.grad_clip is not None:
                 self.scaler.unscale_(self.optimizer)
                 nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            step.total.backward()
             if config.grad_clip is not None:
                 nn.utils.clip_grad_norm_(self.module.parameters(), config.grad_clip)
             self.optimizer.step()
         self.scheduler.step()
-        return step.stats
 
     @property
     def active_base(self) -> str:
@@ -345,9 +359,11 @@ class ATLRTrainer:
         where = state.get("path", "the checkpoint")
         saved = _normalised_config(state["config"])
         mine = self.config.to_dict()
-        # Neither notes nor the data's location make another run (lsa_fast.data_record checks the data).
+        # Neither notes nor the data's location make another run (lsa_fast.data_record checks the
+        # data); compile does not define the run; a field the checkpoint predates has its default.
+        defaults = TrainConfig.field_defaults()
         differing = sorted(k for k in set(saved) | set(mine)
-                           if k not in ("extra", "data_dir") and saved.get(k) != mine.get(k))
+                           if k not in ("extra", "data_dir", "compile") and saved.get(k, defaults.get(k)) != mine.get(k))
         if differing:
             details = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint vs {mine.get(k)!r}" for k in differing[:6])
             raise ValueError(f"{where}: the checkpoint was written with a different configuration ({details}); "
@@ -508,6 +524,8 @@ class ATLRTrainer:
         False) pads the epoch to a multiple of the world size with repeats of its first
         samples, placed last, so every rank takes the same steps. Training sees them;
         the metrics count each sample once."""
+        if hasattr(self.train_loader, "real_samples"):  # lsa_fast.device_data.DeviceLoader
+            return int(self.train_loader.real_samples(index))
         sampler = getattr(self.train_loader, "sampler", None)
         if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
             return batch
@@ -662,7 +680,7 @@ def make_train_loader(dataset: Dataset, config: TrainConfig, rank: Optional[int]
                          f"{world_size} processes")
     sampler = DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True, seed=config.seed)
     return make_loader(dataset, config.batch_size // world_size, sampler=sampler, seed=config.seed,
-                       num_workers=num_workers, pin_memory=pin_memory)
+                       num_workers=num_workers, pin_memory=pin_memory, drop_last=config.drop_last)
 
 
 def setup_distributed(device: Union[str, torch.device, None] = None):

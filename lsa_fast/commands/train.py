@@ -36,18 +36,18 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..data_record import check_fingerprint, data_dir_to_read, data_dir_to_record, fingerprint, missing_data_hint
+from ..device_data import make_device_loader
 from ..model_fit import FITS, check_model_fits, check_model_name
 from ..models import MODEL_DATASET, model_options, parse_model_options
 from ..models import model_dataset as implied_dataset
 from ..run_data import describe, load_split, record
 from ..run_lock import RunLock
-from ..train_config import BASES, OPTIMIZERS, SCHEDULES, TrainConfig
+from ..train_config import AUGMENT_MODES, BASES, COMPILE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
 from ..training import (
     CONFIG_NAME,
     METRICS_NAME,
     ATLRTrainer,
     learning_rate_at,
-    make_train_loader,
     run_name,
     seed_everything,
     setup_distributed,
@@ -66,7 +66,7 @@ DEFAULT_EPS = {"moons": 0.3, "mnist": 0.3, "cifar10": 8 / 255}
 _RUN_OPTIONS = ("model", "dataset", "base", "lr_layers", "gamma", "epochs", "eps", "alpha", "steps",
                 "no_random_start", "beta", "attack_mode", "eta", "warmup_epochs", "batch_size", "optimizer",
                 "lr", "momentum", "weight_decay", "schedule", "amp", "channels_last", "grad_clip", "seed",
-                "n_train", "n_test", "noise", "limit", "model_option")
+                "n_train", "n_test", "noise", "limit", "model_option", "augment", "drop_last")
 
 # What a run directory holds (a new run refuses a directory that has one of the first two).
 _RUN_FILES = (CHECKPOINT_NAME, FINAL_NAME, CONFIG_NAME, METRICS_NAME)
@@ -97,7 +97,8 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     general.add_argument("--n-test", type=int, help="moons: test samples (default 2000)")
     general.add_argument("--noise", type=float, help="moons: noise (default 0.2)")
     general.add_argument("--limit", type=int, help="keep the first N samples of each split (quick runs)")
-    general.add_argument("--workers", type=int, default=0, help="DataLoader worker processes (default 0)")
+    general.add_argument("--workers", type=int, default=0,
+                         help="unused: the training data live on the device (kept for old command lines)")
     general.add_argument("--no-progress", action="store_true", help="no progress bar")
     general.add_argument("--stop-after-epoch", type=int, metavar="K",
                          help="stop (resumably) once K epochs are complete, e.g. to fit a job's time slot")
@@ -134,6 +135,14 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     optim.add_argument("--amp", choices=("none", "bf16", "fp16"), help="autocast dtype (fp16: CUDA only)")
     optim.add_argument("--channels-last", action="store_true", default=None, help="channels_last memory format")
     optim.add_argument("--grad-clip", type=float, help="clip the gradient norm to this value")
+    optim.add_argument("--augment", choices=AUGMENT_MODES,
+                       help="training augmentation on the device: crop-flip (random crop with 4-pixel padding + "
+                            "horizontal flip), none, or auto (default: crop-flip for cifar10, else none)")
+    optim.add_argument("--drop-last", action="store_true", default=None,
+                       help="drop each epoch's last, smaller batch (a static batch shape for CUDA graphs)")
+    optim.add_argument("--compile", nargs="?", const="auto", choices=COMPILE_MODES,
+                       help="compile the training step (torch.compile; on CUDA also CUDA graphs): --compile alone "
+                            "is auto (cudagraphs on CUDA, inductor on CPU); may differ on --resume")
     optim.add_argument("--seed", type=int, help="default 0")
     parser.set_defaults(run=run)
     return parser
@@ -171,6 +180,8 @@ def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path
         _check_resume_args(args, config, MODEL_DATASET, ignore=("epochs",) if extending else ())
         if extending:
             config = _extend(config, args.epochs, state, out_dir, rank)
+        if args.compile is not None:  # how to run, not what: a resumed run may change it
+            config.compile = args.compile
 
     if state is not None and int(state["epoch"]) >= config.epochs:
         done = _on_rank0(rank, world_size, lambda: _complete(state, config, out_dir))
@@ -184,8 +195,9 @@ def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path
     check_model_fits(model, config.model, config.dataset)  # before the data is read
     train_set, test_set = _load_data(args, config, resumed=state is not None)
     _say(rank, "training data: " + describe(config.dataset, config.data_options, "train", len(train_set)))
-    train_loader = make_train_loader(train_set, config, rank, world_size, num_workers=args.workers,
-                                     pin_memory=device.type == "cuda")
+    if args.workers:
+        _say(rank, "--workers is unused: the training data are loaded onto the device once")
+    train_loader = make_device_loader(train_set, config, device, rank, world_size)
     test_loader = make_loader(test_set, max(config.batch_size // world_size, 1), shuffle=False)
     trainer = ATLRTrainer(model, config, train_loader, test_loader if rank == 0 else None, device=device,
                           out_dir=out_dir)
@@ -349,6 +361,7 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
         "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
         "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
         "amp": args.amp, "channels_last": args.channels_last, "grad_clip": args.grad_clip, "seed": args.seed,
+        "augment": args.augment, "drop_last": args.drop_last, "compile": args.compile,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.no_random_start:
