@@ -50,10 +50,11 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .attacks._common import _VALUE_CHECKS, attack_mode, mean_loss, predicted_class
+from .attacks._common import _VALUE_CHECKS, attack_mode, predicted_class, summed_loss
 from .attacks.pgd import random_start_point
 from .attacks.trades import _as_multiclass
-from .probes import LayerProbe, _inplace_modules
+from .probes import LayerProbe
+from .probes import _snapshot as snapshot_output
 
 __all__ = ["CompiledStep", "make_compiled_step", "resolve_compile_mode"]
 
@@ -264,7 +265,7 @@ def _signed_step_fn(module, eps: float, alpha: float, autocast):
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
             with autocast():
-                value = mean_loss(module(x_adv), y)
+                value = summed_loss(module(x_adv), y)  # as the eager attacks: per-sample gradients
             (grad,) = torch.autograd.grad(value.sum(), x_adv, allow_unused=True)
         grad = torch.zeros_like(x_adv) if grad is None else grad
         return ops.pgd_step(x_adv, grad, x, alpha, eps, norm="linf")
@@ -277,7 +278,7 @@ def _fgsm_fn(module, eps: float, autocast):
         x_adv = x.detach().requires_grad_(True)
         with torch.enable_grad():
             with autocast():
-                value = mean_loss(module(x_adv), y)
+                value = summed_loss(module(x_adv), y)  # as the eager attacks: per-sample gradients
             (grad,) = torch.autograd.grad(value.sum(), x_adv, allow_unused=True)
         grad = torch.zeros_like(x_adv) if grad is None else grad
         return torch.clamp(x + eps * grad.sign(), min=0, max=1)
@@ -367,8 +368,6 @@ class _FeatureTap:
 
     def __init__(self, module):
         self.selected = LayerProbe(module, select="hidden").selected
-        # An in-place module (ReLU(inplace=True)) would overwrite a recorded output: copy it.
-        self.clone = bool(_inplace_modules(module))
         self.recording = False
         self.stop_after: Optional[int] = None
         self.outputs: List[torch.Tensor] = []
@@ -380,7 +379,8 @@ class _FeatureTap:
         if not isinstance(output, torch.Tensor):
             raise TypeError(f"compile: probe module {type(module).__name__} returned a {type(output).__name__}, "
                             f"not a tensor")
-        self.outputs.append(output.clone() if self.clone else output)
+        # as LayerProbe: the value the module returned, whatever later writes to its memory
+        self.outputs.append(snapshot_output(output))
         if self.stop_after is not None and len(self.outputs) > self.stop_after:
             raise _TapStop()
 
