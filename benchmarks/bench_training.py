@@ -331,9 +331,9 @@ class OursEpoch:
         self.clock = _BatchClock(device)
         step = self.trainer.train_step
 
-        def marked_step(xb, yb):
+        def marked_step(xb, yb, real=None):
             self.clock.mark()
-            return step(xb, yb)
+            return step(xb, yb, real)
 
         self.trainer.train_step = marked_step
 

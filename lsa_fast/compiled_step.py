@@ -240,29 +240,35 @@ class _StepUnits:
             return x.clone()  # the eps-ball is the point x: the eager attacks return without a forward
         with attack_mode(self.module, self.attack_mode):
             if base == "fgsm":
-                return self.fgsm(x, y)
+                return self.fgsm(_leaf(x), y)
             if base == "fast":
-                return self.iteration(x_start, x, y)
+                return self.iteration(_leaf(x_start), x, y)
             if base == "pgd":
                 x_adv = x_start if x_start is not None else x.clone()
                 for _ in range(self.steps):
-                    x_adv = self.iteration(x_adv, x, y)
+                    x_adv = self.iteration(_leaf(x_adv), x, y)
                 return x_adv
             p_clean = self.clean_probabilities(x)
             x_adv = x_start
             for _ in range(self.steps):
-                x_adv = self.iteration(x_adv, x, p_clean)
+                x_adv = self.iteration(_leaf(x_adv), x, p_clean)
             return x_adv
 
 
 # ------------------------------------------------------------------ the compiled functions
 
 
+def _leaf(x: torch.Tensor) -> torch.Tensor:
+    """The attack's input as a leaf that requires grad, made outside the compiled graph:
+    dynamo before torch 2.14 cannot trace requires_grad_ (seen on 2.11), and the graph
+    needs only the gradient with respect to it."""
+    return x.detach().requires_grad_(True)
+
+
 def _signed_step_fn(module, eps: float, alpha: float, autocast):
     """One PGD / FGSM-RS iteration: x_adv + alpha * sign(grad of the loss), projected."""
 
-    def iteration(x_adv, x, y):
-        x_adv = x_adv.detach().requires_grad_(True)
+    def iteration(x_adv, x, y):  # x_adv: a leaf that requires grad (_leaf, outside the graph)
         with torch.enable_grad():
             with autocast():
                 value = summed_loss(module(x_adv), y)  # as the eager attacks: per-sample gradients
@@ -274,14 +280,13 @@ def _signed_step_fn(module, eps: float, alpha: float, autocast):
 
 
 def _fgsm_fn(module, eps: float, autocast):
-    def fgsm(x, y):
-        x_adv = x.detach().requires_grad_(True)
+    def fgsm(x_adv, y):  # x_adv: x as a leaf that requires grad (_leaf, outside the graph)
         with torch.enable_grad():
             with autocast():
                 value = summed_loss(module(x_adv), y)  # as the eager attacks: per-sample gradients
             (grad,) = torch.autograd.grad(value.sum(), x_adv, allow_unused=True)
         grad = torch.zeros_like(x_adv) if grad is None else grad
-        return torch.clamp(x + eps * grad.sign(), min=0, max=1)
+        return torch.clamp(x_adv.detach() + eps * grad.sign(), min=0, max=1)
 
     return fgsm
 
@@ -298,8 +303,7 @@ def _clean_probabilities_fn(module, autocast):
 def _trades_step_fn(module, eps: float, alpha: float, autocast):
     """One step of TRADES' inner maximisation of KL(f(x) || f(x_adv))."""
 
-    def iteration(x_adv, x, p_clean):
-        x_adv = x_adv.detach().requires_grad_(True)
+    def iteration(x_adv, x, p_clean):  # x_adv: a leaf that requires grad (_leaf, outside the graph)
         with torch.enable_grad():
             with autocast():
                 logits = module(x_adv)

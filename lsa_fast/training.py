@@ -430,7 +430,12 @@ class ATLRTrainer:
         loader_generator = getattr(self.train_loader, "generator", None)
         if loader_generator is not None:
             if self._resume_loader_state is not None:
-                loader_generator.set_state(self._resume_loader_state)
+                if loader_generator.get_state().numel() == self._resume_loader_state.numel():
+                    loader_generator.set_state(self._resume_loader_state)
+                else:  # saved on another device type: this epoch's order cannot be restored
+                    warnings.warn("the data order was saved on another device type: this epoch's order is "
+                                  "reseeded, so the run continues correctly but not bit for bit")
+                    loader_generator.manual_seed(_stream_seed(self.config.seed, self.rank, 3000 + self.epoch))
             self._epoch_loader_state = loader_generator.get_state()
         self._resume_loader_state = None
         skip = self.step_in_epoch

@@ -226,11 +226,11 @@ def test_cuda_steps_do_not_synchronise(compile_mode):
     step = trainer.train_step
     count = {"n": 0}
 
-    def checked_step(x, y):
+    def checked_step(x, y, real=None):
         count["n"] += 1
         if count["n"] >= 5:
             torch.cuda.set_sync_debug_mode("error")
-        return step(x, y)
+        return step(x, y, real)
 
     trainer.train_step = checked_step
     try:
