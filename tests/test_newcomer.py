@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from lsa_fast.checkpoint import load_checkpoint, save_checkpoint
-from lsa_fast.data import load_dataset, make_loader
+from lsa_fast.data import load_dataset, make_loader, moons_standardization
 from lsa_fast.models import build_model
 from lsa_fast.training import ATLRTrainer, TrainConfig
 
@@ -69,8 +69,11 @@ def test_demo_run_directories_reproduce_the_demo_numbers(demo):
              for directory in runs}
     for directory, row in runs.items():
         data = json.loads((out / directory / "config.json").read_text())["data_options"]
+        # The demo's moons are standardized with its training split's statistics, recorded as numbers.
+        mean, std = moons_standardization(settings["n_train"], settings["noise"], settings["seed"])
         assert data == {"n_train": settings["n_train"], "n_test": settings["n_test"], "noise": settings["noise"],
-                        "seed": settings["seed"], "unit_map": {"low": [-2.0, -2.25], "scale": 5.0}}
+                        "seed": settings["seed"], "standardize": {"mean": mean, "std": std},
+                        "unit_map": {"low": [-5.0, -5.0], "scale": 10.0}}
         code, stdout, stderr = finish(evals[directory])
         assert code == 0, stderr
         assert f"moons test split: {settings['n_test']} samples (noise {settings['noise']:g}, data seed 0" in stderr
