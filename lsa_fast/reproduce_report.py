@@ -491,6 +491,12 @@ def _units(dataset: str, moons_units: str) -> str:
     return "moons coordinates (the models see them mapped into [0, 1]^2 by (x - (-2, -2.25)) / 5)"
 
 
+def _short_units(summary: Dict) -> str:
+    if summary["dataset"] != "moons":
+        return "pixel fractions"
+    return "z units" if summary["settings"].get("standardize") else "moons units"
+
+
 def _attack_title(attack: str, settings) -> str:
     if attack == "pgd":
         return f"PGD-{settings.eval_pgd_steps}"
@@ -532,7 +538,8 @@ def plot_rg_scores(summary: Dict, path, dpi: int = 120) -> str:
     axes.legend(fontsize=9, loc="upper left", ncol=2)
     grid = ", ".join(f"{e:g}" for e in summary.get("eps_grid", []))
     smoke = "SMOKE RUN: " if summary.get("smoke") else ""
-    axes.set_title(f"{smoke}R&G scores on {summary['dataset']} (like the paper's Fig. 6) at eps {grid}", fontsize=10)
+    axes.set_title(f"{smoke}R&G scores on {summary['dataset']} (like the paper's Fig. 6) at eps {grid} "
+                   f"({_short_units(summary)})", fontsize=10)
     figure.tight_layout()
     return save_figure(figure, path, dpi)
 
@@ -580,11 +587,12 @@ def plot_cm_layers(summary: Dict, path, dpi: int = 120) -> str:
             if i == 0:  # the same rows in every panel of a column
                 handles, labels = axes.get_legend_handles_labels()
                 star = Line2D([], [], linestyle="", marker="*", markersize=12, markerfacecolor="0.7",
-                              markeredgecolor="k", label="layer the row regularises")
+                              markeredgecolor="k", label="layer the variant regularises")
                 axes.legend(handles + [star], labels + [star.get_label()], fontsize=8, loc="upper left")
     seeds = len(summary["seeds"])
     smoke = "SMOKE RUN: " if summary.get("smoke") else ""
-    figure.suptitle(f"{smoke}Mean CM per layer on {summary['dataset']} test samples; error bars: std over {seeds} "
+    figure.suptitle(f"{smoke}Mean CM per layer on {summary['dataset']} test samples (eps in {_short_units(summary)}); "
+                    f"error bars: std over {seeds} "
                     f"seed{'s' if seeds > 1 else ''}; dashed grey: Normal, black: the base, colours: its LR rows",
                     fontsize=10)
     figure.tight_layout(rect=(0, 0, 1, 0.97))
