@@ -120,6 +120,8 @@ def paper_claims(summary: Dict) -> Dict:
       over seeds) of that layer's clean output norm ||phi_k(x)|| (CM's denominator) and of
       ||phi_k(x) - phi_k(x_hat)|| under FGSM (its numerator).
     - normal: our Normal row's FGSM R&G against the paper's (a check of the units).
+    - lr_grad_vs_table: in the sweep, each gradient path against the table's, at the same
+      base, layer and gamma.
     - statements: each claim in a sentence with its verdict (claims_summary prints them)."""
     rows = summary["rows"]
     confidence = summary["settings"].get("confidence", 0.95)
@@ -189,9 +191,33 @@ def paper_claims(summary: Dict) -> Dict:
         "cm_falls": cm_falls,
         "cm_parts": norm_changes,
         "normal": normal_check,
+        "lr_grad_vs_table": _gradient_paths(summary, confidence),
     }
     claims["statements"] = _statements(summary, claims)
     return claims
+
+
+def _gradient_paths(summary: Dict, confidence: float) -> List[Dict]:
+    """Per sweep base and gamma, every other gradient path against the table's
+    (settings.lr_grad): the LR row with one minus the LR row with the other, paired on
+    the seed, under every evaluation attack."""
+    rows = summary["rows"]
+    attacks = list(summary["eval_attacks"])
+    table_mode = summary["settings"].get("lr_grad", "both")
+    lr_rows = {(row["base_row"], row["lr_layer"], row["gamma"], row["lr_grad"]): name
+               for name, row in rows.items() if row["base_row"] is not None}
+    items = []
+    for (base_row, layer, gamma, mode), name in lr_rows.items():
+        reference = lr_rows.get((base_row, layer, gamma, table_mode))
+        if mode == table_mode or reference is None or not (rows[name]["sweep"] or rows[reference]["sweep"]):
+            continue
+        item = {"base_row": base_row, "layer": layer, "gamma": gamma, "lr_grad": mode, "against": table_mode,
+                "row": name, "reference_row": reference}
+        for attack in attacks:
+            item[attack] = paired_difference(rows[name]["evaluation"][attack]["rg"],
+                                             rows[reference]["evaluation"][attack]["rg"], confidence)
+        items.append(item)
+    return items
 
 
 def _statements(summary: Dict, claims: Dict) -> List[Dict]:
@@ -210,7 +236,7 @@ def _statements(summary: Dict, claims: Dict) -> List[Dict]:
                      f"(FGSM: " + ", ".join(f"{item['paper_difference']:+.2f}" for item in paper_best) + ")",
             "ours": "; ".join(f"{summary['eval_attacks'][a]}: {_counts_text(ours[a], len(paper_best))}"
                               for a in attacks),
-            "holds": _holds([ours[a] for a in attacks], len(paper_best)),
+            "holds": _by_attack(summary, {a: _holds([ours[a]], len(paper_best)) for a in attacks}),
         })
     if len(table_items) > len(paper_best):
         paper_up = sum(1 for item in table_items if (item["paper_difference"] or 0) > 0)
@@ -233,8 +259,8 @@ def _statements(summary: Dict, claims: Dict) -> List[Dict]:
             "paper": f"{total} of {total} bases",
             "ours": "; ".join(f"{summary['eval_attacks'][a]}: best mean R&G for {counts[a]} of {total}"
                               for a in attacks),
-            "holds": "yes" if all(counts[a] == total for a in attacks) else (
-                "no" if all(counts[a] == 0 for a in attacks) else "partly"),
+            "holds": _by_attack(summary, {a: "yes" if counts[a] == total else ("no" if counts[a] == 0 else "partly")
+                                          for a in attacks}),
         })
     if claims["cm_falls"]:
         total = len(claims["cm_falls"])
@@ -302,7 +328,8 @@ def to_markdown(summary: Dict) -> str:
     lines += ["", _units_note(summary), ""]
     for attack in summary["eval_attacks"]:
         lines += [main_table(summary, attack), ""]
-    lines += [_differences_section(summary), "", _sweep_section(summary), "", _best_section(summary), "",
+    lines += [_differences_section(summary), "", _sweep_section(summary), "", _gradient_paths_section(summary), "",
+              _best_section(summary), "",
               _cm_section(summary), "", _collapse_section(summary), "", _mvl_section(summary), "",
               _per_seed_section(summary), "",
               f"## The paper's table ({summary['paper_source']})", "",
@@ -390,6 +417,23 @@ def _sweep_section(summary: Dict) -> str:
         cells = [f"{_interval(item[a])} | {item[a]['verdict']}" for a in attacks]
         lines.append(f"| {item['base_row']} | {item['gamma']:g} | {item['lr_grad']} | " + " | ".join(cells)
                      + f" | {item['collapsed']} |")
+    return "\n".join(lines)
+
+
+def _gradient_paths_section(summary: Dict) -> str:
+    items = summary["claims"].get("lr_grad_vs_table") or []
+    if not items:
+        return "## Gradient paths compared\n\nNo sweep of the gradient paths in these settings."
+    attacks = list(summary["eval_attacks"])
+    against = items[0]["against"]
+    lines = [f"## Gradient paths compared: each lr_grad minus lr_grad {against} (the same base, layer, gamma and "
+             f"seed), R&G, mean [95% interval]", "",
+             "| base | layer | gamma | lr_grad | " + " | ".join(f"{summary['eval_attacks'][a]} | verdict" for a in attacks)
+             + " |", "|---|---|---:|---|" + "---:|---|" * len(attacks)]
+    for item in sorted(items, key=lambda i: (i["base_row"], i["gamma"], i["lr_grad"])):
+        cells = [f"{_interval(item[a])} | {item[a]['verdict']}" for a in attacks]
+        lines.append(f"| {item['base_row']} | L{item['layer']} | {item['gamma']:g} | {item['lr_grad']} | "
+                     + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -652,6 +696,13 @@ def _counts_text(counts: Dict[str, int], total: int) -> str:
             f"{counts['no difference detected']} of {total}")
 
 
+def _by_attack(summary: Dict, verdicts: Dict[str, str]) -> str:
+    """One verdict when every attack gives it, else 'FGSM: ...; PGD-20: ...'."""
+    if len(set(verdicts.values())) == 1:
+        return next(iter(verdicts.values()))
+    return "; ".join(f"{summary['eval_attacks'][attack]}: {verdict}" for attack, verdict in verdicts.items())
+
+
 def _holds(counts: Sequence[Dict[str, int]], total: int, any_suffices: bool = False) -> str:
     """yes (every case higher; any_suffices: one case higher), partly, no (some lower,
     none higher), not shown (no difference detected anywhere), undecided (one seed)."""
@@ -660,7 +711,7 @@ def _holds(counts: Sequence[Dict[str, int]], total: int, any_suffices: bool = Fa
     if all(c["higher"] == total for c in counts) or (any_suffices and any(c["higher"] for c in counts)):
         return "yes"
     if any(c["higher"] for c in counts):
-        return "partly"
+        return "partly (higher in " + ", ".join(str(c["higher"]) for c in counts) + f" of {total})"
     if any(c["lower"] for c in counts):
         return "no (lower in " + ", ".join(str(c["lower"]) for c in counts) + f" of {total})"
     return "not shown (no difference detected)"

@@ -178,6 +178,12 @@ def test_reproduce_moons_reports_settings_and_verdicts(moons, capsys):
     assert len(claims["lr_vs_base"]) == 12 + len(QUICK_SWEEP) and len(claims["cm_falls"]) == 24
     assert "## What holds" in markdown and "## gamma and gradient paths of LR-L2 (sweep)" in markdown
     assert "| AT-FGSM | 3 | numerator |" in markdown
+    # Each gradient path against the table's (both) at the same gamma: 2 gammas x 2 other paths.
+    paths = claims["lr_grad_vs_table"]
+    assert sorted((item["gamma"], item["lr_grad"]) for item in paths) == [
+        (1.0, "adversarial"), (1.0, "numerator"), (3.0, "adversarial"), (3.0, "numerator")]
+    assert all(item["against"] == "both" and item["base_row"] == "AT-FGSM" for item in paths)
+    assert "## Gradient paths compared: each lr_grad minus lr_grad both" in markdown
 
 
 def _main_table(markdown, heading):
@@ -360,3 +366,14 @@ def test_reproduce_mnist_quick_on_synthetic_files(tmp_path):
                                                                            541.73])
     for name in ("rg_scores.png", "cm_layers.png"):
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_verdicts_are_given_per_attack_when_the_attacks_disagree():
+    settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), seeds=3)
+    rg = {"Normal": [250.0, 260.0, 255.0], "AT-APGD": [400.0, 410.0, 405.0], "AT-APGD-LR-L0": [420.0, 425.0, 430.0]}
+    runs = _fake_runs(TABLE_3, settings, 0.0, rg)
+    for run in runs:  # under PGD the LR row loses what it wins under FGSM
+        if run["row"] == "AT-APGD-LR-L0":
+            run["rg"]["pgd"] = run["rg"]["fgsm"] - 40.0 - run["seed"]
+    statement = summarise(TABLE_3, settings, runs)["claims"]["statements"][0]
+    assert statement["holds"] == "FGSM: yes; PGD-2: no (lower in 1 of 1)"

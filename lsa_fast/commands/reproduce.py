@@ -77,4 +77,3 @@ def run(args) -> int:
         run_reproduce(args.dataset, out, settings, data_dir=args.data, device=device, progress=not args.no_progress,
                       workers=workers)
     return 0
-
