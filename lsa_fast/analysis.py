@@ -9,8 +9,10 @@ counts are merged, so the report equals that of a single process (up to the roun
 of the merge order).
 
 Units: the attacks work in model-input units. Moons inputs are the moons mapped into
-[0, 1]^2 by x' = (x - MOONS_LOW) / MOONS_SCALE (lsa_fast.data), so a distance eps in the
-paper's moons units is eps / MOONS_SCALE in input units; eps_to_input_units converts.
+[0, 1]^2 by x' = (x - MOONS_LOW) / MOONS_SCALE (lsa_fast.data), so a distance eps in
+moons coordinates is eps / MOONS_SCALE in input units; standardized moons (z-scores, the
+paper's units) are mapped by (z - MOONS_STANDARDIZED_LOW) / MOONS_STANDARDIZED_SCALE, so
+eps in z units is eps / MOONS_STANDARDIZED_SCALE; eps_to_input_units converts.
 """
 from __future__ import annotations
 
@@ -24,7 +26,7 @@ import torch
 from torch.utils.data import Sampler
 
 from .attacks import STATISTICAL, BoundAttack, canonical_name, correct, get_attack, parse_attack_spec
-from .data import MOONS_SCALE, DATASET_NAMES
+from .data import DATASET_NAMES, moons_unit_map
 from .ops import relative_error
 from .probes import LayerProbe, check_same_sequence
 from .report import LSAReport, PerturbationResult
@@ -59,13 +61,14 @@ def analyze(
     loader: Iterable,
     perturbations: Perturbations,
     eta: float = 1.0,
-    select="hidden",
+    select="activations",
     device: Optional[Union[str, torch.device]] = None,
     progress: bool = True,
     eta_sweep: Sequence[float] = DEFAULT_ETA_SWEEP,
     *,
     dataset: Optional[str] = None,
     model_name: Optional[str] = None,
+    moons_units: str = "raw",
 ) -> LSAReport:
     """Algorithm 2 of the paper: perturb every batch of `loader` with every perturbation
     and run Algorithm 1 on the per-sample comparison measure of all probe points.
@@ -80,11 +83,14 @@ def analyze(
       salt-and-pepper, speckle, ...); or lsa_fast.attacks.BoundAttack objects.
       A perturbation is "noise" when its name is a statistical noise, else "adversarial".
     eta: the MVL threshold of Algorithm 1; eta_sweep: the etas the report also lists.
-    select: the probe points (LayerProbe's select); "hidden" = the outputs of the Conv and
-      Linear layers except the output layer: the paper's learnable layers L0, L1, ...,
-      whose indices are those of the trainer's --lr-layers.
+    select: the probe points (LayerProbe's select); "activations" (default) = the outputs of
+      the ReLU/ELU/LeakyReLU modules, one per hidden layer: the paper's L0, L1, ... as the
+      authors' code measures them, whose indices are those of the trainer's --lr-layers
+      (TrainConfig.probes); "hidden" = the Conv/Linear outputs but the last (before the
+      activation).
     device: where batches go (the model is moved there too); default: the model's device.
-    dataset: "moons", "mnist" or "cifar10", only to record each eps in the dataset's units.
+    dataset: "moons", "mnist" or "cifar10", only to record each eps in the dataset's units
+      (moons_units: "raw" or "standardized" moons, see eps_to_input_units).
 
     The report's `combined` result is Algorithm 1 on the CM matrices of all adversarial
     perturbations stacked (pooled statistics), not the union of their MVL lists: a layer
@@ -99,7 +105,7 @@ def analyze(
     eta_sweep = [_check_eta("eta_sweep", e) for e in eta_sweep]
     if dataset is not None:
         dataset = _check_dataset(dataset)
-    entries = _normalise_perturbations(perturbations, dataset)
+    entries = _normalise_perturbations(perturbations, dataset, moons_units)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"analyze: model must be a torch.nn.Module, got {type(model).__name__}")
     if device is not None:
@@ -213,20 +219,22 @@ def analyze(
     )
 
 
-def eps_to_input_units(dataset: str, eps: float, attack: Optional[str] = None) -> float:
-    """A perturbation strength in the dataset's own (the paper's) units -> model-input
-    units: eps / MOONS_SCALE for moons (lsa_fast.data maps the moons into [0, 1]^2 by
-    (x - MOONS_LOW) / MOONS_SCALE), unchanged for mnist and cifar10 (already in [0, 1]).
-    With attack= a unitless perturbation (salt, pepper, salt-and-pepper, speckle), eps
-    is returned unchanged on every dataset."""
-    scale = _scale(dataset, attack)
+def eps_to_input_units(dataset: str, eps: float, attack: Optional[str] = None, moons_units: str = "raw") -> float:
+    """A perturbation strength in the dataset's own units -> model-input units: for moons
+    eps / MOONS_SCALE in moons coordinates (moons_units="raw"; lsa_fast.data maps the
+    moons into [0, 1]^2 by (x - MOONS_LOW) / MOONS_SCALE) or eps / MOONS_STANDARDIZED_SCALE
+    in z units (moons_units="standardized", the paper's units; a run's data record says
+    which: lsa_fast.run_data.moons_units); unchanged for mnist and cifar10 (already in
+    [0, 1]). With attack= a unitless perturbation (salt, pepper, salt-and-pepper,
+    speckle), eps is returned unchanged on every dataset."""
+    scale = _scale(dataset, attack, moons_units)
     return float(eps) / scale if scale != 1.0 else float(eps)
 
 
-def eps_from_input_units(dataset: str, eps: float, attack: Optional[str] = None) -> float:
+def eps_from_input_units(dataset: str, eps: float, attack: Optional[str] = None, moons_units: str = "raw") -> float:
     """The inverse of eps_to_input_units, rounded to 12 significant digits so that
     0.02 in input units reads back as 0.1 moons units, not 0.10000000000000002."""
-    scale = _scale(dataset, attack)
+    scale = _scale(dataset, attack, moons_units)
     return float(f"{float(eps) * scale:.12g}") if scale != 1.0 else float(eps)
 
 
@@ -267,7 +275,8 @@ class _Entry(NamedTuple):
     eps_dataset: Optional[float]
 
 
-def _normalise_perturbations(perturbations: Perturbations, dataset: Optional[str]) -> List[_Entry]:
+def _normalise_perturbations(perturbations: Perturbations, dataset: Optional[str],
+                            moons_units: str = "raw") -> List[_Entry]:
     if isinstance(perturbations, str):
         perturbations = [s for s in perturbations.split(",") if s.strip()]
     items: List[Tuple[str, Perturbation]] = []
@@ -304,7 +313,8 @@ def _normalise_perturbations(perturbations: Perturbations, dataset: Optional[str
         kind = getattr(fn, "kind", None) or ("noise" if attack in STATISTICAL else "adversarial")
         if kind not in ("adversarial", "noise"):
             raise ValueError(f"analyze: perturbation {name!r} has kind {kind!r}; expected 'adversarial' or 'noise'")
-        eps_dataset = None if (dataset is None or eps is None) else eps_from_input_units(dataset, eps, attack)
+        eps_dataset = (None if (dataset is None or eps is None)
+                       else eps_from_input_units(dataset, eps, attack, moons_units))
         entries.append(_Entry(name, fn, kind, attack, eps, eps_dataset))
     return entries
 
@@ -460,8 +470,9 @@ def _check_dataset(dataset: str) -> str:
     return key
 
 
-def _scale(dataset: str, attack: Optional[str]) -> float:
+def _scale(dataset: str, attack: Optional[str], moons_units: str = "raw") -> float:
     dataset = _check_dataset(dataset)
+    scale = moons_unit_map(moons_units)[1]  # checks moons_units on every dataset
     if attack is not None and canonical_name(attack) in UNITLESS_PERTURBATIONS:
         return 1.0
-    return MOONS_SCALE if dataset == "moons" else 1.0
+    return scale if dataset == "moons" else 1.0

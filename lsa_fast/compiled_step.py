@@ -13,7 +13,7 @@ What runs where:
   regularised layer unless TRADES needs its logits), the adversarial forward, task
   loss + regulariser, and the backward into the parameters' .grad, traced too.
   Layer outputs are taken by forward hooks registered once on the probe modules
-  (the trainer's LayerProbe(select="hidden") points), which the graph inlines.
+  (the trainer's LayerProbe(select=TrainConfig.probes) points), which the graph inlines.
 - The optimiser step, gradient clipping, GradScaler and the schedule run eagerly
   after it (ATLRTrainer.apply_gradients), as in the eager step.
 - mode "cudagraphs" on CUDA: after two warm-up steps of a batch shape, the attack +
@@ -199,7 +199,7 @@ class _StepUnits:
         gammas = list(trainer._gammas) if layers else []
         lr_grad = getattr(config, "lr_grad", "both")
         if layers and owner._tap is None:
-            owner._tap = _FeatureTap(module)
+            owner._tap = _FeatureTap(module, config.probes)
         self.loss_backward = compile_fn(_loss_backward_fn(
             module, owner._tap, base, list(layers), gammas, lr_grad, config.beta, trainer.binary, autocast))
         self.scale = trainer.scaler if trainer.scaler.is_enabled() else None
@@ -370,8 +370,8 @@ class _FeatureTap:
     inlines them; hooks added and removed every step would recompile it). They record
     only inside run(); a module called twice is two probe points, as in LayerProbe."""
 
-    def __init__(self, module):
-        self.selected = LayerProbe(module, select="hidden").selected
+    def __init__(self, module, select):
+        self.selected = LayerProbe(module, select=select).selected
         self.recording = False
         self.stop_after: Optional[int] = None
         self.outputs: List[torch.Tensor] = []

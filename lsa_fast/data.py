@@ -2,7 +2,8 @@
 
 - Moons: generated here (the two interleaving half circles of scikit-learn's
   ``make_moons``), mapped by a fixed affine map into [0, 1]^2 so that attacks can clip
-  to [0, 1] like on images.
+  to [0, 1] like on images; optionally standardized first (each axis z-scored with the
+  training split's mean and std, the paper's coordinates: see ``moons_standardization``).
 - MNIST: the four standard IDX files (raw or .gz) in DIR, DIR/MNIST/raw (torchvision's
   layout) or DIR/raw.
 - CIFAR-10: the standard python batches (data_batch_1..5, test_batch) in DIR or
@@ -29,6 +30,11 @@ __all__ = [
     "DATASET_INFO",
     "MOONS_LOW",
     "MOONS_SCALE",
+    "MOONS_STANDARDIZED_LOW",
+    "MOONS_STANDARDIZED_SCALE",
+    "MOONS_UNITS",
+    "moons_unit_map",
+    "moons_standardization",
     "MNIST_FILES",
     "CIFAR10_FILES",
     "load_dataset",
@@ -63,6 +69,16 @@ DATASET_INFO: Dict[str, Dict[str, object]] = {
 MOONS_LOW: Tuple[float, float] = (-2.0, -2.25)
 MOONS_SCALE: float = 5.0
 
+# Standardized moons (z = (x - mean) / std per axis, mean and std of the training split,
+# as a StandardScaler fitted before training does: the coordinates the paper's numbers
+# fit) are mapped by z' = (z - MOONS_STANDARDIZED_LOW) / MOONS_STANDARDIZED_SCALE, the
+# square [-5, 5]^2 onto [0, 1]^2: five standard deviations each way, so the clamp touches
+# nothing at noise 0.2 (the farthest points lie near |z| = 3). A radius eps in z units is
+# eps / MOONS_STANDARDIZED_SCALE in input units.
+MOONS_STANDARDIZED_LOW: Tuple[float, float] = (-5.0, -5.0)
+MOONS_STANDARDIZED_SCALE: float = 10.0
+MOONS_UNITS: Tuple[str, ...] = ("raw", "standardized")
+
 MNIST_FILES: Dict[str, Tuple[str, str]] = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -81,18 +97,21 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, train: bool = T
 
     Options: ``limit`` (keep the first N samples, for quick runs) for every dataset;
     for moons also ``n_samples`` (size of the requested split; default 10000 train,
-    2000 test), ``noise`` (0.2), ``seed`` (0), ``to_unit`` (True).  The moons train and
-    test splits are independent draws from the same seed (see ``moons_split``).
+    2000 test), ``noise`` (0.2), ``seed`` (0), ``to_unit`` (True) and ``standardize``
+    (None: moons coordinates; (mean, std): z-scored with them, then mapped by the
+    standardized unit map; ``moons_standardization`` gives the training split's).  The
+    moons train and test splits are independent draws from the same seed (see
+    ``moons_split``).
     ``data_dir`` (MNIST, CIFAR-10) defaults to ``default_data_dir()``.
     """
     key = _canonical_dataset(name)
     limit = kw.pop("limit", None)
     if key == "moons":
-        allowed = {"n_samples", "noise", "seed", "to_unit"}
+        allowed = {"n_samples", "noise", "seed", "to_unit", "standardize"}
         _reject_unknown(key, kw, allowed | {"limit"})
         n = kw.pop("n_samples", _MOONS_DEFAULT_N["train" if train else "test"])
         x, y = _moons_part(n, kw.get("noise", 0.2), kw.get("seed", 0),
-                           "train" if train else "test", kw.get("to_unit", True))
+                           "train" if train else "test", kw.get("to_unit", True), kw.get("standardize"))
     else:
         _reject_unknown(key, kw, {"limit"})
         root = default_data_dir() if data_dir is None else data_dir
@@ -160,16 +179,40 @@ def moons_split(n_train: int = 10000, n_test: int = 2000, noise: float = 0.2, se
     return train, test
 
 
-def moons_to_unit(x: torch.Tensor) -> torch.Tensor:
-    """The fixed affine map of moons coordinates into [0, 1]^2 (then clamped)."""
-    low = torch.tensor(MOONS_LOW, dtype=x.dtype, device=x.device)
-    return ((x - low) / MOONS_SCALE).clamp_(0.0, 1.0)
+def moons_unit_map(units: str = "raw") -> Tuple[Tuple[float, float], float]:
+    """(low, scale) of the affine map x' = (x - low) / scale into [0, 1]^2 for moons in
+    `units`: "raw" (moons coordinates) or "standardized" (z-scores)."""
+    if units == "raw":
+        return MOONS_LOW, MOONS_SCALE
+    if units == "standardized":
+        return MOONS_STANDARDIZED_LOW, MOONS_STANDARDIZED_SCALE
+    raise ValueError(f"moons units must be one of {', '.join(MOONS_UNITS)}, got {units!r}")
 
 
-def moons_from_unit(x: torch.Tensor) -> torch.Tensor:
-    """Inverse of ``moons_to_unit`` (for plotting in the original moons coordinates)."""
-    low = torch.tensor(MOONS_LOW, dtype=x.dtype, device=x.device)
-    return x * MOONS_SCALE + low
+def moons_to_unit(x: torch.Tensor, units: str = "raw") -> torch.Tensor:
+    """The fixed affine map of moons coordinates (or z-scores, units="standardized")
+    into [0, 1]^2 (then clamped)."""
+    low, scale = moons_unit_map(units)
+    return ((x - torch.tensor(low, dtype=x.dtype, device=x.device)) / scale).clamp_(0.0, 1.0)
+
+
+def moons_from_unit(x: torch.Tensor, units: str = "raw") -> torch.Tensor:
+    """Inverse of ``moons_to_unit`` (for plotting in the moons' own coordinates)."""
+    low, scale = moons_unit_map(units)
+    return x * scale + torch.tensor(low, dtype=x.dtype, device=x.device)
+
+
+def moons_standardization(n_train: int = 10000, noise: float = 0.2, seed: int = 0
+                          ) -> Tuple[List[float], List[float]]:
+    """(mean, std) per axis of the training split ``load_dataset("moons", train=True,
+    n_samples=n_train, noise=noise, seed=seed)`` in moons coordinates: what a
+    StandardScaler fitted on the training data holds (population std), applied to both
+    splits by ``load_dataset(..., standardize=(mean, std))``."""
+    x, _ = _moons_part(n_train, noise, seed, "train", to_unit=False)
+    x = x.double()
+    mean = x.mean(dim=0)
+    std = x.std(dim=0, correction=0)
+    return [float(v) for v in mean], [float(v) for v in std]
 
 
 def load_mnist(data_dir: PathLike, train: bool = True, limit: Optional[int] = None
@@ -244,9 +287,10 @@ def default_data_dir() -> Path:
 _MOONS_DEFAULT_N = {"train": 10000, "test": 2000}
 
 
-def _moons_part(n_samples: int, noise: float, seed: int, part: str, to_unit: bool
+def _moons_part(n_samples: int, noise: float, seed: int, part: str, to_unit: bool, standardize=None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
     n, noise = _check_moons_args(n_samples, noise, seed)
+    standardize = _check_standardize(standardize)
     if part == "train":
         gen = _generator(seed)
     else:
@@ -255,10 +299,10 @@ def _moons_part(n_samples: int, noise: float, seed: int, part: str, to_unit: boo
         state = np.random.SeedSequence(entropy=int(seed), spawn_key=(1,)).generate_state(
             2, dtype=np.uint32)
         gen = _generator(int(state[0]) << 32 | int(state[1]))
-    return _draw_moons(n, noise, gen, to_unit)
+    return _draw_moons(n, noise, gen, to_unit, standardize)
 
 
-def _draw_moons(n: int, noise: float, gen: torch.Generator, to_unit: bool
+def _draw_moons(n: int, noise: float, gen: torch.Generator, to_unit: bool, standardize=None
                 ) -> Tuple[torch.Tensor, torch.Tensor]:
     n_outer = n // 2
     n_inner = n - n_outer
@@ -272,9 +316,27 @@ def _draw_moons(n: int, noise: float, gen: torch.Generator, to_unit: bool
     x, y = x[order], y[order]
     if noise > 0:
         x = x + noise * torch.randn(x.shape, generator=gen, dtype=torch.float64)
+    units = "raw"
+    if standardize is not None:
+        mean, std = (torch.tensor(v, dtype=torch.float64) for v in standardize)
+        x, units = (x - mean) / std, "standardized"
     if to_unit:
-        x = moons_to_unit(x)
+        x = moons_to_unit(x, units)
     return x.to(torch.float32).contiguous(), y
+
+
+def _check_standardize(standardize):
+    """None, or (mean, std): two pairs of finite numbers, std > 0."""
+    if standardize is None:
+        return None
+    try:
+        mean, std = ([float(v) for v in part] for part in standardize)
+    except (TypeError, ValueError):
+        raise ValueError(f"moons: standardize must be (mean, std), two pairs of numbers, got {standardize!r}") from None
+    if len(mean) != 2 or len(std) != 2 or not all(math.isfinite(v) for v in mean + std) or min(std) <= 0:
+        raise ValueError(f"moons: standardize must be (mean, std) with two finite means and two positive stds, "
+                         f"got {standardize!r}")
+    return mean, std
 
 
 def _check_moons_args(n_samples, noise, seed) -> Tuple[int, float]:

@@ -81,6 +81,22 @@ def evaluate(
     return table
 
 
+def constant_prediction(model, data: Data) -> Optional[int]:
+    """The class `model` predicts for every sample of `data` when it predicts one class
+    for all of them (a collapsed, constant classifier: its accuracy is the share of that
+    class, and attacks cannot move it), else None."""
+    seen = None
+    with attack_mode(model, "eval"), torch.no_grad():
+        for x, _ in _batches(model, data):
+            classes = torch.unique(predicted_class(model(x)))
+            seen = classes if seen is None else torch.unique(torch.cat([seen, classes]))
+            if seen.numel() > 1:
+                return None
+    if seen is None:
+        raise ValueError("constant_prediction: the data holds no samples")
+    return int(seen[0])
+
+
 def rg_score(accuracies) -> float:
     """R&G: the sum of the accuracies in % over the eps grid (paper Table 2: Normal
     97.07 + 93.63 + 82.5 + 76.83 + 63.79 + 52.35 = 466.17). Takes a sequence, a

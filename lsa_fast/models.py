@@ -115,7 +115,7 @@ def model_options(name: str, given: Optional[Dict] = None) -> Dict:
         raise ValueError(f"--model-option {unknown[0]}: model {name} takes no option {unknown[0]!r}; its options: "
                          f"{', '.join(accepted)}")
     options = {**PAPER_MODEL_OPTIONS.get(key, {}), **given}
-    if "normalize" in options and not (key == "a" and options["normalize"] == "moons"):  # A's own default
+    if "normalize" in options and not (key == "a" and options["normalize"] in MOONS_NORMALIZATIONS):  # A's own
         options["normalize"] = _normalization(options["normalize"])
     return options
 
@@ -196,20 +196,30 @@ class Normalize(nn.Module):
         return (x - self.mean.to(x.dtype).view(shape)) / self.std.to(x.dtype).view(shape)
 
 
+# Model A's named input maps: the inverse of lsa_fast.data's map of moons in those units.
+MOONS_NORMALIZATIONS = {"moons": "raw", "moons-standardized": "standardized"}
+
+
 class MoonsMLP(nn.Module):
     """Model A: 2 -> 100 -> 100 -> 100 -> 1 with ELU; one logit per sample, shape [N, 1].
 
     normalize="moons" (the default) maps the [0, 1]^2 inputs of lsa_fast.data back to
     moons coordinates inside the model (x * MOONS_SCALE + MOONS_LOW), so the layers see
-    what the paper's model A sees while attacks keep the [0, 1] convention."""
+    what the paper's model A sees while attacks keep the [0, 1] convention;
+    "moons-standardized" maps them back to z-scores (the inputs of standardized moons,
+    x * MOONS_STANDARDIZED_SCALE + MOONS_STANDARDIZED_LOW)."""
 
     def __init__(self, in_features: int = 2, hidden: int = 100,
                  normalize: Union[str, None, Tuple[Sequence[float], Sequence[float]]] = "moons"):
         super().__init__()
-        if normalize == "moons":
-            from .data import MOONS_LOW, MOONS_SCALE
+        if isinstance(normalize, str):
+            from .data import moons_unit_map
 
-            normalize = ([-low / MOONS_SCALE for low in MOONS_LOW], [1.0 / MOONS_SCALE] * 2)
+            if normalize not in MOONS_NORMALIZATIONS:
+                raise ValueError(f"MoonsMLP: normalize={normalize!r}: expected one of "
+                                 f"{', '.join(MOONS_NORMALIZATIONS)}, None or (mean, std)")
+            low, scale = moons_unit_map(MOONS_NORMALIZATIONS[normalize])
+            normalize = ([-v / scale for v in low], [1.0 / scale] * 2)
         self.normalize = Normalize(*normalize) if normalize is not None else None
         self.fc1 = nn.Linear(in_features, hidden)
         self.act1 = nn.ELU()

@@ -267,7 +267,8 @@ class LSAReport:
                              label=None if i else f"band: MVL of the adversarial CM pooled (eta={self.eta:g})")
         axes.set_xticks(xs)
         axes.set_xticklabels([f"L{l}\n{name}" for l, name in enumerate(self.layer_names)], fontsize=9)
-        axes.set_xlabel("learnable layer" if self.select in ("hidden", "learnable") else "probe point")
+        axes.set_xlabel({"hidden": "learnable layer", "learnable": "learnable layer",
+                         "activations": "hidden layer (activation output)"}.get(self.select, "probe point"))
         axes.set_ylabel("mean CM = ||phi(x) - phi(x')|| / ||phi(x)||")
         axes.set_ylim(bottom=0)
         axes.grid(True, alpha=0.3)

@@ -5,14 +5,17 @@ exactly the test set the run saw, and say which one they use.
 A complete record (what `record` returns and every run directory's config.json holds):
 
 - moons: n_train, n_test (split sizes), noise (std of the Gaussian noise, moons units),
-  seed (of the data; the training seed is the config's own `seed`), unit_map (the
-  affine map into [0, 1]^2 that the models see: x' = (x - low) / scale), and limit
-  when one was given;
+  seed (of the data; the training seed is the config's own `seed`), standardize when
+  the moons were z-scored ({"mean": [..], "std": [..]} of the training split, in moons
+  coordinates, applied to both splits), unit_map (the affine map into [0, 1]^2 that the
+  models see: x' = (x - low) / scale, of the moons coordinates or of the z-scores), and
+  limit when one was given;
 - mnist, cifar10: limit (the first N samples of each split) when one was given, and
   data_dir when --data was given.
 
 Runs written before the record was complete hold some keys or none; the missing ones
-are the defaults those runs were built with, and `describe` says so.
+are the defaults those runs were built with (no standardize: moons coordinates), and
+`describe` says so.
 """
 from __future__ import annotations
 
@@ -20,23 +23,30 @@ from typing import Any, Dict, Mapping, Optional
 
 from torch.utils.data import TensorDataset
 
-from .data import MOONS_LOW, MOONS_SCALE, load_dataset
+from .data import load_dataset, moons_standardization, moons_unit_map
 
-__all__ = ["MOONS_DEFAULTS", "MOONS_ONLY", "record", "load_split", "describe"]
+__all__ = ["MOONS_DEFAULTS", "MOONS_ONLY", "record", "load_split", "describe", "moons_units"]
 
 # What lsa_fast.data.load_dataset uses when a moons option is not given.
 MOONS_DEFAULTS: Dict[str, Any] = {"n_train": 10000, "n_test": 2000, "noise": 0.2, "seed": 0}
-MOONS_ONLY = ("n_train", "n_test", "noise", "seed")
+MOONS_ONLY = ("n_train", "n_test", "noise", "seed", "standardize")
 
 
 def record(dataset: str, options: Optional[Mapping[str, Any]] = None) -> Dict[str, Any]:
-    """`options` completed with every default, so that the record alone rebuilds the data."""
+    """`options` completed with every default, so that the record alone rebuilds the data.
+    Moons: standardize=True z-scores both splits with the training split's mean and std,
+    which the record then holds as numbers; False (or absent) keeps moons coordinates."""
     options = {key: value for key, value in dict(options or {}).items() if value is not None}
+    if options.get("standardize") is False:
+        del options["standardize"]
     _check(options)
     if dataset == "moons":
         for key, value in MOONS_DEFAULTS.items():
             options.setdefault(key, value)
-        options["unit_map"] = _unit_map()
+        if options.get("standardize") is True:
+            mean, std = moons_standardization(options["n_train"], options["noise"], options["seed"])
+            options["standardize"] = {"mean": mean, "std": std}
+        options["unit_map"] = _unit_map(moons_units(options))
         return options
     given = [key for key in MOONS_ONLY if key in options]
     if given:
@@ -56,12 +66,15 @@ def load_split(dataset: str, options: Optional[Mapping[str, Any]], train: bool, 
         limit = recorded_limit
     kwargs: Dict[str, Any] = {} if limit is None else {"limit": limit}
     if dataset == "moons":
+        units = moons_units(options)
         unit_map = options.get("unit_map")
-        if unit_map is not None and unit_map != _unit_map():
-            raise ValueError(f"the run's moons were mapped into [0, 1]^2 by {unit_map}, this lsa_fast maps them "
-                             f"by {_unit_map()}: the models would see other inputs")
+        if unit_map is not None and unit_map != _unit_map(units):
+            raise ValueError(f"the run's {units} moons were mapped into [0, 1]^2 by {unit_map}, this lsa_fast maps "
+                             f"them by {_unit_map(units)}: the models would see other inputs")
         full = {**MOONS_DEFAULTS, **{k: v for k, v in options.items() if k in MOONS_ONLY}}
         kwargs.update(n_samples=full["n_train" if train else "n_test"], noise=full["noise"], seed=full["seed"])
+        if units == "standardized":
+            kwargs["standardize"] = (options["standardize"]["mean"], options["standardize"]["std"])
         return load_dataset("moons", train=train, **kwargs)
     return load_dataset(dataset, data_dir if data_dir is not None else options.get("data_dir"), train=train, **kwargs)
 
@@ -72,9 +85,16 @@ def describe(dataset: str, options: Optional[Mapping[str, Any]], split: str, cou
     options = dict(options or {})
     if dataset == "moons":
         full = {**MOONS_DEFAULTS, **options}
-        low = ", ".join(f"{v:g}" for v in MOONS_LOW)
-        details = f"noise {full['noise']:g}, data seed {full['seed']}, inputs (x - ({low})) / {MOONS_SCALE:g}"
-        missing = [key for key in MOONS_ONLY if key not in options]
+        units = moons_units(options)
+        low, scale = moons_unit_map(units)
+        low = ", ".join(f"{v:g}" for v in low)
+        details = f"noise {full['noise']:g}, data seed {full['seed']}, "
+        if units == "standardized":
+            mean, std = (", ".join(f"{v:.4g}" for v in options["standardize"][k]) for k in ("mean", "std"))
+            details += f"standardized z = (x - ({mean})) / ({std}), inputs (z - ({low})) / {scale:g}"
+        else:
+            details += f"inputs (x - ({low})) / {scale:g}"
+        missing = [key for key in MOONS_ONLY if key not in options and key != "standardize"]
         if missing:
             details += f"; the run does not record {', '.join(missing)}: defaults assumed"
     else:
@@ -94,7 +114,18 @@ def _check(options: Mapping[str, Any]) -> None:
     seed = options.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
         raise ValueError(f"the data seed must be an integer >= 0, got {seed!r}")
+    standardize = options.get("standardize")
+    if standardize is not None and standardize is not True and not (
+            isinstance(standardize, dict) and set(standardize) == {"mean", "std"}):
+        raise ValueError(f"standardize must be true, false or {{'mean': [..], 'std': [..]}}, got {standardize!r}")
 
 
-def _unit_map() -> Dict[str, Any]:
-    return {"low": [float(v) for v in MOONS_LOW], "scale": float(MOONS_SCALE)}
+def moons_units(options: Optional[Mapping[str, Any]]) -> str:
+    """"standardized" when a moons record z-scores its data, else "raw" (moons coordinates);
+    what an eps given in the run's units is divided by depends on it (eps_to_input_units)."""
+    return "standardized" if (options or {}).get("standardize") else "raw"
+
+
+def _unit_map(units: str = "raw") -> Dict[str, Any]:
+    low, scale = moons_unit_map(units)
+    return {"low": [float(v) for v in low], "scale": float(scale)}

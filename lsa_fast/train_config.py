@@ -9,8 +9,10 @@ import numbers
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from .ops import LR_GRAD_MODES  # the regulariser's gradient paths
+
 __all__ = ["TrainConfig", "BASES", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "ATTACK_MODES", "COMPILE_MODES",
-           "AUGMENT_MODES"]
+           "AUGMENT_MODES", "PROBE_PRESETS", "LR_GRAD_MODES"]
 
 BASES = ("none", "fgsm", "fast", "pgd", "apgd", "trades")
 OPTIMIZERS = ("sgd", "adam")
@@ -21,6 +23,12 @@ ATTACK_MODES = ("auto", "train", "eval")
 # inductor on CPU; aot-eager traces without generating code (a debugging aid).
 COMPILE_MODES = ("none", "auto", "inductor", "cudagraphs", "aot-eager")
 AUGMENT_MODES = ("auto", "none", "crop-flip")
+# What lr_layers indices count (lsa_fast.probes presets): "activations", the authors'
+# definition (the outputs of the ReLU/ELU/LeakyReLU modules, one per hidden layer), or
+# "hidden" / "learnable" (Conv/Linear outputs, before the activation).
+PROBE_PRESETS = ("activations", "hidden", "learnable")
+# What a config written before a field existed meant by leaving it out (from_dict).
+_OLD_MEANING = {"probes": "hidden"}
 
 
 @dataclasses.dataclass
@@ -59,6 +67,8 @@ class TrainConfig:
     attack_mode: str = "auto"
     lr_layers: Union[None, str, Sequence[int]] = None
     gammas: Union[float, Sequence[float]] = 1.0
+    probes: str = "activations"
+    lr_grad: str = "both"
     eta: float = 1.0
     warmup_epochs: int = 1
     lsa_samples: int = 2048
@@ -97,6 +107,8 @@ class TrainConfig:
             self.extra = {**self.extra, "mvl_report": self.lr_layers} if isinstance(self.extra, dict) else self.extra
             self.lr_layers = _read_report_mvl(self.lr_layers)
         self.gammas = _normalise_gammas(self.gammas)
+        self.probes = _choice("probes", self.probes, PROBE_PRESETS)
+        self.lr_grad = _choice("lr_grad", self.lr_grad, LR_GRAD_MODES)
         self.eta = _real("eta", self.eta)
         self.warmup_epochs = _integer("warmup_epochs", self.warmup_epochs, minimum=0)
         self.lsa_samples = _integer("lsa_samples", self.lsa_samples, minimum=1)
@@ -174,9 +186,10 @@ class TrainConfig:
 
     @classmethod
     def field_defaults(cls) -> Dict[str, Any]:
-        """The plain default of every field that has one (what a checkpoint written
-        before a field existed stands for)."""
-        return {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        """What a checkpoint written before a field existed stands for: the field's
+        meaning then (_OLD_MEANING), else its plain default."""
+        defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        return {**defaults, **_OLD_MEANING}
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":
@@ -186,6 +199,8 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ValueError(f"TrainConfig.from_dict: unknown field(s) {unknown}")
+        # A config from before a field existed: the field's meaning then, not today's default.
+        data = {**{key: value for key, value in _OLD_MEANING.items() if key not in data}, **data}
         options = data.get("data_options")
         if isinstance(options, dict) and "data_dir" in options:  # where runs before data_dir kept it
             data = {**data, "data_options": {k: v for k, v in options.items() if k != "data_dir"}}

@@ -3,9 +3,10 @@ training with a base attack plus the layer-wise regulariser
 
     loss = J(theta, x_hat, y) + sum_{l in MVL} gamma_l * mean_m CM[m, l],
 
-whose gradient flows through both phi_l(x) and phi_l(x_hat). Layers are the probe
-points of LayerProbe(select="hidden"): the outputs of the Conv/Linear layers except the
-output layer, the paper's learnable layers L0, L1, ...
+whose gradient flows through both phi_l(x) and phi_l(x_hat) (TrainConfig.lr_grad picks
+other paths). Layers are the probe points of LayerProbe(select=TrainConfig.probes): by
+default "activations", the outputs of the ReLU/ELU/LeakyReLU modules, one per hidden
+layer, which is where the authors' code takes the paper's L0, L1, ...
 
 Choices, with their sources:
 - Attack model mode: adversarial examples are generated in train mode for FGSM, FAST,
@@ -243,7 +244,8 @@ class ATLRTrainer:
         else:
             task = _task_loss(logits, y, self.binary)
         if layers:
-            regularizer = layerwise_regularizer(clean_feats, adv_feats, layers, self._gammas)
+            regularizer = layerwise_regularizer(clean_feats, adv_feats, layers, self._gammas,
+                                                lr_grad=config.lr_grad)
             total = task + regularizer
         else:
             regularizer = torch.zeros((), dtype=torch.float32, device=x.device)
@@ -550,7 +552,7 @@ class ATLRTrainer:
         shard = Subset(dataset, list(range(self.rank, count, self.world_size)))
         batch = getattr(self.train_loader, "batch_size", None) or 256
         loader = DataLoader(shard, batch_size=batch, shuffle=False)
-        layer_mean, mvl = _lsa(self.module, loader, config.eps, config.eta, self.device)
+        layer_mean, mvl = _lsa(self.module, loader, config.eps, config.eta, self.device, config.probes)
         if not mvl:
             # No layer stands out by eta sigma: regularise the most vulnerable one anyway.
             mvl = [int(max(range(len(layer_mean)), key=lambda l: layer_mean[l]))]
@@ -577,7 +579,7 @@ class ATLRTrainer:
                 logits = self.module(sample)
                 names: List[str] = []
                 if self.config.uses_regulariser:
-                    probe = LayerProbe(self.module, select="hidden")
+                    probe = LayerProbe(self.module, select=self.config.probes)
                     probe.capture(sample)
                     names = probe.names
         finally:
@@ -602,7 +604,7 @@ class ATLRTrainer:
         if bad:
             listed = ", ".join(f"L{i}={name}" for i, name in enumerate(self.probe_names))
             raise ValueError(f"{what}: layer index {bad[0]} is outside the {count} probe points of "
-                             f"{type(self.module).__name__} (hidden Conv/Linear outputs: {listed})")
+                             f"{type(self.module).__name__} (probes {self.config.probes!r}: {listed})")
         gammas = self.config.gammas
         if isinstance(gammas, list) and len(gammas) not in (1, len(layers)):
             raise ValueError(f"{what}: {len(gammas)} gammas for {len(layers)} regularised layers {list(layers)}")
@@ -615,8 +617,9 @@ class ATLRTrainer:
         values = [float(gammas)] * len(self.mvl) if not isinstance(gammas, list) else (
             gammas * len(self.mvl) if len(gammas) == 1 else list(gammas))
         self._gammas = values
-        self._probe = LayerProbe(self.module, select="hidden", capture_grad=True)
-        self._clean_probe = LayerProbe(self.module, select="hidden", capture_grad=True, stop_after=max(self.mvl))
+        select = self.config.probes
+        self._probe = LayerProbe(self.module, select=select, capture_grad=True)
+        self._clean_probe = LayerProbe(self.module, select=select, capture_grad=True, stop_after=max(self.mvl))
 
     def _autocast(self):
         amp = self.config.amp
@@ -784,9 +787,10 @@ def _two_logits(z: torch.Tensor) -> torch.Tensor:
     return torch.cat([torch.zeros_like(z), z], dim=1)
 
 
-def _lsa(model: nn.Module, loader: DataLoader, eps: float, eta: float, device: torch.device):
+def _lsa(model: nn.Module, loader: DataLoader, eps: float, eta: float, device: torch.device, probes: str):
     """(per-layer mean CM, MVL) under FGSM at eps, by lsa_fast.analysis.analyze."""
-    report = analyze(model, loader, [make_attack("fgsm", eps)], eta=eta, device=device, progress=False)
+    report = analyze(model, loader, [make_attack("fgsm", eps)], eta=eta, select=probes, device=device,
+                     progress=False)
     result = report.combined if report.combined is not None else report.perturbations[0]
     return [float(v) for v in result.layer_mean], [int(l) for l in result.mvl]
 

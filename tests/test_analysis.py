@@ -96,7 +96,7 @@ def test_analysis_streamed_over_batches_equals_one_shot_cm(moons_test):
     x, y = moons_test.tensors
     streamed = analyze(model, make_loader(moons_test, 97), {"fgsm": attack}, eta=0.25, progress=False)
 
-    with LayerProbe(model, select="hidden") as probe:
+    with LayerProbe(model, select="activations") as probe:  # analyze's default probes
         clean, perturbed = probe.capture_pair(x, attack(model, x, y))
     cm = relative_error(clean, perturbed).double()
     one_shot = cm_statistics(cm, 0.25)
@@ -110,7 +110,7 @@ def test_analysis_streamed_over_batches_equals_one_shot_cm(moons_test):
     assert result.mu == pytest.approx(float(one_shot.mu), rel=1e-6)
     assert result.sigma == pytest.approx(float(one_shot.sigma), rel=1e-6)
     assert result.mvl == [int(i) for i in torch.nonzero(one_shot.mvl).flatten()]
-    assert streamed.layer_names == ["fc1", "fc2", "fc3"]
+    assert streamed.layer_names == ["act1", "act2", "act3"]
 
     whole = analyze(model, (x, y), {"fgsm": attack}, eta=0.25, progress=False)
     assert whole["fgsm"].mvl == result.mvl
@@ -122,7 +122,7 @@ def test_analysis_streamed_over_batches_equals_one_shot_cm(moons_test):
 
 
 def test_trained_model_a_has_vulnerable_layers(report):
-    assert report.layer_names == ["fc1", "fc2", "fc3"]  # the paper's L0, L1, L2
+    assert report.layer_names == ["act1", "act2", "act3"]  # the paper's L0, L1, L2 (activation outputs)
     assert report.num_samples == 600
     assert report.clean_accuracy > 90.0
     for p in report.perturbations:
@@ -189,7 +189,9 @@ def test_multi_logit_accuracy_and_spec_strings():
         expected = 100.0 * (model(x).argmax(1) == y).float().mean().item()
     assert result.clean_accuracy == pytest.approx(expected)
     assert [p.name for p in result.perturbations] == ["fgsm:0.05", "gaussian:0.05"]
-    assert result.layer_names == ["0", "2"]  # the last Linear is the output layer, not probed
+    assert result.layer_names == ["1", "3"]  # the ReLU modules: the output Linear has none after it
+    hidden = analyze(model, (x, y), "fgsm:0.05", select="hidden", progress=False)
+    assert hidden.layer_names == ["0", "2"]  # the last Linear is the output layer, not probed
     assert result["fgsm:0.05"].eps_input == 0.05 and result["fgsm:0.05"].eps_dataset is None
 
 
@@ -328,7 +330,7 @@ def test_cli_analyze_end_to_end(trained_a, tmp_path, capsys):
     assert (out / "report.md").read_text().startswith("# Layer Sustainability Analysis")
     assert (out / "lsa.png").read_bytes()[:8] == PNG_MAGIC
     lines = captured.out.strip().splitlines()
-    assert "| L0 | fc1 |" in captured.out and "MVL adversarial (pooled) (eta=0.5)" in captured.out
+    assert "| L0 | act1 |" in captured.out and "MVL adversarial (pooled) (eta=0.5)" in captured.out
     assert str(out) in lines[-1] and "report.json" in lines[-1]
 
     # A plain state_dict file needs --model.

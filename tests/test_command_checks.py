@@ -194,11 +194,11 @@ def test_one_model_factory_with_model_options(tmp_path, capsys):
 
 def test_reproduce_builds_its_models_with_the_same_factory():
     from lsa_fast.paper import paper_table
-    from lsa_fast.reproduce import ReproduceSettings, _train_config
+    from lsa_fast.reproduce import ReproduceSettings, _train_config, variants
 
     table = paper_table("cifar10")
     settings = ReproduceSettings.defaults("cifar10")
-    configs = {row.model: _train_config(table, row, 0, settings) for row in table.rows}
+    configs = {row.model: _train_config(table, row, 0, settings, {}) for row in variants(table, settings)}
     normalize = [list(CIFAR10_MEAN), list(CIFAR10_STD)]
     assert configs["C"].model_kwargs == {"normalize": normalize}
     assert configs["D"].model_kwargs == {"normalize": normalize, "depth": 34, "widen_factor": 10}

@@ -61,3 +61,21 @@ def _markdown_rows(markdown, names):
         if line.startswith("|") and cells[0] in names:
             rows[cells[0]] = [float(re.match(r"-?[\d.]+", c).group()) for c in cells[1:]]
     return rows
+
+
+def test_demo_uses_the_authors_definitions(demo):
+    """Standardized moons (eps in z units), the activation outputs as probes (LSA and
+    the regulariser alike), and a speckle strength taken as it is (relative: x (1 + n))."""
+    from lsa_fast.demo import DemoSettings
+
+    _, out = demo
+    summary = json.loads((out / "report.json").read_text())
+    settings = DemoSettings.quick()
+    assert summary["settings"]["standardize"] is True
+    assert summary["layer_names"] == ["act1", "act2", "act3"]
+    results = {p["name"].split(":")[0]: p for p in summary["lsa"]["perturbations"]}
+    assert results["speckle"]["eps_input"] == pytest.approx(settings.noise_std)  # not divided by 5 (or 10)
+    assert results["fgsm"]["eps_input"] == pytest.approx(settings.lsa_eps / 10)  # z units -> [0, 1] inputs
+    config = json.loads((out / "at-pgd-lr" / "config.json").read_text())
+    assert config["probes"] == "activations" and config["lr_layers"] == summary["mvl"]
+    assert config["data_options"]["standardize"] and config["model_kwargs"] == {"normalize": "moons-standardized"}

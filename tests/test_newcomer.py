@@ -4,6 +4,7 @@ mistakes as one-line errors, figures that never cost the results, Ctrl-C like SI
 extending a finished run, the regulariser and the learning rate named apart, and
 figures a reader understands. Every command is checked for its exit code and for the
 absence of a traceback."""
+import dataclasses
 import json
 import os
 import signal
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from lsa_fast.checkpoint import load_checkpoint, save_checkpoint
-from lsa_fast.data import load_dataset, make_loader
+from lsa_fast.data import load_dataset, make_loader, moons_standardization
 from lsa_fast.models import build_model
 from lsa_fast.training import ATLRTrainer, TrainConfig
 
@@ -69,8 +70,11 @@ def test_demo_run_directories_reproduce_the_demo_numbers(demo):
              for directory in runs}
     for directory, row in runs.items():
         data = json.loads((out / directory / "config.json").read_text())["data_options"]
+        # The demo's moons are standardized with its training split's statistics, recorded as numbers.
+        mean, std = moons_standardization(settings["n_train"], settings["noise"], settings["seed"])
         assert data == {"n_train": settings["n_train"], "n_test": settings["n_test"], "noise": settings["noise"],
-                        "seed": settings["seed"], "unit_map": {"low": [-2.0, -2.25], "scale": 5.0}}
+                        "seed": settings["seed"], "standardize": {"mean": mean, "std": std},
+                        "unit_map": {"low": [-5.0, -5.0], "scale": 10.0}}
         code, stdout, stderr = finish(evals[directory])
         assert code == 0, stderr
         assert f"moons test split: {settings['n_test']} samples (noise {settings['noise']:g}, data seed 0" in stderr
@@ -262,7 +266,7 @@ def figures(monkeypatch):
     """The matplotlib Figure of every plot call, instead of a file."""
     pytest.importorskip("matplotlib")
     import lsa_fast.report
-    import lsa_fast.reproduce
+    import lsa_fast.reproduce_report
 
     drawn = []
 
@@ -271,7 +275,7 @@ def figures(monkeypatch):
         return str(path)
 
     monkeypatch.setattr(lsa_fast.report, "save_figure", keep)
-    monkeypatch.setattr(lsa_fast.reproduce, "save_figure", keep)
+    monkeypatch.setattr(lsa_fast.reproduce_report, "save_figure", keep)
     return drawn
 
 
@@ -289,17 +293,19 @@ def test_reproduce_figures_start_bars_at_zero_and_explain_their_marks(figures):
         row = table.row(name)
         for seed, rg in enumerate((380.0, 420.0)):
             runs.append({"seed": seed, "row": name, "model": row.model, "training": row.training,
-                         "accuracies": [rg / 6] * 6, "rg": rg, "cm": {"fgsm": [0.3, 0.5, 0.8], "pgd": [0.3, 0.6, 0.9]},
-                         "mvl": [2], "layer_names": ["fc1", "fc2", "fc3"], "clean_norm": [1.0] * 3,
+                         "accuracies": {"fgsm": [rg / 6] * 6, "pgd": [rg / 7] * 6}, "rg": {"fgsm": rg, "pgd": rg * 6 / 7},
+                         "cm": {"fgsm": [0.3, 0.5, 0.8], "pgd": [0.3, 0.6, 0.9]},
+                         "mvl": [2], "layer_names": ["act1", "act2", "act3"], "clean_norm": [1.0] * 3,
                          "difference_norm": [0.3, 0.5, 0.8], "train_accuracy": 90.0})
-    summary = summarise(table, ReproduceSettings.defaults("moons", quick=True), runs)
+    settings = dataclasses.replace(ReproduceSettings.defaults("moons", quick=True), sweep_bases=())
+    summary = summarise(table, settings, runs)
     plot_rg_scores(summary, "rg.png")
     plot_cm_layers(summary, "cm.png")
     rg_figure, cm_figure = figures
 
     axes = rg_figure.axes[0]
     assert axes.get_ylim()[0] == 0.0 and axes.get_ylim()[1] > max(row.rg for row in table.rows)
-    assert "R&G" in axes.get_ylabel() and "moons units" in axes.get_title()
+    assert "R&G" in axes.get_ylabel() and "z units" in axes.get_title()  # standardized moons
     assert all(size >= 8 for _, size in legend_texts(axes.get_legend()))
     assert all(label.get_fontsize() >= 8 for label in axes.get_xticklabels())
 

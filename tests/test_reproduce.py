@@ -1,7 +1,10 @@
 """`lsa-fast reproduce`: the paper's tables as data, `reproduce moons --quick` end to end
-(17 rows beside the paper's numbers, valid files, R&G = sum of cells), the verdicts on
-the paper's claims from known numbers, and the MNIST / CIFAR-10 paths (missing data
-fails clearly; a tiny synthetic MNIST runs end to end)."""
+(17 rows and the sweep beside the paper's numbers, FGSM and PGD grids, valid files,
+R&G = sum of cells, settings saved first, a smoke-run title, results independent of the
+worker processes), the paired t intervals and verdicts from known numbers, and the
+MNIST / CIFAR-10 paths (missing data fails clearly; a tiny synthetic MNIST runs end to
+end)."""
+import dataclasses
 import json
 import re
 
@@ -12,7 +15,8 @@ import torch
 from lsa_fast.cli import main
 from lsa_fast.evaluation import PAPER_EPS_GRIDS
 from lsa_fast.paper import PAPER_TABLES, TABLE_2, TABLE_3, paper_table, parse_training
-from lsa_fast.reproduce import ReproduceSettings, apply_overrides, summarise, to_markdown
+from lsa_fast.paired import paired_difference, t_quantile
+from lsa_fast.reproduce import ReproduceSettings, apply_overrides, run_variant, summarise, to_markdown, variants
 
 torch.set_num_threads(1)  # a shared 2-core machine: keep each test on one core
 
@@ -60,143 +64,233 @@ def test_parse_training():
 @pytest.fixture(scope="module")
 def moons(tmp_path_factory):
     out = tmp_path_factory.mktemp("reproduce-moons")
-    code = main(["reproduce", "moons", "--quick", "--seeds", "1", "--set", "epochs=2", "--out", str(out),
-                 "--no-progress"])
+    # Two worker processes (the default on the CPU): the pool's path, whose results must
+    # not depend on it (test_results_do_not_depend_on_the_workers).
+    code = main(["reproduce", "moons", "--quick", "--seeds", "1", "--set", "epochs=2", "--workers", "2",
+                 "--out", str(out), "--no-progress"])
     return code, out
+
+
+QUICK_SWEEP = [f"AT-FGSM-LR-L2 (gamma {g}, {m})" for g, m in
+               [(1, "adversarial"), (1, "numerator"), (3, "both"), (3, "adversarial"), (3, "numerator")]]
 
 
 def test_reproduce_moons_quick_writes_valid_files(moons):
     code, out = moons
     assert code == 0
     summary = json.loads((out / "report.json").read_text())
-    assert summary["format"] == "lsa_fast.reproduce/1"
+    assert summary["format"] == "lsa_fast.reproduce/2"
     assert summary["paper_source"] == CITATION
     assert summary["seeds"] == [0]
     assert summary["settings"]["epochs"] == 2 and summary["settings"]["n_train"] == 300
-    assert list(summary["rows"]) == list(TABLE_2.names)
+    assert list(summary["rows"]) == list(TABLE_2.names) + QUICK_SWEEP
     runs = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
-    assert [run["row"] for run in runs] == list(TABLE_2.names)
+    assert sorted(run["row"] for run in runs) == sorted(summary["rows"])  # in the order they finished
     for name in ("rg_scores.png", "cm_layers.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
-    assert summary["layer_names"]["A"] == ["fc1", "fc2", "fc3"]
+    assert summary["layer_names"]["A"] == ["act1", "act2", "act3"]  # the authors' probe points
+    assert summary["eval_attacks"] == {"fgsm": "FGSM", "pgd": "PGD-3"}
     for row in summary["rows"].values():
         assert len(row["cm"]["fgsm"]["mean"]) == 3 and len(row["cm"]["pgd"]["mean"]) == 3
+    sweep = summary["rows"]["AT-FGSM-LR-L2 (gamma 3, numerator)"]
+    assert (sweep["gamma"], sweep["lr_grad"], sweep["base_row"], sweep["sweep"]) == (3.0, "numerator", "AT-FGSM", True)
+    # Standardized moons: the record of each seed's data, eps in z units.
+    assert summary["data"]["0"]["standardize"]["std"][0] > 0 and summary["data"]["0"]["unit_map"]["scale"] == 10.0
+    assert summary["train_eps"] == {"dataset_units": 0.3, "input_units": pytest.approx(0.03)}
+
+
+def test_reproduce_saves_its_settings_before_the_first_run(moons):
+    _, out = moons
+    saved = json.loads((out / "settings.json").read_text())
+    summary = json.loads((out / "report.json").read_text())
+    assert saved["settings"] == summary["settings"] and saved["written_at"] == summary["settings_written_at"]
+    assert saved["rows"] == list(summary["rows"])
+    assert (out / "settings.json").stat().st_mtime <= (out / "runs.jsonl").stat().st_mtime
+
+
+def test_quick_report_is_titled_a_smoke_run(moons):
+    _, out = moons
+    markdown = (out / "report.md").read_text()
+    assert markdown.startswith("# SMOKE RUN (--quick")
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["smoke"] is True and summary["settings"]["smoke"] is True
+    full = ReproduceSettings.defaults("moons")
+    assert not full.smoke and full.seeds >= 5 and full.n_test == 10000 and full.eval_pgd_steps == 20
+    report = to_markdown(summarise(TABLE_2, dataclasses.replace(full, seeds=2), _fake_runs(TABLE_2, full, 400.0)))
+    assert report.startswith("# Reproduction of") and "SMOKE" not in report
+
+
+def test_results_do_not_depend_on_the_workers(moons):
+    """A run of the two-process pool equals the same run in this process."""
+    _, out = moons
+    runs = {run["row"]: run for run in map(json.loads, (out / "runs.jsonl").read_text().splitlines())}
+    settings = ReproduceSettings(**{k: tuple(v) if isinstance(v, list) else v
+                                    for k, v in json.loads((out / "settings.json").read_text())["settings"].items()})
+    row = next(v for v in variants(TABLE_2, settings) if v.name == "AT-FGSM-LR-L2 (gamma 3, numerator)")
+    again = run_variant("moons", row, 0, settings)
+    assert again["accuracies"] == runs[row.name]["accuracies"] and again["cm"] == runs[row.name]["cm"]
 
 
 def test_reproduce_moons_rg_is_the_sum_of_the_cells(moons):
     _, out = moons
     summary = json.loads((out / "report.json").read_text())
     for name, row in summary["rows"].items():
-        for accuracies, rg in zip(row["accuracies"], row["rg"]):
-            assert len(accuracies) == 6 and rg == pytest.approx(sum(accuracies), abs=1e-9)
-        assert row["rg_mean"] == pytest.approx(sum(row["mean"]), abs=1e-9)
-        assert summary["per_seed_tables"]["0"]["rg"][name] == pytest.approx(row["rg"][0], abs=1e-9)
-    table = _main_table((out / "report.md").read_text())
-    assert list(table) == list(TABLE_2.names)
-    for name, cells in table.items():
-        ours = [mean for mean, _ in cells[:-1]]
-        rg_mean, _ = cells[-1]
-        assert rg_mean == pytest.approx(sum(ours), abs=0.01 * len(ours))
-        assert rg_mean == pytest.approx(summary["rows"][name]["rg_mean"], abs=0.005)
+        for attack, result in row["evaluation"].items():
+            for accuracies, rg in zip(result["accuracies"], result["rg"]):
+                assert len(accuracies) == 6 and rg == pytest.approx(sum(accuracies), abs=1e-9)
+            assert result["rg_mean"] == pytest.approx(sum(result["mean"]), abs=1e-9)
+    for attack, heading in (("fgsm", "## FGSM accuracy"), ("pgd", "## PGD-3 accuracy")):
+        table = _main_table((out / "report.md").read_text(), heading)
+        assert list(table) == list(TABLE_2.names)
+        for name, cells in table.items():
+            rg_mean = cells[len(TABLE_2.eps_grid)][0]
+            ours = [mean for mean, _ in cells[:len(TABLE_2.eps_grid)]]
+            assert rg_mean == pytest.approx(sum(ours), abs=0.01 * len(ours))
+            assert rg_mean == pytest.approx(summary["rows"][name]["evaluation"][attack]["rg_mean"], abs=0.005)
 
 
 def test_reproduce_moons_puts_the_papers_numbers_beside(moons):
     _, out = moons
     markdown = (out / "report.md").read_text()
     assert CITATION in markdown
-    table = _main_table(markdown)
+    table = _main_table(markdown, "## FGSM accuracy")
     for row in TABLE_2.rows:
         papers = [paper for _, paper in table[row.name]]
         assert papers == pytest.approx(list(row.accuracies) + [row.rg])
     summary = json.loads((out / "report.json").read_text())
     assert summary["rows"]["AT-TRADE-LR-L2"]["paper"] == {"accuracies": list(TABLE_2.row("AT-TRADE-LR-L2").accuracies),
                                                         "rg": 505.83}
+    assert summary["rows"][QUICK_SWEEP[0]]["paper"] is None
 
 
 def test_reproduce_moons_reports_settings_and_verdicts(moons, capsys):
     _, out = moons
     markdown = (out / "report.md").read_text()
     assert "Settings (one for every row" in markdown and "| train_eps | 0.3 |" in markdown
+    assert "Training eps 0.3 (= 0.03 in the models' [0, 1] input units)" in markdown
     claims = json.loads((out / "report.json").read_text())["claims"]
-    assert [item["base_row"] for item in claims["best_lr_beats_base"]] == ["AT-FGSM", "AT-PGD", "AT-TRADE", "AT-FAST"]
-    # One seed: no spread, so no verdict beyond the sign.
-    assert all(item["verdict"].startswith("undecided") for item in claims["lr_vs_base"])
-    # The paper's side is computed from its table: LR-L2 is its best variant for every base.
+    bases = ["AT-FGSM", "AT-PGD", "AT-FAST", "AT-TRADE"]
+    assert [item["base_row"] for item in claims["best_lr_beats_base"]] == [b for b in bases for _ in ("fgsm", "pgd")]
+    # One seed: no interval, so no verdict beyond "undecided".
+    assert all(item[a]["verdict"] == "undecided (1 seed)" for item in claims["lr_vs_base"] for a in ("fgsm", "pgd"))
     assert all(item["paper_best_layer"] == 2 for item in claims["best_layer"])
-    assert len(claims["lr_vs_base"]) == 12 and len(claims["cm_falls"]) == 24
-    assert "Do the paper's claims hold here?" in markdown
+    assert len(claims["lr_vs_base"]) == 12 + len(QUICK_SWEEP) and len(claims["cm_falls"]) == 24
+    assert "## What holds" in markdown and "## gamma and gradient paths of LR-L2 (sweep)" in markdown
+    assert "| AT-FGSM | 3 | numerator |" in markdown
+    # Each gradient path against the table's (both) at the same gamma: 2 gammas x 2 other paths.
+    paths = claims["lr_grad_vs_table"]
+    assert sorted((item["gamma"], item["lr_grad"]) for item in paths) == [
+        (1.0, "adversarial"), (1.0, "numerator"), (3.0, "adversarial"), (3.0, "numerator")]
+    assert all(item["against"] == "both" and item["base_row"] == "AT-FGSM" for item in paths)
+    assert "## Gradient paths compared: each lr_grad minus lr_grad both" in markdown
 
 
-def _main_table(markdown):
-    """Row name -> [(our mean, paper's value)] for each eps and R&G, from report.md."""
+def _main_table(markdown, heading):
+    """Row name -> [(our mean, paper's value or None)] for each eps and R&G, from report.md."""
     names = set(TABLE_2.names) | set(TABLE_3.names)
-    section = markdown.split("## FGSM accuracy", 1)[1].split("\n## ", 1)[0]
+    section = markdown.split(heading, 1)[1].split("\n## ", 1)[0]
     rows = {}
     for line in section.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
         if line.startswith("|") and cells[0] in names:
-            parsed = [re.fullmatch(r"(-?[\d.]+)(?: ± [\d.]+)? \((-?[\d.]+)\)", c) for c in cells[1:-1]]
+            values = cells[1:-1] if "(" in cells[1] else cells[1:]
+            parsed = [re.fullmatch(r"(-?[\d.]+)(?: ± [\d.]+)?(?: \((-?[\d.]+)\))?", c) for c in values]
             assert all(parsed), line
-            rows[cells[0]] = [(float(m.group(1)), float(m.group(2))) for m in parsed]
+            rows[cells[0]] = [(float(m.group(1)), None if m.group(2) is None else float(m.group(2))) for m in parsed]
     return rows
 
 
-# ---------------------------------------------------------------- verdicts from known numbers
+# ---------------------------------------------------------------- paired differences from known numbers
 
 
-def _fake_runs(table, rg_by_row, cm_by_row=None):
-    """Runs whose accuracies are flat rows summing to the given R&G per seed."""
+def test_paired_difference_interval_on_known_numbers():
+    # Differences 2, 4, 3, 5, 6: mean 4, std sqrt(2.5); t(0.975, 4) = 2.7764451.
+    item = paired_difference([3.0, 5.0, 4.0, 6.0, 7.0], [1.0] * 5)
+    assert item["mean"] == 4.0 and item["std"] == pytest.approx(2.5 ** 0.5) and item["n"] == 5
+    half = 2.7764451052 * 2.5 ** 0.5 / 5 ** 0.5
+    assert item["half_width"] == pytest.approx(half, rel=1e-9)
+    assert (item["low"], item["high"]) == pytest.approx((4 - half, 4 + half), rel=1e-9)
+    assert item["verdict"] == "higher"
+    assert paired_difference([1.0, 2.0, 3.0], [3.0, 3.5, 5.0])["verdict"] == "lower"
+    assert paired_difference([1.0, 3.0, 2.0], [2.0, 2.0, 2.0])["verdict"] == "no difference detected"
+    one = paired_difference([5.0], [1.0])
+    assert one["verdict"] == "undecided (1 seed)" and one["low"] is None
+    assert t_quantile(0.975, 1) == pytest.approx(12.7062047, rel=1e-7)
+    assert t_quantile(0.975, 9) == pytest.approx(2.2621572, rel=1e-7)
+    assert t_quantile(0.025, 9) == pytest.approx(-2.2621572, rel=1e-7)
+    with pytest.raises(ValueError, match="seed by seed"):
+        paired_difference([1.0, 2.0], [1.0])
+
+
+def test_t_quantile_matches_scipy():
+    stats = pytest.importorskip("scipy.stats")
+    for df in (1, 2, 4, 9, 29, 200):
+        for p in (0.6, 0.9, 0.975, 0.995):
+            assert t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-9)
+
+
+def _fake_runs(table, settings, rg_default, rg_by_row=None, cm_by_row=None):
+    """Runs of every row the settings define, whose accuracies are flat rows summing to
+    the given R&G per seed (the same under FGSM and PGD)."""
     runs = []
     width = len(table.eps_grid)
-    for name, values in rg_by_row.items():
-        row = table.row(name)
+    for variant in variants(table, settings):
+        values = (rg_by_row or {}).get(variant.name, [rg_default + seed for seed in range(settings.seeds)])
         for seed, rg in enumerate(values):
-            cm = (cm_by_row or {}).get(name, [0.5, 0.5, 0.5])
-            runs.append({"seed": seed, "row": name, "model": row.model, "training": row.training,
-                         "accuracies": [rg / width] * width, "rg": rg, "cm": {"fgsm": cm, "pgd": cm},
+            cm = (cm_by_row or {}).get(variant.name, [0.5, 0.5, 0.5])
+            runs.append({"seed": seed, "row": variant.name, "model": variant.model, "training": variant.training,
+                         "accuracies": {"fgsm": [rg / width] * width, "pgd": [rg / width] * width},
+                         "rg": {"fgsm": rg, "pgd": rg}, "collapsed": False, "cm": {"fgsm": cm, "pgd": cm},
                          "mvl": [0], "layer_names": ["a", "b", "c"], "clean_norm": [1.0, 1.0, 1.0],
                          "difference_norm": cm, "train_accuracy": 90.0})
     return runs
 
 
-def test_verdicts_follow_the_seed_spread():
-    settings = ReproduceSettings.defaults("mnist", quick=True)
+def test_verdicts_follow_the_t_interval():
+    settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), seeds=3)
     rg = {"Normal": [250.0, 260.0, 255.0], "AT-APGD": [400.0, 410.0, 405.0], "AT-APGD-LR-L0": [420.0, 425.0, 430.0]}
-    summary = summarise(TABLE_3, settings, _fake_runs(TABLE_3, rg, {"AT-APGD-LR-L0": [0.2, 0.5, 0.5]}))
-    best = summary["claims"]["best_lr_beats_base"][0]
-    assert best["row"] == "AT-APGD-LR-L0"
-    assert best["difference"] == pytest.approx(20.0) and best["difference_std"] == pytest.approx(5.0)
-    assert best["verdict"] == "yes" and best["stricter"] is True  # 20 > 5 + 5
-    assert best["paper_difference"] == pytest.approx(541.73 - 497.99) and best["paper_holds"]
+    summary = summarise(TABLE_3, settings, _fake_runs(TABLE_3, settings, 0.0, rg, {"AT-APGD-LR-L0": [0.2, 0.5, 0.5]}))
+    item = summary["claims"]["lr_vs_base"][0]
+    assert item["row"] == "AT-APGD-LR-L0" and item["base_row"] == "AT-APGD"
+    # Differences 20, 15, 25: mean 20, std 5, half width t(0.975, 2) * 5 / sqrt(3) = 12.42.
+    assert item["fgsm"]["mean"] == pytest.approx(20.0) and item["fgsm"]["std"] == pytest.approx(5.0)
+    assert item["fgsm"]["half_width"] == pytest.approx(4.3026527 * 5 / 3 ** 0.5, rel=1e-6)
+    assert item["fgsm"]["verdict"] == "higher" and item["pgd"]["verdict"] == "higher"
+    assert item["paper_difference"] == pytest.approx(541.73 - 497.99)
     falls = summary["claims"]["cm_falls"]
-    assert {item["attack"] for item in falls} == {"fgsm", "pgd"}
-    assert all(item["difference"] == pytest.approx(-0.3) and item["verdict"] == "yes" for item in falls)
-    assert summary["rows"]["Normal"]["rg_std"] == pytest.approx(5.0)
+    assert {f["attack"] for f in falls} == {"fgsm", "pgd"}
+    assert all(f["change"]["mean"] == pytest.approx(-0.3) and f["change"]["verdict"] == "lower" for f in falls)
+    assert summary["rows"]["Normal"]["evaluation"]["fgsm"]["rg_std"] == pytest.approx(5.0)
+    statement = summary["claims"]["statements"][0]
+    assert statement["holds"] == "yes" and "LR-L0" in statement["claim"]
 
-    rg["AT-APGD-LR-L0"] = [395.0, 420.0, 410.0]  # differences -5, +10, +5: mean 3.3 < std 7.6
-    noisy = summarise(TABLE_3, settings, _fake_runs(TABLE_3, rg))
-    assert noisy["claims"]["best_lr_beats_base"][0]["verdict"] == "no: within the seed spread"
+    rg["AT-APGD-LR-L0"] = [395.0, 420.0, 410.0]  # differences -5, +10, +5: the interval contains 0
+    noisy = summarise(TABLE_3, settings, _fake_runs(TABLE_3, settings, 0.0, rg))
+    assert noisy["claims"]["lr_vs_base"][0]["fgsm"]["verdict"] == "no difference detected"
+    assert noisy["claims"]["statements"][0]["holds"] == "not shown (no difference detected)"
     rg["AT-APGD-LR-L0"] = [380.0, 390.0, 384.0]
-    worse = summarise(TABLE_3, settings, _fake_runs(TABLE_3, rg))
-    assert worse["claims"]["best_lr_beats_base"][0]["verdict"].startswith("no: the opposite")
+    worse = summarise(TABLE_3, settings, _fake_runs(TABLE_3, settings, 0.0, rg))
+    assert worse["claims"]["lr_vs_base"][0]["fgsm"]["verdict"] == "lower"
+    assert worse["claims"]["statements"][0]["holds"].startswith("no (lower")
     markdown = to_markdown(worse)
     assert "Khalooei et al., arXiv:2202.02626, Table 3" in markdown and "AT-APGD-LR-L0" in markdown
+    assert "-20.33 [" in markdown  # the mean difference and its interval
 
 
 def test_best_layer_claim_is_checked_against_the_papers_best():
     settings = ReproduceSettings.defaults("moons", quick=True)
-    rg = {name: [400.0, 402.0] for name in TABLE_2.names}
-    rg["AT-FGSM-LR-L0"] = [430.0, 431.0]  # L0 best here, L2 best in the paper
-    summary = summarise(TABLE_2, settings, _fake_runs(TABLE_2, rg))
-    fgsm = next(item for item in summary["claims"]["best_layer"] if item["base"] == "fgsm")
-    assert fgsm["paper_best"] == "AT-FGSM-LR-L2" and fgsm["our_best"] == "AT-FGSM-LR-L0" and not fgsm["holds"]
-    assert fgsm["margin_over_runner_up"] == pytest.approx(-29.5)
+    rg = {"AT-FGSM-LR-L0": [430.0, 431.0]}  # L0 best here, L2 best in the paper
+    summary = summarise(TABLE_2, settings, _fake_runs(TABLE_2, settings, 400.0, rg))
+    fgsm = next(item for item in summary["claims"]["best_layer"] if item["base_row"] == "AT-FGSM")
+    assert fgsm["paper_best"] == "AT-FGSM-LR-L2" and fgsm["fgsm"]["our_best"] == "AT-FGSM-LR-L0"
+    assert not fgsm["fgsm"]["holds"] and fgsm["fgsm"]["margin"]["mean"] == pytest.approx(-30.0)
 
 
 def test_summarise_refuses_missing_runs():
     settings = ReproduceSettings.defaults("mnist", quick=True)
-    runs = _fake_runs(TABLE_3, {"Normal": [1.0, 2.0], "AT-APGD": [1.0], "AT-APGD-LR-L0": [1.0, 2.0]})
+    runs = _fake_runs(TABLE_3, dataclasses.replace(settings, seeds=2), 1.0)
+    runs = [run for run in runs if not (run["row"] == "AT-APGD" and run["seed"] == 1)]
     with pytest.raises(ValueError, match="AT-APGD"):
         summarise(TABLE_3, settings, runs)
 
@@ -206,9 +300,16 @@ def test_summarise_refuses_missing_runs():
 
 def test_apply_overrides_reads_types():
     settings = apply_overrides(ReproduceSettings.defaults("moons"),
-                               ["epochs=3", "gamma=0.25", "n_train=none", "optimizer=sgd", 'model_kwargs={"A": {}}'])
+                               ["epochs=3", "gamma=0.25", "n_train=none", "optimizer=sgd", 'model_kwargs={"A": {}}',
+                                "sweep_gammas=0.5,2", "sweep_bases=", "lr_grad=adversarial", "standardize=false"])
     assert (settings.epochs, settings.gamma, settings.n_train, settings.optimizer) == (3, 0.25, None, "sgd")
     assert settings.model_kwargs == {"A": {}}
+    assert (settings.sweep_gammas, settings.sweep_bases, settings.lr_grad) == ((0.5, 2.0), (), "adversarial")
+    assert settings.standardize is False
+    with pytest.raises(ValueError, match="lr_grad"):
+        apply_overrides(settings, ["lr_grad=clean"])
+    with pytest.raises(ValueError, match="standardize=maybe"):
+        apply_overrides(settings, ["standardize=maybe"])
     with pytest.raises(ValueError, match="bogus"):
         apply_overrides(settings, ["bogus=1"])
     with pytest.raises(ValueError, match="epochs=x"):
@@ -256,11 +357,23 @@ def test_reproduce_mnist_quick_on_synthetic_files(tmp_path):
     summary = json.loads((out / "report.json").read_text())
     assert summary["paper_source"] == "Khalooei et al., arXiv:2202.02626, Table 3"
     assert list(summary["rows"]) == ["Normal", "AT-APGD", "AT-APGD-LR-L0"]
-    assert summary["layer_names"]["B"][0] == "conv1"
+    assert summary["layer_names"]["B"][0] == "relu1"  # the authors' L0: conv1's activation
     for row in summary["rows"].values():
-        assert row["rg_mean"] == pytest.approx(sum(row["mean"]), abs=1e-9)
-    table = _main_table((out / "report.md").read_text())
+        for result in row["evaluation"].values():
+            assert result["rg_mean"] == pytest.approx(sum(result["mean"]), abs=1e-9)
+    table = _main_table((out / "report.md").read_text(), "## FGSM accuracy")
     assert [paper for _, paper in table["AT-APGD-LR-L0"]] == pytest.approx([98.97, 98.11, 97.36, 97.17, 94.6, 55.52,
                                                                            541.73])
     for name in ("rg_scores.png", "cm_layers.png"):
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
+
+
+def test_verdicts_are_given_per_attack_when_the_attacks_disagree():
+    settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), seeds=3)
+    rg = {"Normal": [250.0, 260.0, 255.0], "AT-APGD": [400.0, 410.0, 405.0], "AT-APGD-LR-L0": [420.0, 425.0, 430.0]}
+    runs = _fake_runs(TABLE_3, settings, 0.0, rg)
+    for run in runs:  # under PGD the LR row loses what it wins under FGSM
+        if run["row"] == "AT-APGD-LR-L0":
+            run["rg"]["pgd"] = run["rg"]["fgsm"] - 40.0 - run["seed"]
+    statement = summarise(TABLE_3, settings, runs)["claims"]["statements"][0]
+    assert statement["holds"] == "FGSM: yes; PGD-2: no (lower in 1 of 1)"

@@ -136,10 +136,13 @@ def test_lr_gradient_reaches_the_clean_and_the_adversarial_features(moons, monke
             assert t.grad is not None and t.grad.abs().sum() > 0, f"no gradient reaches the {name} features"
 
 
-def test_lr_parameter_gradient_equals_both_branch_reference(moons):
+@pytest.mark.parametrize("probes", ["activations", "hidden"])
+def test_lr_parameter_gradient_equals_both_branch_reference(moons, probes):
     """d LR / d theta equals the reference computed through both branches, and differs
-    from the one with the clean branch detached (so a detached trainer fails here)."""
-    trainer = make_trainer(moons, base="fgsm", lr_layers=[1, 2], gammas=[0.5, 2.0])
+    from the one with the clean branch detached (so a detached trainer fails here); the
+    layers are the activation outputs by default (the authors' L1, L2), the Linear
+    outputs before the activation with probes="hidden"."""
+    trainer = make_trainer(moons, base="fgsm", lr_layers=[1, 2], gammas=[0.5, 2.0], probes=probes)
     model = trainer.module
     params = [p for layer in (model.fc1, model.fc2, model.fc3) for p in layer.parameters()]  # fc4: no LR path
     x, y = first_batch(moons)
@@ -151,8 +154,11 @@ def test_lr_parameter_gradient_equals_both_branch_reference(moons):
         h = inputs if model.normalize is None else model.normalize(inputs)
         for linear, act in ((model.fc1, model.act1), (model.fc2, model.act2), (model.fc3, model.act3)):
             h = linear(h)
-            hidden.append(h)
+            if probes == "hidden":
+                hidden.append(h)
             h = act(h)
+            if probes == "activations":
+                hidden.append(h)
         return hidden
 
     def reference_lr(detach_clean):
@@ -236,8 +242,10 @@ def test_layer_outside_the_probes_fails_before_training(moons):
     torch.manual_seed(0)
     model = build_model("A")
     before = [p.detach().clone() for p in model.parameters()]
-    with pytest.raises(ValueError, match=r"layer index 3 is outside the 3 probe points.*L0=fc1, L1=fc2, L2=fc3"):
+    with pytest.raises(ValueError, match=r"layer index 3 is outside the 3 probe points.*L0=act1, L1=act2, L2=act3"):
         make_trainer(moons, model=model, lr_layers=[0, 3])
+    with pytest.raises(ValueError, match=r"layer index 3 is outside the 3 probe points.*'hidden'.*L0=fc1, L1=fc2"):
+        make_trainer(moons, model=model, lr_layers=[0, 3], probes="hidden")
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 

@@ -4,9 +4,11 @@ test split; writes report.json, report.md and lsa.png into --out.
     lsa-fast analyze --model A --checkpoint ckpt.pt --perturbations fgsm:0.1,pgd:0.1,gaussian:0.1 --eta 1.0 --out lsa-report
 
 eps values are in the dataset's own units (the paper's): for Moons, the units of the
-moons before lsa_fast.data maps them into [0, 1]^2, so fgsm:0.1 attacks with 0.1 / 5 in
-input units; the report records both. Under torchrun each rank analyses a shard of the
-data and rank 0 writes the report of the whole set.
+moons before lsa_fast.data maps them into [0, 1]^2 (z units when the run standardized
+them), so fgsm:0.1 attacks with 0.1 / 5 (standardized: 0.1 / 10) in input units; the
+report records both. The probe points are the activation outputs (the authors' L0, L1,
+...) unless the run recorded another preset or --select says otherwise. Under torchrun
+each rank analyses a shard of the data and rank 0 writes the report of the whole set.
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, mi
 from ..model_fit import check_model_fits, check_model_name, load_weights, paper_dataset
 from ..models import build_model, parse_model_options, recorded_model_options
 from ..report import atomic_write_text
-from ..run_data import describe, load_split
+from ..run_data import describe, load_split, moons_units
 from ._device import parse_device
 from ._outputs import check_output_dir
 from .arguments import comma_items
@@ -64,9 +66,11 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
     parser.add_argument("--eta", type=float, default=1.0, help="MVL threshold: layer mean - mu > eta * sigma (1.0)")
     parser.add_argument("--eta-sweep", default=",".join(f"{e:g}" for e in DEFAULT_ETA_SWEEP), metavar="ETAS",
                         help="comma-separated etas whose MVL lists the report also gives")
-    parser.add_argument("--select", default="hidden",
-                        help="probe points: hidden (Conv/Linear outputs but the last: L0, L1, ...), learnable, "
-                             "activations, or a module name / glob pattern (default: hidden)")
+    parser.add_argument("--select", "--probes", dest="select", default=None,
+                        help="probe points: activations (the ReLU/ELU/LeakyReLU outputs, one per hidden layer: the "
+                             "authors' L0, L1, ...), hidden (Conv/Linear outputs but the last, before the "
+                             "activation), learnable, or a module name / glob pattern (default: the preset the "
+                             "checkpoint's run recorded for its --lr-layers, else activations)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="analyse only the first N samples (default: the split the run recorded, in full)")
@@ -98,7 +102,10 @@ def run(args: argparse.Namespace) -> int:
     if dataset is None:
         raise ValueError(f"--dataset is required for model {model_name!r} (one of {', '.join(DATASET_NAMES)})")
     check_model_fits(model, model_name, dataset)  # before the data is read
-    perturbations = _perturbations(args.perturbations, dataset)
+    recorded_data = config.get("data_options") if config.get("dataset") == dataset else None
+    units = moons_units(recorded_data) if dataset == "moons" and isinstance(recorded_data, dict) else "raw"
+    perturbations = _perturbations(args.perturbations, dataset, units)
+    select = args.select or _recorded_probes(config) or "activations"
     eta_sweep = _floats("--eta-sweep", args.eta_sweep)
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
@@ -115,9 +122,9 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(args.seed)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            report = analyze(model, loader, perturbations, eta=args.eta, select=args.select, device=device,
+            report = analyze(model, loader, perturbations, eta=args.eta, select=select, device=device,
                              progress=not args.no_progress, eta_sweep=eta_sweep, dataset=dataset,
-                             model_name=model_name)
+                             model_name=model_name, moons_units=units)
         if distributed and torch.distributed.get_rank() != 0:
             return 0
         for warning in caught:
@@ -211,7 +218,15 @@ def _load(args, dataset: str, config: dict, distributed: bool):
     return data
 
 
-def _perturbations(text: str, dataset: str) -> dict:
+def _recorded_probes(config: dict):
+    """The probe preset a trainer checkpoint's run counted its --lr-layers in (None when
+    the checkpoint records none: a plain state_dict, or a run from before the preset was
+    recorded)."""
+    probes = config.get("probes")
+    return probes if isinstance(probes, str) else None
+
+
+def _perturbations(text: str, dataset: str, units: str = "raw") -> dict:
     """{spec as written: attack bound with eps in input units}."""
     if not str(text).strip():
         raise ValueError("--perturbations is empty; e.g. fgsm:0.1,pgd:0.1,gaussian:0.1")
@@ -226,7 +241,7 @@ def _perturbations(text: str, dataset: str) -> dict:
             raise ValueError(f"--perturbations: {spec!r} has no eps; write name:eps, e.g. {spec}:0.1")
         if spec in perturbations:
             raise ValueError(f"--perturbations: {spec!r} is given twice")
-        perturbations[spec] = make_attack(name, eps_to_input_units(dataset, eps, name))
+        perturbations[spec] = make_attack(name, eps_to_input_units(dataset, eps, name, moons_units=units))
     return perturbations
 
 

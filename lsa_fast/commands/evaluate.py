@@ -4,8 +4,8 @@ as a row of the paper's tables with its R&G score (the sum of the accuracies).
     lsa-fast eval --checkpoint runs/x --attack fgsm --eps-grid 0,0.1,0.2,0.3,0.4,0.5
 
 The model and dataset come from the checkpoint's config; eps values are in the
-dataset's own units (moons coordinates, pixel fractions for images), like the paper's
-tables, and the default grid is the paper's for the dataset.
+dataset's own units (moons coordinates, z units for standardized moons, pixel fractions
+for images), like the paper's tables, and the default grid is the paper's for the dataset.
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from ..analysis import eps_to_input_units
 from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
 from ..model_fit import check_model_fits, check_model_name, load_weights
 from ..models import parse_model_options, recorded_model_options
-from ..run_data import describe, load_split
+from ..run_data import describe, load_split, moons_units
 from ..training import TrainConfig, run_name
 from ._device import parse_device
 from ._outputs import check_output_file
@@ -121,7 +121,8 @@ def run(args) -> int:
     generator.manual_seed(args.seed)
     attack_kw["generator"] = generator
     row = args.name or run_name(config, state.get("mvl"))
-    input_grid = [eps_to_input_units(dataset, eps, args.attack) for eps in grid]
+    units = moons_units(data_options) if dataset == "moons" else "raw"  # z units for standardized moons
+    input_grid = [eps_to_input_units(dataset, eps, args.attack, moons_units=units) for eps in grid]
     measured = evaluate(model, loader, attack=args.attack, eps_grid=input_grid, row=row, **attack_kw)
     # The same row, labelled with the eps in dataset units as the paper prints them.
     table = EvaluationTable(eps_grid=tuple(grid), attack=measured.attack, rows=dict(measured.rows))

@@ -6,8 +6,10 @@ checkpoints, exact resume and torchrun DDP.
     lsa-fast train --resume runs/x
     torchrun --nproc_per_node=2 -m lsa_fast.cli train ... --out runs/ddp
 
-eps and alpha are given in the dataset's own units (the paper's: moons coordinates,
-pixel fractions for MNIST/CIFAR-10) and converted to model-input units.
+eps and alpha are given in the dataset's own units (moons coordinates, or z units with
+--standardize; pixel fractions for MNIST/CIFAR-10) and converted to model-input units.
+--lr-layers counts the probe points of --probes (default: the activation outputs, the
+authors' L0, L1, ...).
 
 A run directory belongs to one process at a time (lsa_fast.run_lock); a restart
 removes what a killed write left (temporary files) and finishes what a killed run left
@@ -41,8 +43,9 @@ from ..model_fit import FITS, check_model_fits, check_model_name
 from ..models import MODEL_DATASET, model_options, parse_model_options
 from ..models import model_dataset as implied_dataset
 from ..run_data import describe, load_split, record
+from ..run_data import moons_units as run_data_units
 from ..run_lock import RunLock
-from ..train_config import AUGMENT_MODES, BASES, COMPILE_MODES, OPTIMIZERS, SCHEDULES, TrainConfig
+from ..train_config import AUGMENT_MODES, BASES, COMPILE_MODES, LR_GRAD_MODES, OPTIMIZERS, PROBE_PRESETS, SCHEDULES, TrainConfig
 from ..training import (
     CONFIG_NAME,
     METRICS_NAME,
@@ -66,7 +69,10 @@ DEFAULT_EPS = {"moons": 0.3, "mnist": 0.3, "cifar10": 8 / 255}
 _RUN_OPTIONS = ("model", "dataset", "base", "lr_layers", "gamma", "epochs", "eps", "alpha", "steps",
                 "no_random_start", "beta", "attack_mode", "eta", "warmup_epochs", "batch_size", "optimizer",
                 "lr", "momentum", "weight_decay", "schedule", "amp", "channels_last", "grad_clip", "seed",
-                "n_train", "n_test", "noise", "limit", "model_option", "augment", "drop_last")
+                "n_train", "n_test", "noise", "limit", "model_option", "augment", "drop_last", "probes", "lr_grad",
+                "standardize")
+# The options of the run's data record (lsa_fast.run_data).
+_DATA_OPTIONS = ("n_train", "n_test", "noise", "limit", "standardize")
 
 # What a run directory holds (a new run refuses a directory that has one of the first two).
 _RUN_FILES = (CHECKPOINT_NAME, FINAL_NAME, CONFIG_NAME, METRICS_NAME)
@@ -96,6 +102,9 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     general.add_argument("--n-train", type=int, help="moons: training samples (default 10000)")
     general.add_argument("--n-test", type=int, help="moons: test samples (default 2000)")
     general.add_argument("--noise", type=float, help="moons: noise (default 0.2)")
+    general.add_argument("--standardize", action="store_true", default=None,
+                         help="moons: z-score both axes with the training split's mean and std (the paper's units; "
+                              "eps and alpha then in z units; model A sees z-scores)")
     general.add_argument("--limit", type=int, help="keep the first N samples of each split (quick runs)")
     general.add_argument("--workers", type=int, default=0,
                          help="unused: the training data live on the device (kept for old command lines)")
@@ -118,6 +127,13 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
                                             "learning rate): '0,2', 'auto' (LSA after the warm-up), or "
                                             "an LSA report JSON (its MVL); default: none")
     attack.add_argument("--gamma", help="regulariser weight: one value, or one per layer '1,0.5' (default 1)")
+    attack.add_argument("--probes", choices=PROBE_PRESETS,
+                        help="what --lr-layers indices count: activations (the ReLU/ELU/LeakyReLU outputs, one per "
+                             "hidden layer, the authors' L0, L1, ...; default), hidden (Conv/Linear outputs but the "
+                             "last, before the activation), learnable")
+    attack.add_argument("--lr-grad", choices=LR_GRAD_MODES,
+                        help="the regulariser's gradient paths: both (the paper's equation; default), adversarial "
+                             "(clean features detached), numerator (the denominator ||phi(x)|| detached)")
     attack.add_argument("--eta", type=float, help="MVL threshold of Algorithm 1 for --lr-layers auto (default 1)")
     attack.add_argument("--warmup-epochs", type=int, help="normal epochs before LSA for --lr-layers auto (default 1)")
 
@@ -351,7 +367,8 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
         raise ValueError(f"--eps must be >= 0, got {eps}")
     # The run directory records its data in full (defaults too): eval and analyze rebuild it
     # from there; where files were read from is TrainConfig.data_dir (_load_data).
-    data_options = record(dataset, {key: getattr(args, key) for key in ("n_train", "n_test", "noise", "limit")})
+    data_options = record(dataset, {key: getattr(args, key) for key in _DATA_OPTIONS})
+    moons_units = run_data_units(data_options) if dataset == "moons" else "raw"
     for option, text in (("--gamma", args.gamma), ("--lr-layers", args.lr_layers)):
         if text is not None and "," in text:
             comma_items(text, option)  # '0,,2' is an error, not '0,2'
@@ -362,17 +379,21 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
         "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
         "amp": args.amp, "channels_last": args.channels_last, "grad_clip": args.grad_clip, "seed": args.seed,
         "augment": args.augment, "drop_last": args.drop_last, "compile": args.compile,
+        "probes": args.probes, "lr_grad": args.lr_grad,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.no_random_start:
         fields["random_start"] = False
     if args.alpha is not None:
-        fields["alpha"] = eps_to_input_units(dataset, args.alpha)
+        fields["alpha"] = eps_to_input_units(dataset, args.alpha, moons_units=moons_units)
     extra = {"eps_dataset_units": eps}
     if args.alpha is not None:
         extra["alpha_dataset_units"] = args.alpha
-    options = model_options(model, parse_model_options(args.model_option))
-    return TrainConfig(eps=eps_to_input_units(dataset, eps), model=model, dataset=dataset,
+    given = parse_model_options(args.model_option)
+    if moons_units == "standardized" and model.strip().upper() == "A":
+        given.setdefault("normalize", "moons-standardized")  # model A's layers see the z-scores
+    options = model_options(model, given)
+    return TrainConfig(eps=eps_to_input_units(dataset, eps, moons_units=moons_units), model=model, dataset=dataset,
                        model_kwargs=options, data_options=data_options, extra=extra, **fields)
 
 
@@ -406,7 +427,7 @@ def _check_resume_args(args, config: TrainConfig, model_dataset, ignore=()) -> N
     renamed = {"gamma": "gammas", "no_random_start": "random_start", "model_option": "model_kwargs"}
     conflicts = []
     for name in given:
-        if name in ("n_train", "n_test", "noise", "limit"):
+        if name in _DATA_OPTIONS:
             # A run written before data_options was complete used the defaults for what it omits.
             mine, theirs = wanted.data_options.get(name), record(config.dataset, config.data_options).get(name)
         else:
