@@ -134,8 +134,8 @@ class DataDependentMLP(nn.Module):
 
 def test_a_model_that_does_not_compile_trains_eagerly_after_one_warning(moons):
     x, y = moons.tensors[0][:64], moons.tensors[1][:64]
-    eager = make_trainer(moons, None, "pgd", (0,), model=DataDependentMLP)
-    fast = make_trainer(moons, "aot-eager", "pgd", (0,), model=DataDependentMLP)
+    eager = make_trainer(moons, None, "pgd", (0,), model=DataDependentMLP, probes="hidden")
+    fast = make_trainer(moons, "aot-eager", "pgd", (0,), model=DataDependentMLP, probes="hidden")
     with pytest.warns(RuntimeWarning, match="DataDependentMLP does not compile into one graph.*training eagerly") as caught:
         stats = run_steps(fast, x, y)
     assert len([w for w in caught if "does not compile" in str(w.message)]) == 1
