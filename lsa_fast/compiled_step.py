@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 
 from . import ops
-from .attacks._common import _VALUE_CHECKS, attack_mode, predicted_class, summed_loss
+from .attacks._common import _VALUE_CHECKS, attack_mode, summed_loss
 from .attacks.pgd import random_start_point
 from .attacks.trades import _as_multiclass
 from .probes import LayerProbe
@@ -320,8 +320,7 @@ def _loss_backward_fn(module, tap: Optional["_FeatureTap"], base: str, layers: L
     """ATLRTrainer.compute_loss after the attack, then the backward (of total * scale
     under GradScaler); returns the stats [task * real, correct among the first real
     samples, regulariser * real] (real: the batch size when None)."""
-    from .ops import layerwise_regularizer
-    from .training import _kl_clean_adv, _task_loss
+    from .training import _kl_clean_adv, _task_loss, regularised_loss
 
     def loss_backward(x, x_hat, y, scale, real):
         with autocast():
@@ -335,16 +334,7 @@ def _loss_backward_fn(module, tap: Optional["_FeatureTap"], base: str, layers: L
                 task = _task_loss(clean_logits, y, binary) + beta * _kl_clean_adv(clean_logits, logits, binary)
             else:
                 task = _task_loss(logits, y, binary)
-            if layers:
-                regularizer = layerwise_regularizer(clean_feats, adv_feats, layers, gammas, lr_grad=lr_grad)
-                total = task + regularizer
-            else:
-                regularizer = torch.zeros((), dtype=torch.float32, device=x.device)
-                total = task
-            batch = x.shape[0] if real is None else real
-            correct = (predicted_class(logits.detach())[:batch] == y[:batch]).sum()
-            stats = torch.stack([task.detach().double() * batch, correct.double(),
-                                 regularizer.detach().double() * batch])
+            total, _, stats = regularised_loss(task, logits, y, clean_feats, adv_feats, layers, gammas, lr_grad, real)
         (total if scale is None else total * scale).backward()
         return stats
 

@@ -222,7 +222,7 @@ class ATLRTrainer:
         base = self.active_base
         layers = self.mvl if self.regulariser_active else None
         x_hat = self.perturb(x, y, base)
-        clean_logits = clean_feats = None
+        clean_logits = clean_feats = adv_feats = None
         if base == "trades":
             if layers:
                 with self._probe:
@@ -243,16 +243,8 @@ class ATLRTrainer:
             task = _task_loss(clean_logits, y, self.binary) + config.beta * _kl_clean_adv(clean_logits, logits, self.binary)
         else:
             task = _task_loss(logits, y, self.binary)
-        if layers:
-            regularizer = layerwise_regularizer(clean_feats, adv_feats, layers, self._gammas,
-                                                lr_grad=config.lr_grad)
-            total = task + regularizer
-        else:
-            regularizer = torch.zeros((), dtype=torch.float32, device=x.device)
-            total = task
-        batch = x.shape[0] if real is None else real
-        correct = (predicted_class(logits.detach())[:batch] == y[:batch]).sum()
-        stats = torch.stack([task.detach().double() * batch, correct.double(), regularizer.detach().double() * batch])
+        total, regularizer, stats = regularised_loss(task, logits, y, clean_feats, adv_feats, layers or [],
+                                                     self._gammas if layers else [], config.lr_grad, real)
         return StepLoss(total, task, regularizer, x_hat, stats)
 
     def perturb(self, x: torch.Tensor, y: torch.Tensor, base: Optional[str] = None) -> torch.Tensor:
@@ -764,6 +756,21 @@ def run_name(config: TrainConfig, mvl: Optional[Sequence[int]] = None) -> str:
 
 
 # ---------------------------------------------------------------------- losses
+
+
+def regularised_loss(task, logits, y, clean_feats, adv_feats, layers, gammas, lr_grad: str, real: Optional[int]):
+    """J + LR (Algorithm 3) and the step's detached stats [task * n, correct, LR * n] over
+    the first `real` samples (the rest are padding); shared by the eager and compiled steps."""
+    if layers:
+        regularizer = layerwise_regularizer(clean_feats, adv_feats, layers, gammas, lr_grad=lr_grad)
+        total = task + regularizer
+    else:
+        regularizer = torch.zeros((), dtype=torch.float32, device=logits.device)
+        total = task
+    batch = y.shape[0] if real is None else real
+    correct = (predicted_class(logits.detach())[:batch] == y[:batch]).sum()
+    stats = torch.stack([task.detach().double() * batch, correct.double(), regularizer.detach().double() * batch])
+    return total, regularizer, stats
 
 
 def _task_loss(logits: torch.Tensor, y: torch.Tensor, binary: bool) -> torch.Tensor:

@@ -13,6 +13,7 @@
 #include <torch/headeronly/util/Exception.h>
 
 #include "dispatch.h"
+#include "layout.h"
 
 namespace lsa_fast {
 
@@ -36,25 +37,9 @@ struct LayerPairs {
 // of squares does not depend on the order inside a sample, so such tensors are
 // read without a copy as long as clean and perturbed share their strides.
 inline bool samples_are_dense_blocks(const Tensor& t) {
-  const int64_t rank = t.dim();
-  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size) of dims 1..rank-1
-  for (int64_t d = 1; d < rank; ++d) {
-    if (t.size(d) != 1) dims.emplace_back(t.stride(d), t.size(d));
-  }
-  std::sort(dims.begin(), dims.end());
-  int64_t expected = 1;
-  for (const auto& [stride, size] : dims) {
-    if (stride != expected) return false;
-    expected *= size;
-  }
-  return t.size(0) == 1 || t.stride(0) == expected;
-}
-
-inline bool same_strides(const Tensor& a, const Tensor& b) {
-  for (int64_t d = 0; d < a.dim(); ++d) {
-    if (a.size(d) != 1 && a.stride(d) != b.stride(d)) return false;
-  }
-  return true;
+  int64_t sample_extent = 0;
+  if (!dims_are_dense(t, 1, &sample_extent)) return false;
+  return t.size(0) == 1 || t.stride(0) == sample_extent;
 }
 
 inline const char* side_name(int side) { return side == 0 ? "clean" : "perturbed"; }
@@ -88,7 +73,7 @@ inline LayerPairs prepare_layer_pairs(
                     " but layer 0 has ", pairs.batch);
     LayerPair pair;
     pair.sample_numel = a.numel() / pairs.batch;
-    if (samples_are_dense_blocks(a) && same_strides(a, b)) {
+    if (samples_are_dense_blocks(a) && same_layout(a, b)) {
       pair.clean = a;
       pair.perturbed = b;
     } else {  // one copy of each, as the contract allows for other layouts

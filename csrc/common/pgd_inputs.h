@@ -1,14 +1,13 @@
 // Host-side checks and layout of pgd_step's inputs, shared by the CPU and CUDA launchers.
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
-#include <utility>
-#include <vector>
 
 #include <torch/csrc/stable/ops.h>
 #include <torch/csrc/stable/tensor.h>
 #include <torch/headeronly/util/Exception.h>
+
+#include "layout.h"
 
 namespace lsa_fast {
 
@@ -17,24 +16,8 @@ using torch::stable::Tensor;
 // True when the elements fill one block of memory, [ptr, ptr + numel), each once
 // (contiguous, channels_last and any permutation of a dense tensor qualify).
 inline bool is_dense(const Tensor& t) {
-  std::vector<std::pair<int64_t, int64_t>> dims;  // (stride, size)
-  for (int64_t d = 0; d < t.dim(); ++d) {
-    if (t.size(d) != 1) dims.emplace_back(t.stride(d), t.size(d));
-  }
-  std::sort(dims.begin(), dims.end());
-  int64_t expected = 1;
-  for (const auto& [stride, size] : dims) {
-    if (stride != expected) return false;
-    expected *= size;
-  }
-  return true;
-}
-
-inline bool same_layout(const Tensor& a, const Tensor& b) {
-  for (int64_t d = 0; d < a.dim(); ++d) {
-    if (a.size(d) != 1 && a.stride(d) != b.stride(d)) return false;
-  }
-  return true;
+  int64_t extent = 0;
+  return dims_are_dense(t, 0, &extent);
 }
 
 // The step's tensors, all dense with one layout: memory position i of each holds the
