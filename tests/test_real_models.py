@@ -208,7 +208,7 @@ def test_analyze_runs_and_leaves_no_hook(name):
     model, x, _ = _model_and_inputs(name)
     hooks_before = _hook_count(model)
     y = torch.arange(BATCH) % 10
-    report = lsa_fast.analyze(model, (x, y), ["fgsm:0.03", "gaussian:0.05"], progress=False)
+    report = lsa_fast.analyze(model, (x, y), ["fgsm:0.03", "gaussian:0.05"], select="hidden", progress=False)
     probe = LayerProbe(model, select="hidden")
     with torch.no_grad():
         probe.capture(x)
