@@ -9,6 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from lsa_fast import attacks as A
+from pinwheel import pinwheel as pinwheel_points, trained_mlp
 
 
 
@@ -46,38 +47,17 @@ def images(batch=8, seed=1, classes=10, dtype=torch.float32):
 
 
 def pinwheel(n, seed):
-    """Four interleaved spiral arms in [0, 1]^2, shaped [N, 1, 1, 2] because
-    torchattacks' APGD assumes 4-D images."""
-    g = torch.Generator().manual_seed(seed)
-    y = torch.randint(0, 4, (n,), generator=g)
-    r = torch.rand(n, generator=g) * 0.35 + 0.05
-    angle = y * (math.pi / 2) + r * 3.0 + 0.25 * torch.randn(n, generator=g)
-    x = torch.stack([0.5 + r * torch.cos(angle), 0.5 + r * torch.sin(angle)], dim=1)
-    return x.clamp(0, 1).reshape(n, 1, 1, 2), y
+    """tests/pinwheel.py's points shaped [N, 1, 1, 2]: torchattacks' APGD assumes 4-D images."""
+    x, y = pinwheel_points(n, seed)
+    return x.reshape(n, 1, 1, 2), y
 
 
 @pytest.fixture(scope="module")
 def trained():
     """A 4-class MLP trained for a few seconds: ~97% clean, partly robust at eps 0.04."""
-    x, y = pinwheel(800, seed=0)
-    torch.manual_seed(0)
-    model = torch.nn.Sequential(
-        torch.nn.Flatten(),
-        torch.nn.Linear(2, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, 64),
-        torch.nn.ReLU(),
-        torch.nn.Linear(64, 4),
-    )
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
-    for _ in range(250):
-        loss = torch.nn.functional.cross_entropy(model(x), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    model.eval()
+    model = torch.nn.Sequential(torch.nn.Flatten(), trained_mlp(250))
     for p in model.parameters():
-        p.grad = None
+        p.requires_grad_(True)  # as a user's model: the attacks must leave no parameter gradient
     x_test, y_test = pinwheel(500, seed=1)
     return model, x_test, y_test
 

@@ -3,6 +3,7 @@
 the comparisons skip and the tests of compat alone still run)."""
 import copy
 import gc
+import textwrap
 import time
 import warnings
 
@@ -307,22 +308,22 @@ def test_the_packages_readme_usage_runs_on_both(capsys, ReferenceLSA):
     np.testing.assert_allclose(np.array(results["compat"]), np.array(results["reference"]), rtol=1e-4)
 
 
-SCRIPT = """
-import numpy as np
-import matplotlib.pyplot as plt
-from LayerSustainabilityAnalysis import LayerSustainabilityAnalysis as LSA
+SCRIPT = textwrap.dedent("""
+    import numpy as np
+    import matplotlib.pyplot as plt
+    from LayerSustainabilityAnalysis import LayerSustainabilityAnalysis as LSA
 
-lsa = LSA(pretrained_model=model)
-cm_fgsm = lsa.representation_comparisons(img_clean=x, img_perturbed=x_fgsm, verbose=False)
-cm_noise = lsa.representation_comparisons(x, x_noise, 'MSE', False)
-plt.figure()
-LSA.plot_representation_cm(lst_comparison_measures=cm_fgsm, plot_label='FGSM')
-LSA.plot_representation_cm(plot_title='LSA of the demo CNN', plot_label='gaussian', plot_style='--x',
-                           lst_comparison_measures=cm_noise, xlabel='probe', save_img=save_path)
-normalized = LSA.np_normalize_output(np.array(cm_fgsm))
-plt.figure()
-LSA.imshow(x[0] * 2 - 1)
-"""
+    lsa = LSA(pretrained_model=model)
+    cm_fgsm = lsa.representation_comparisons(img_clean=x, img_perturbed=x_fgsm, verbose=False)
+    cm_noise = lsa.representation_comparisons(x, x_noise, 'MSE', False)
+    plt.figure()
+    LSA.plot_representation_cm(lst_comparison_measures=cm_fgsm, plot_label='FGSM')
+    LSA.plot_representation_cm(plot_title='LSA of the demo CNN', plot_label='gaussian', plot_style='--x',
+                               lst_comparison_measures=cm_noise, xlabel='probe', save_img=save_path)
+    normalized = LSA.np_normalize_output(np.array(cm_fgsm))
+    plt.figure()
+    LSA.imshow(x[0] * 2 - 1)
+""")
 
 
 def _pyplot_state(plt):
