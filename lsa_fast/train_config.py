@@ -9,6 +9,7 @@ import numbers
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from .best_checkpoint import KEEP_BEST_MODES, check_keep_best
 from .ops import LR_GRAD_MODES  # the regulariser's gradient paths
 
 __all__ = ["TrainConfig", "BASES", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "ATTACK_MODES", "COMPILE_MODES",
@@ -28,7 +29,7 @@ AUGMENT_MODES = ("auto", "none", "crop-flip")
 # "hidden" / "learnable" (Conv/Linear outputs, before the activation).
 PROBE_PRESETS = ("activations", "hidden", "learnable")
 # What a config written before a field existed meant by leaving it out (from_dict).
-_OLD_MEANING = {"probes": "hidden"}
+_OLD_MEANING = {"probes": "hidden", "lsa_every": 0}
 
 
 @dataclasses.dataclass
@@ -56,6 +57,11 @@ class TrainConfig:
     4-pixel padding + horizontal flip, on the device; see lsa_fast.device_data),
     "none", or "auto" (crop-flip for cifar10, else none). drop_last: drop each
     epoch's last, smaller batch (every step then has the same shape).
+
+    val_size: training samples held out for validation (lsa_fast.validation; 0: none);
+    keep_best: "robust" / "clean" writes best.pt at the best validation accuracy under
+    PGD-10 / clean (lsa_fast.best_checkpoint; needs val_size > 0), "none" does not.
+    lsa_every: the per-layer CM and MVL every K epochs (lsa_fast.lsa_monitor; 0: off).
     """
 
     base: str = "pgd"
@@ -72,6 +78,9 @@ class TrainConfig:
     eta: float = 1.0
     warmup_epochs: int = 1
     lsa_samples: int = 2048
+    val_size: int = 0
+    keep_best: str = "none"
+    lsa_every: int = 1
     epochs: int = 10
     batch_size: int = 128
     optimizer: str = "sgd"
@@ -112,6 +121,10 @@ class TrainConfig:
         self.eta = _real("eta", self.eta)
         self.warmup_epochs = _integer("warmup_epochs", self.warmup_epochs, minimum=0)
         self.lsa_samples = _integer("lsa_samples", self.lsa_samples, minimum=1)
+        self.val_size = _integer("val_size", self.val_size, minimum=0)
+        self.keep_best = _choice("keep_best", self.keep_best, KEEP_BEST_MODES)
+        check_keep_best(self.keep_best, self.val_size)
+        self.lsa_every = _integer("lsa_every", self.lsa_every, minimum=0)
         self.epochs = _integer("epochs", self.epochs, minimum=1)
         self.batch_size = _integer("batch_size", self.batch_size, minimum=1)
         self.optimizer = _choice("optimizer", self.optimizer, OPTIMIZERS)

@@ -59,12 +59,14 @@ from .checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
+from .best_checkpoint import BEST_NAME
 from .data import make_loader
 from .analysis import analyze, is_terminal
 from .ops import layerwise_regularizer
 from .probes import LayerProbe
 from .report import atomic_write_text
 from .train_config import BASES, TrainConfig, _integer
+from .validation import EpochValidation
 
 __all__ = [
     "BASES",
@@ -123,7 +125,8 @@ class ATLRTrainer:
 
     def __init__(self, model: nn.Module, config: TrainConfig, train_loader: DataLoader,
                  test_loader: Optional[DataLoader] = None, device: Union[str, torch.device, None] = None,
-                 out_dir: Union[str, os.PathLike, None] = None, log_every: int = 50, stop_check_every: int = 10):
+                 out_dir: Union[str, os.PathLike, None] = None, log_every: int = 50, stop_check_every: int = 10,
+                 val_set: Optional[Dataset] = None):
         if not isinstance(model, nn.Module):
             raise TypeError(f"ATLRTrainer: model must be a torch.nn.Module, got {type(model).__name__}")
         if not isinstance(config, TrainConfig):
@@ -183,6 +186,8 @@ class ATLRTrainer:
         from .device_data import check_augmentation
 
         self.compiled_step = make_compiled_step(self)
+        # Validation accuracies, layer CM per epoch, best.pt (lsa_fast.validation): rank 0 measures.
+        self.epoch_validation = EpochValidation(config, self.module, val_set, test_loader) if self.rank == 0 else None
         unapplied = check_augmentation(train_loader, config)
         if unapplied:
             warnings.warn(unapplied, stacklevel=2)
@@ -340,6 +345,7 @@ class ATLRTrainer:
             "epoch_time": self._epoch_time if self.step_in_epoch > 0 else 0.0,
             "mvl": None if self.mvl is None else list(self.mvl),
             "lsa": self.lsa_summary,
+            "best": self.epoch_validation.best_state() if self.epoch_validation is not None else None,
             "config": self.config.to_dict(),
             "metrics": [dict(m) for m in self.metrics],
             "rng": rng_per_rank,
@@ -384,6 +390,8 @@ class ATLRTrainer:
         self._epoch_time = float(state.get("epoch_time", 0.0))
         self.metrics = [_current_metric_names(m) for m in state.get("metrics", [])]
         self.lsa_summary = state.get("lsa")
+        if self.epoch_validation is not None:
+            self.epoch_validation.load_best_state(state.get("best"))
         mvl = state.get("mvl")
         self.mvl = None if mvl is None else [int(l) for l in mvl]
         if self.mvl is not None:
@@ -489,6 +497,8 @@ class ATLRTrainer:
             from .evaluation import accuracy
 
             record["test_acc"] = accuracy(self.module, self.test_loader)
+        if self.epoch_validation is not None:
+            record.update(self.epoch_validation.measure(self.module, record["epoch"]))
         self.metrics.append(record)
         self.epoch += 1
         self.step_in_epoch = 0
@@ -512,6 +522,8 @@ class ATLRTrainer:
             save_checkpoint(state, self.out_dir / CHECKPOINT_NAME)
             if final:
                 save_checkpoint(state, self.out_dir / FINAL_NAME)
+            if self.epoch_validation is not None and self.epoch_validation.improved and self.step_in_epoch == 0:
+                save_checkpoint(state, self.out_dir / BEST_NAME)
 
     def _write_run_files(self) -> None:
         if self.out_dir is None or self.rank != 0:
