@@ -17,6 +17,7 @@ COMMANDS = [
     ("train", "train"),
     ("eval", "evaluate"),
     ("reproduce", "reproduce"),
+    ("plot", "plot"),
 ]
 
 

@@ -44,11 +44,20 @@ def plot_training(config: Dict[str, Any], metrics: Sequence[Dict[str, Any]], pat
     _draw_cm(left, config, measured)
     _draw_accuracy(right, config, metrics)
     extra = config.get("extra") or {}
-    name = extra.get("row") or f"{config.get('base', '?')} training"
+    name = extra.get("row") or _run_name(config, metrics)
     eps = extra.get("eps_dataset_units", config.get("eps"))
-    figure.suptitle(f"{name}: model {config.get('model')} on {config.get('dataset')}, eps {eps:g}", fontsize=11)
+    figure.suptitle(f"{name}: model {config.get('model')} on {config.get('dataset')}, training eps {eps:g} "
+                    f"(dataset units), seed {config.get('seed')}", fontsize=11)
     figure.tight_layout()
     return save_figure(figure, path, dpi)
+
+
+def _run_name(config: Dict[str, Any], metrics: Sequence[Dict[str, Any]]) -> str:
+    base = config.get("base", "none")
+    if base == "none":
+        return "Normal"
+    layers = _regularised(config, metrics)
+    return f"AT-{base.upper()}" + ("-LR-L" + ",".join(str(l) for l in layers) if layers else "")
 
 
 def _regularised(config: Dict[str, Any], metrics: Sequence[Dict[str, Any]]) -> List[int]:
@@ -80,10 +89,11 @@ def _draw_cm(axes, config: Dict[str, Any], measured: Sequence[Dict[str, Any]]) -
         if all(m.get("layer_cm_noise") for m in measured):
             axes.plot(epochs, [m["layer_cm_noise"][l] for m in measured], color=colours[l], linestyle="--",
                       linewidth=1.0, alpha=0.8)
-    axes.plot([], [], color="gray", linestyle="-", label=f"under {monitor.get('attack', 'the training attack')}")
-    axes.plot([], [], color="gray", linestyle="--", label="under Gaussian noise")
+    attack = str(monitor.get("attack", "the training attack")).upper()
+    axes.plot([], [], color="gray", linestyle="-", label=f"under {attack} at the training eps")
+    axes.plot([], [], color="gray", linestyle="--", label="under Gaussian noise (std = eps)")
     axes.set_xlabel("epoch")
-    axes.set_ylabel("CM = ||φ(x) − φ(x̂)|| / ||φ(x)|| (ratio, mean over the batch)")
+    axes.set_ylabel("CM = ‖φ(x) − φ(x̂)‖ / ‖φ(x)‖ (ratio, batch mean)")
     batch = f"{monitor.get('samples', '?')} {monitor.get('batch', '')} samples".strip()
     axes.set_title(f"layer CM per epoch ({batch})", fontsize=10)
     axes.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])

@@ -20,7 +20,8 @@ import warnings
 import torch
 from torch.utils.data import TensorDataset
 
-from ..checkpoint import resolve_checkpoint, why_unreadable
+from ..best_checkpoint import WEIGHTS, weights_file
+from ..checkpoint import why_unreadable
 from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_units
 from ..attacks import make_attack, parse_attack_spec
 from ..data import DATASET_NAMES, make_loader
@@ -54,6 +55,9 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
                              "(default: the checkpoint's record, else the paper's)")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
                         help="weights: a state_dict file, or a trainer checkpoint (a dict with 'model')")
+    parser.add_argument("--weights", default="final", choices=WEIGHTS,
+                        help="of a run directory: final (final.pt, else checkpoint.pt; default) or best (best.pt, "
+                             "written by lsa-fast train --keep-best)")
     parser.add_argument("--dataset", default=None, choices=DATASET_NAMES,
                         help="default: the dataset of the model (A: moons, B: mnist, C/D: cifar10)")
     parser.add_argument("--data", default=None, metavar="DIR",
@@ -86,7 +90,9 @@ def run(args: argparse.Namespace) -> int:
     check_output_dir(args.out, "--out", files=REPORT_FILES)  # before the analysis, not after it
     parse_device(args.device)
     given = parse_model_options(args.model_option)
-    state, config = _read_checkpoint(args.checkpoint) if args.checkpoint else (None, {})
+    if args.weights != "final" and not args.checkpoint:
+        raise ValueError(f"--weights {args.weights} picks the weights of a run: give --checkpoint RUN")
+    state, config = _read_checkpoint(args.checkpoint, args.weights) if args.checkpoint else (None, {})
     model_name = args.model or config.get("model")
     if not model_name:
         raise ValueError("--model is required (the checkpoint does not name its model)" if args.checkpoint
@@ -159,13 +165,13 @@ def _write(report, out: str) -> int:
     return 0
 
 
-def _read_checkpoint(path: str):
+def _read_checkpoint(path: str, weights: str = "final"):
     """(state_dict, config) from a plain state_dict file or a trainer checkpoint
     {"model": state_dict, "config": {"model": name, "model_kwargs": {...}, "dataset": ...}, ...}."""
     try:  # a run directory of `lsa-fast train` -> its final.pt (else checkpoint.pt)
-        path = str(resolve_checkpoint(path))
+        path = str(weights_file(path, weights))
     except FileNotFoundError as error:
-        raise FileNotFoundError(f"--checkpoint {error}") from None
+        raise FileNotFoundError(error if weights == "best" else f"--checkpoint {error}") from None
     try:
         # weights_only: a checkpoint is data; unpickling arbitrary objects could run code.
         loaded = torch.load(path, map_location="cpu", weights_only=True)

@@ -19,6 +19,7 @@ from torch.utils.data import TensorDataset
 
 from ..attacks import ATTACKS, canonical_name
 from ..attacks.registry import parse_eps
+from ..best_checkpoint import WEIGHTS, weights_file
 from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
 from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
@@ -37,6 +38,9 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
                         help="a checkpoint file, or a run directory (its final.pt, else checkpoint.pt)")
+    parser.add_argument("--weights", default="final", choices=WEIGHTS,
+                        help="of a run directory: final (final.pt, else checkpoint.pt; default) or best (best.pt, "
+                             "written by lsa-fast train --keep-best)")
     parser.add_argument("--attack", default="fgsm", help="attack name (fgsm, fgsm-rs, pgd, apgd-ce, ...; default fgsm)")
     parser.add_argument("--eps-grid", "--eps", dest="eps_grid", help="comma-separated eps in dataset units (default: the paper's grid)")
     parser.add_argument("--steps", type=int, help="steps of iterative attacks (their default otherwise)")
@@ -70,7 +74,7 @@ def run(args) -> int:
     if args.out:
         check_output_file(args.out, "--out")
     given = parse_model_options(args.model_option)
-    state = load_checkpoint(args.checkpoint)
+    state = load_checkpoint(weights_file(args.checkpoint, args.weights))
     where = state["path"]
     config = TrainConfig.from_dict(state["config"])
     model_name = args.model or config.model

@@ -37,6 +37,8 @@ from ..checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from ..best_checkpoint import KEEP_BEST_MODES
+from ..validation import check_val_size, split_validation
 from ..data_record import check_fingerprint, data_dir_to_read, data_dir_to_record, fingerprint, missing_data_hint
 from ..device_data import make_device_loader
 from ..model_fit import FITS, check_model_fits, check_model_name
@@ -70,7 +72,7 @@ _RUN_OPTIONS = ("model", "dataset", "base", "lr_layers", "gamma", "epochs", "eps
                 "no_random_start", "beta", "attack_mode", "eta", "warmup_epochs", "batch_size", "optimizer",
                 "lr", "momentum", "weight_decay", "schedule", "amp", "channels_last", "grad_clip", "seed",
                 "n_train", "n_test", "noise", "limit", "model_option", "augment", "drop_last", "probes", "lr_grad",
-                "standardize")
+                "standardize", "val_size", "keep_best", "lsa_every")
 # The options of the run's data record (lsa_fast.run_data).
 _DATA_OPTIONS = ("n_train", "n_test", "noise", "limit", "standardize")
 
@@ -160,6 +162,18 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
                        help="compile the training step (torch.compile; on CUDA also CUDA graphs): --compile alone "
                             "is auto (cudagraphs on CUDA, inductor on CPU); may differ on --resume")
     optim.add_argument("--seed", type=int, help="default 0")
+
+    watch = parser.add_argument_group("validation and LSA during training")
+    watch.add_argument("--val-size", type=int, metavar="N",
+                       help="hold out N training samples (drawn with --seed, never trained on) for val_acc and "
+                            "val_robust_acc (PGD-10 at --eps) in metrics.jsonl each epoch (default 0: none)")
+    watch.add_argument("--keep-best", choices=KEEP_BEST_MODES,
+                       help="write best.pt at the epoch of the best validation accuracy: robust (PGD-10), clean, "
+                            "or none (default); needs --val-size")
+    watch.add_argument("--lsa-every", type=int, metavar="K",
+                       help="the CM of every probed layer (training attack and Gaussian noise) and the MVL on a fixed "
+                            "validation (else test) batch every K epochs, as layer_cm, layer_cm_noise, layer_mvl in "
+                            "metrics.jsonl (default 1; 0: off); drawn in training_lsa.png (lsa-fast plot)")
     parser.set_defaults(run=run)
     return parser
 
@@ -210,13 +224,14 @@ def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path
     model = build_model(config.model, **config.model_kwargs)
     check_model_fits(model, config.model, config.dataset)  # before the data is read
     train_set, test_set = _load_data(args, config, resumed=state is not None)
+    train_set, val_set = _hold_out(args, config, train_set, resumed=state is not None)
     _say(rank, "training data: " + describe(config.dataset, config.data_options, "train", len(train_set)))
     if args.workers:
         _say(rank, "--workers is unused: the training data are loaded onto the device once")
     train_loader = make_device_loader(train_set, config, device, rank, world_size)
     test_loader = make_loader(test_set, max(config.batch_size // world_size, 1), shuffle=False)
     trainer = ATLRTrainer(model, config, train_loader, test_loader if rank == 0 else None, device=device,
-                          out_dir=out_dir)
+                          out_dir=out_dir, val_set=val_set)
     if state is not None:
         trainer.load_state_dict(state)
         _say(rank, f"resuming {out_dir} at epoch {trainer.epoch + 1}"
@@ -233,6 +248,7 @@ def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path
         _say(rank, f"stopped after epoch {result.epochs_completed} of {config.epochs}; checkpoint "
                    f"{out_dir / CHECKPOINT_NAME}; continue with: lsa-fast train --resume {out_dir}", final=True)
         return 0
+    _on_rank0(rank, world_size, lambda: _figure(out_dir, config, result.metrics))
     last = result.metrics[-1] if result.metrics else {}
     summary = f"test acc {last['test_acc']:.2f}%, " if "test_acc" in last else ""
     _say(rank, f"{run_name(config, result.mvl)}: {summary}weights in {out_dir / FINAL_NAME} "
@@ -314,6 +330,35 @@ def _load_data(args, config: TrainConfig, resumed: bool):
     return train_set, test_set
 
 
+def _hold_out(args, config: TrainConfig, train_set, resumed: bool):
+    """(train, validation) of --val-size; the split's record goes into config.extra and its
+    fingerprint into the data record, which a resumed run's split must match."""
+    if not config.val_size:
+        return train_set, None
+    check_val_size(config.val_size, len(train_set))
+    train_set, val_set, split = split_validation(train_set, config.val_size, config.seed)
+    recorded = (config.extra.get("data_fingerprint") or {}).get("validation") if resumed else None
+    if resumed:
+        check_fingerprint(recorded, val_set, "validation", config.data_dir, f"--resume {args.resume}")
+    else:
+        prints = {**config.extra.get("data_fingerprint", {}), "validation": fingerprint(val_set)}
+        config.extra = {**config.extra, "validation": split, "data_fingerprint": prints}
+    return train_set, val_set
+
+
+def _figure(out_dir: Path, config: TrainConfig, metrics) -> None:
+    """training_lsa.png (lsa-fast plot); a missing matplotlib costs the figure, not the run."""
+    from ..training_figure import FIGURE_NAME, plot_training
+
+    if not any(m.get("layer_cm") or m.get("val_acc") is not None for m in metrics):
+        return
+    try:
+        path = plot_training(config.to_dict(), metrics, out_dir / FIGURE_NAME)
+        _say(0, f"figure: {path}")
+    except ImportError as error:
+        _say(0, f"figure skipped: {error}")
+
+
 def _on_rank0(rank: int, world_size: int, work):
     """work() on rank 0 only; under torchrun every rank then stops with rank 0's error,
     if it had one (else the others would wait for it in the next collective)."""
@@ -362,6 +407,8 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
             raise ValueError(f"no paper model for dataset {dataset!r}; give --model")
     if dataset not in DEFAULT_EPS:
         raise ValueError(f"unknown dataset {dataset!r}; valid: {', '.join(DEFAULT_EPS)}")
+    if args.val_size is not None and args.val_size < 0:
+        raise ValueError(f"--val-size must be >= 0 (training samples held out for validation), got {args.val_size}")
     eps = DEFAULT_EPS[dataset] if args.eps is None else args.eps
     if eps < 0:
         raise ValueError(f"--eps must be >= 0, got {eps}")
@@ -379,7 +426,8 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
         "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
         "amp": args.amp, "channels_last": args.channels_last, "grad_clip": args.grad_clip, "seed": args.seed,
         "augment": args.augment, "drop_last": args.drop_last, "compile": args.compile,
-        "probes": args.probes, "lr_grad": args.lr_grad,
+        "probes": args.probes, "lr_grad": args.lr_grad, "val_size": args.val_size, "keep_best": args.keep_best,
+        "lsa_every": args.lsa_every,
     }
     fields = {k: v for k, v in fields.items() if v is not None}
     if args.no_random_start:
