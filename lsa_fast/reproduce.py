@@ -43,9 +43,12 @@ import torch
 from .analysis import analyze, eps_to_input_units
 from .attacks import make_attack
 from .data import load_dataset, make_loader
+from .device_data import make_device_loader
 from .evaluation import constant_prediction, evaluate
 from .models import build_model, model_options
-from .paper import PaperTable, paper_table
+from .paper import PaperTable, paper_table, parse_training
+from .reproduce_robustness import AUTOATTACK, autoattack_accuracy, check_autoattack_settings, column_key, weight_sets
+from .validation import split_validation
 from .probes import LayerProbe
 from .report import atomic_write_text
 from .reproduce_report import (
@@ -114,6 +117,13 @@ class ReproduceSettings:
     sweep_lr_grads: Tuple[str, ...] = LR_GRAD_MODES
     confidence: float = 0.95
     model_kwargs: Dict[str, Dict] = dataclasses.field(default_factory=dict)
+    extra_rows: Tuple[str, ...] = ()  # training names beside the paper's table (no paper numbers), e.g. AT-PGD
+    val_size: int = 0  # training samples held out; > 0: the best robust epoch's weights are evaluated too
+    autoattack: str = "standard"  # the AutoAttack column: standard, apgd (APGD-CE + APGD-T only) or none
+    aa_samples: int = 1000  # the first N test samples under AutoAttack
+    aa_steps: int = 100  # APGD steps of autoattack="apgd" (and of the fallback)
+    compile: str = "none"  # the training step (TrainConfig.compile); how to run, not what
+    weights: str = "both"  # evaluated: final, best (the best robust validation epoch's) or both (needs val_size)
     smoke: bool = False
 
     @classmethod
@@ -125,16 +135,18 @@ class ReproduceSettings:
             if quick:
                 settings = dataclasses.replace(settings, seeds=2, n_train=300, n_test=300, batch_size=64, epochs=4,
                                                attack_steps=3, eval_pgd_steps=3, cm_samples=300, eval_batch_size=300,
-                                               sweep_bases=("fgsm",), sweep_gammas=(1.0, 3.0), smoke=True)
+                                               sweep_bases=("fgsm",), sweep_gammas=(1.0, 3.0), autoattack="apgd",
+                                               aa_samples=100, aa_steps=3, smoke=True)
             return settings
         if table.dataset == "mnist":
-            settings = cls(dataset="mnist", seeds=1, n_train=None, n_test=None, standardize=False, batch_size=128,
+            settings = cls(dataset="mnist", seeds=3, n_train=None, n_test=None, standardize=False, batch_size=128,
                            epochs=10, optimizer="adam", lr=1e-3, schedule="constant", train_eps=0.3, attack_steps=10,
-                           eta=1.0, cm_eps=0.3, cm_samples=1000, eval_batch_size=500, sweep_bases=())
+                           eta=1.0, cm_eps=0.3, cm_samples=1000, eval_batch_size=500, sweep_bases=(),
+                           extra_rows=("AT-PGD", "AT-PGD-LR-L0"), val_size=5000)
             if quick:
-                settings = dataclasses.replace(settings, n_train=256, n_test=128, batch_size=64, epochs=1,
-                                               attack_steps=2, eval_pgd_steps=2, cm_samples=64, eval_batch_size=128,
-                                               smoke=True)
+                settings = dataclasses.replace(settings, seeds=2, n_train=160, n_test=64, batch_size=64, epochs=1,
+                                               attack_steps=2, eval_pgd_steps=2, cm_samples=32, eval_batch_size=64,
+                                               val_size=32, autoattack="apgd", aa_samples=32, aa_steps=2, smoke=True)
             return settings
         settings = cls(dataset="cifar10", seeds=1, n_train=None, n_test=None, standardize=False, batch_size=128,
                        epochs=30, optimizer="sgd", lr=0.1, schedule="piecewise", train_eps=8 / 255, attack_steps=10,
@@ -143,7 +155,8 @@ class ReproduceSettings:
         if quick:
             settings = dataclasses.replace(settings, n_train=128, n_test=64, batch_size=64, epochs=1, attack_steps=2,
                                            eval_pgd_steps=2, cm_samples=32, eval_batch_size=64,
-                                           model_kwargs={"D": {"depth": 10, "widen_factor": 1}}, smoke=True)
+                                           model_kwargs={"D": {"depth": 10, "widen_factor": 1}}, autoattack="apgd",
+                                           aa_samples=32, aa_steps=2, smoke=True)
         return settings
 
     def __post_init__(self):
@@ -174,6 +187,13 @@ class ReproduceSettings:
             raise ValueError(f"ReproduceSettings: sweep_lr_grads holds {bad[0]!r}; valid: {', '.join(LR_GRAD_MODES)}")
         if any(not (math.isfinite(g) and g >= 0) for g in self.sweep_gammas):
             raise ValueError(f"ReproduceSettings: sweep_gammas must be finite numbers >= 0, got {self.sweep_gammas}")
+        self.extra_rows = tuple(str(name) for name in self.extra_rows)
+        for name in self.extra_rows:
+            parse_training(name)  # a typo fails here
+        check_autoattack_settings(self)
+        if self.n_train is not None and self.val_size >= self.n_train:
+            raise ValueError(f"ReproduceSettings: val_size {self.val_size} leaves nothing to train on (n_train "
+                             f"{self.n_train})")
         if not isinstance(self.model_kwargs, dict):
             raise ValueError(f"ReproduceSettings: model_kwargs must be a dict model -> kwargs, got {self.model_kwargs!r}")
 
@@ -201,6 +221,11 @@ class Variant:
     lr_grad: Optional[str]
     paper_row: Optional[str]
     base_row: Optional[str]
+    extra: bool = False  # a row beside the paper's table (settings.extra_rows): reported like a table row
+
+    @property
+    def sweep(self) -> bool:
+        return self.paper_row is None and not self.extra
 
 
 def variants(table: PaperTable, settings: ReproduceSettings) -> List[Variant]:
@@ -214,6 +239,20 @@ def variants(table: PaperTable, settings: ReproduceSettings) -> List[Variant]:
                             settings.gamma if lr else None, settings.lr_grad if lr else None, row.name,
                             base_rows.get((row.model, row.base)) if lr else None))
     names = {row.name for row in table.rows}
+    model = table.models[0]
+    for training in settings.extra_rows:  # beside the table: its base row first, then its LR rows
+        base, layer = parse_training(training)
+        if training in names:
+            continue
+        names.add(training)
+        if layer is None:
+            base_rows.setdefault((model, base), training)
+        elif (model, base) not in base_rows:
+            raise ValueError(f"ReproduceSettings: extra row {training!r} needs its base row AT-{base.upper()} "
+                             f"before it (in the table or in extra_rows)")
+        rows.append(Variant(training, model, training, base, layer, settings.gamma if layer is not None else None,
+                            settings.lr_grad if layer is not None else None, None,
+                            base_rows[(model, base)] if layer is not None else None, extra=True))
     for base in settings.sweep_bases:
         matches = [row for row in table.rows if row.base == base and row.lr_layer == settings.sweep_layer]
         if not matches:
@@ -387,27 +426,27 @@ def _run_one(table: PaperTable, variant: Variant, seed: int, settings: Reproduce
              data_options: Dict, device: torch.device, progress: bool) -> Dict:
     dataset = table.dataset
     config = _train_config(table, variant, seed, settings, data_options)
+    # The same held-out split for every row of a seed (it is drawn from the seed).
+    train_set, val_set, _ = split_validation(train_set, settings.val_size, seed)
     torch.manual_seed(seed)  # the initial weights: the same for every row of a seed
     model = build_model(variant.model, **config.model_kwargs)
     pin = device.type == "cuda"
-    loader = make_loader(train_set, settings.batch_size, shuffle=True, seed=seed, pin_memory=pin)
-    trainer = ATLRTrainer(model, config, loader, device=device)
+    if dataset == "moons":
+        loader = make_loader(train_set, settings.batch_size, shuffle=True, seed=seed, pin_memory=pin)
+    else:  # images live on the device; CIFAR-10 gets the crop-flip augmentation there (like lsa-fast train)
+        loader = make_device_loader(train_set, config, device)
+    trainer = ATLRTrainer(model, config, loader, device=device, val_set=val_set)
     # Per-epoch bars only where an epoch is long enough to watch (not on Moons).
     result = trainer.fit(progress=progress and len(loader) >= 100)
     model.eval()
 
     test_loader = make_loader(test_set, settings.eval_batch_size, pin_memory=pin)
-    grid = [_input_units(dataset, eps, settings) for eps in table.eps_grid]
+    sets = weight_sets(settings)
     accuracies = {}
-    for attack in EVAL_ATTACKS:
-        options = {}
-        if attack == "pgd":
-            generator = torch.Generator(device=device)
-            generator.manual_seed(seed)  # the random starts: the same for every row of a seed
-            options = {"steps": settings.eval_pgd_steps, "generator": generator}
-        accuracies[attack] = [float(a) for a in evaluate(model, test_loader, attack, grid, row=variant.name,
-                                                         **options).rows[variant.name]]
+    if "final" in sets:
+        accuracies.update(_evaluate(model, table, settings, test_set, test_loader, seed, device, variant.name, "final"))
     collapsed = constant_prediction(model, test_loader)
+    best = trainer.epoch_validation.best if settings.val_size else None
 
     cm_count = min(settings.cm_samples, len(test_set))
     cm_loader = make_loader(torch.utils.data.Subset(test_set, range(cm_count)), settings.eval_batch_size,
@@ -422,6 +461,10 @@ def _run_one(table: PaperTable, variant: Variant, seed: int, settings: Reproduce
                      model_name=variant.model, moons_units=settings.moons_units if dataset == "moons" else "raw")
     fgsm_result, pgd_result = report.perturbations
     clean_norm, difference_norm = _layer_norms(model, cm_loader, make_attack("fgsm", cm_eps), device, settings.probes)
+    if "best" in sets and trainer.epoch_validation.best_weights is not None:
+        model.load_state_dict(trainer.epoch_validation.best_weights)
+        model.eval()
+        accuracies.update(_evaluate(model, table, settings, test_set, test_loader, seed, device, variant.name, "best"))
     return {
         "seed": seed,
         "row": variant.name,
@@ -438,8 +481,35 @@ def _run_one(table: PaperTable, variant: Variant, seed: int, settings: Reproduce
         "clean_norm": clean_norm,
         "difference_norm": difference_norm,
         "train_accuracy": result.metrics[-1]["train_acc"] if result.metrics else None,
+        "best_epoch": None if best is None else best.epoch,
+        "best_val_robust_acc": None if best is None else best.value,
+        "val_robust_acc": [m.get("val_robust_acc") for m in result.metrics] if settings.val_size else None,
         "data_options": data_options,
     }
+
+
+def _evaluate(model, table: PaperTable, settings: ReproduceSettings, test_set, test_loader, seed: int,
+              device: torch.device, row: str, weights: str) -> Dict[str, List[float]]:
+    """One weight set's columns: FGSM and PGD over the paper's grid, AutoAttack at the
+    training eps (lsa_fast.reproduce_robustness), keyed by column_key(attack, weights)."""
+    dataset = table.dataset
+    grid = [_input_units(dataset, eps, settings) for eps in table.eps_grid]
+    accuracies = {}
+    for attack in EVAL_ATTACKS:
+        options = {}
+        if attack == "pgd":
+            generator = torch.Generator(device=device)
+            generator.manual_seed(seed)  # the random starts: the same for every row of a seed
+            options = {"steps": settings.eval_pgd_steps, "generator": generator}
+        accuracies[column_key(attack, weights)] = [
+            float(a) for a in evaluate(model, test_loader, attack, grid, row=row, **options).rows[row]]
+    if settings.autoattack != "none":
+        count = min(settings.aa_samples, len(test_set))
+        x, y = (tensor[:count].to(device) for tensor in test_set.tensors)
+        eps = _input_units(dataset, settings.train_eps, settings)
+        accuracies[column_key(AUTOATTACK, weights)] = [
+            autoattack_accuracy(model, x, y, eps, settings, seed, settings.eval_batch_size)]
+    return accuracies
 
 
 def _train_config(table: PaperTable, variant: Variant, seed: int, settings: ReproduceSettings,
@@ -457,6 +527,8 @@ def _train_config(table: PaperTable, variant: Variant, seed: int, settings: Repr
         optimizer=settings.optimizer, lr=settings.lr, schedule=settings.schedule, weight_decay=settings.weight_decay,
         amp=settings.amp, seed=seed, model=variant.model, model_kwargs=model_options(variant.model, given),
         dataset=table.dataset, data_options=data_options, extra={"paper_row": variant.paper_row, "row": variant.name},
+        val_size=settings.val_size, keep_best="robust" if settings.val_size else "none", lsa_every=0,
+        compile=settings.compile,
     )
 
 

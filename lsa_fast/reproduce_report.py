@@ -14,6 +14,7 @@ from .analysis import eps_to_input_units
 from .evaluation import EvaluationTable
 from .paired import mean_std, paired_difference
 from .paper import PaperTable
+from .reproduce_robustness import AUTOATTACK, titles
 from .report import new_figure, save_figure
 
 __all__ = ["REPORT_FORMAT", "summarise", "paper_claims", "to_markdown", "main_table", "claims_summary",
@@ -63,7 +64,10 @@ def summarise(table: PaperTable, settings, runs: Sequence[Dict]) -> Dict:
             "gamma": variant.gamma,
             "lr_grad": variant.lr_grad,
             "base_row": variant.base_row,
-            "sweep": variant.paper_row is None,
+            "sweep": variant.sweep,
+            "extra": variant.extra,
+            "best_epoch": [run.get("best_epoch") for run in mine],
+            "best_val_robust_acc": [run.get("best_val_robust_acc") for run in mine],
             "evaluation": evaluated,
             "cm": cm,
             "mvl": [run["mvl"] for run in mine],
@@ -89,8 +93,11 @@ def summarise(table: PaperTable, settings, runs: Sequence[Dict]) -> Dict:
         "smoke": bool(settings.smoke),
         "settings": settings.to_dict(),
         "seeds": seeds,
-        "eval_attacks": {attack: _attack_title(attack, settings) for attack in attacks},
+        "eval_attacks": titles(settings, attacks, lambda attack: _attack_title(attack, settings)),
         "eps_grid": list(table.eps_grid),
+        # A column's eps: the paper's grid, or the training eps alone (AutoAttack).
+        "eval_grids": {attack: [settings.train_eps] if attack.partition("@")[0] == AUTOATTACK else list(table.eps_grid)
+                       for attack in attacks},
         "eps_grid_input_units": [eps_to_input_units(table.dataset, eps, moons_units=units) for eps in table.eps_grid],
         "train_eps": {"dataset_units": settings.train_eps,
                       "input_units": eps_to_input_units(table.dataset, settings.train_eps, moons_units=units)},
@@ -248,6 +255,18 @@ def _statements(summary: Dict, claims: Dict) -> List[Dict]:
                               for a in attacks),
             "holds": "a count, not a claim",
         })
+    for item in table_items:  # rows beside the paper's table (settings.extra_rows): each its own claim
+        if not summary["rows"][item["row"]].get("extra"):
+            continue
+        verdicts = {a: _holds([_count([item[a]["verdict"]])], 1) for a in attacks}
+        statements.append({
+            "claim": f"{item['row']} beats its base {item['base_row']} (the paper's regulariser on a base its table "
+                     f"does not report)",
+            "paper": "not reported",
+            "ours": "; ".join(f"{summary['eval_attacks'][a]}: {_interval(item[a])} ({item[a]['verdict']})"
+                              for a in attacks),
+            "holds": _by_attack(summary, verdicts),
+        })
     if claims["best_layer"]:
         total = len(claims["best_layer"])
         layer = claims["best_layer"][0]["paper_best_layer"]
@@ -331,6 +350,7 @@ def to_markdown(summary: Dict) -> str:
     lines += [_differences_section(summary), "", _sweep_section(summary), "", _gradient_paths_section(summary), "",
               _best_section(summary), "",
               _cm_section(summary), "", _collapse_section(summary), "", _mvl_section(summary), "",
+              _best_epochs_section(summary), "",
               _per_seed_section(summary), "",
               f"## The paper's table ({summary['paper_source']})", "",
               EvaluationTable.from_dict(summary["paper"]).to_markdown(), "",
@@ -353,23 +373,29 @@ def claims_summary(summary: Dict) -> str:
 
 
 def main_table(summary: Dict, attack: str) -> str:
-    eps = summary["eps_grid"]
+    eps = summary.get("eval_grids", {}).get(attack, summary["eps_grid"])
     n = len(summary["seeds"])
     spread = "mean ± sample std over" if n > 1 else "one run,"
     paper = attack == "fgsm"
     title = summary["eval_attacks"][attack]
+    single = len(eps) == 1  # one eps (AutoAttack): its accuracy, no R&G
+    what = f"robust accuracy (%) at eps {eps[0]:g}" if single else "accuracy (%) per eps and R&G score"
     lines = [
-        f"## {title} accuracy (%) per eps and R&G score: ours ({spread} {n} seed{'s' if n > 1 else ''})"
-        + (f", the paper's in parentheses ({summary['paper_source']})" if paper else " (the paper reports FGSM only)"),
+        f"## {title} {what}: ours ({spread} {n} seed{'s' if n > 1 else ''})"
+        + (f", the paper's in parentheses ({summary['paper_source']})" if paper else " (not in the paper)"),
         "",
-        "| Training | " + " | ".join(f"{e:g}" for e in eps) + " | R&G |" + (" R&G - paper |" if paper else ""),
-        "|---|" + "---:|" * (len(eps) + (2 if paper else 1)),
+        "| Training | " + " | ".join(f"{e:g}" for e in eps) + ("" if single else " | R&G") + " |"
+        + (" R&G - paper |" if paper else ""),
+        "|---|" + "---:|" * (len(eps) + (0 if single else 1) + (1 if paper else 0)),
     ]
     for name, row in summary["rows"].items():
         if row["sweep"]:
             continue
         result = row["evaluation"][attack]
         reference = row["paper"] if paper else None
+        if single:
+            lines.append(f"| {name} | {_pm(result['mean'][0], result['std'][0])} |")
+            continue
         if reference:
             cells = [_cell(m, s, p) for m, s, p in zip(result["mean"], result["std"], reference["accuracies"])]
             cells.append(_cell(result["rg_mean"], result["rg_std"], reference["rg"]))
@@ -499,10 +525,27 @@ def _mvl_section(summary: Dict) -> str:
     return "\n".join(lines)
 
 
+def _best_epochs_section(summary: Dict) -> str:
+    """Which epoch's weights the '(best-robust weights)' columns hold, per seed."""
+    rows = {name: row for name, row in summary["rows"].items() if any(e is not None for e in row.get("best_epoch", []))}
+    if not rows:
+        return ""
+    size = summary["settings"].get("val_size")
+    lines = [f"## Best-robust weights: the epoch with the highest PGD-10 accuracy on the {size} held-out training "
+             f"samples (validation), per seed: epoch (validation robust accuracy %)", "",
+             "| Training | " + " | ".join(f"seed {s}" for s in summary["seeds"]) + " |",
+             "|---|" + "---|" * len(summary["seeds"])]
+    for name, row in rows.items():
+        cells = [f"{e} ({v:.2f})" if e is not None else "-" for e, v in zip(row["best_epoch"], row["best_val_robust_acc"])]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def _per_seed_section(summary: Dict) -> str:
     lines = []
     for attack, title in summary["eval_attacks"].items():
-        lines += [f"## R&G score per seed under {title}", "",
+        single = len(summary.get("eval_grids", {}).get(attack, summary["eps_grid"])) == 1
+        lines += [f"## {'Accuracy (%)' if single else 'R&G score'} per seed under {title}", "",
                   "| Training | " + " | ".join(f"seed {s}" for s in summary["seeds"]) + " |",
                   "|---|" + "---:|" * len(summary["seeds"])]
         for name, row in summary["rows"].items():
@@ -554,7 +597,9 @@ def plot_rg_scores(summary: Dict, path, dpi: int = 120) -> str:
     """The paper's Fig. 6: R&G per table row under each evaluation attack, with seed
     error bars, beside the paper's (FGSM) R&G."""
     names = [name for name, row in summary["rows"].items() if not row["sweep"]]
-    attacks = list(summary["eval_attacks"])
+    # The final weights' grid columns (an AutoAttack accuracy is no R&G score).
+    attacks = [a for a in summary["eval_attacks"] if len(summary.get("eval_grids", {}).get(a, [0, 0])) > 1
+               and "@" not in a]
     figure = new_figure((max(8.0, 0.8 * len(names) + 2.0), 5.0), "plot_rg_scores")
     axes = figure.add_subplot(1, 1, 1)
     xs = list(range(len(names)))

@@ -87,7 +87,8 @@ class EpochValidation:
     loader's), and which epoch is the best so far (config.keep_best).
 
     measure(model, epoch) -> the metrics record's new fields; `improved` then says
-    whether best.pt should be written for that epoch; best_state / load_best_state go
+    whether best.pt should be written for that epoch (best_weights: a CPU copy of the
+    best epoch's weights); best_state / load_best_state go
     into and come out of the checkpoints (a resumed run keeps the best so far)."""
 
     def __init__(self, config, model, validation: Optional[TensorDataset] = None, test_data=None):
@@ -103,6 +104,7 @@ class EpochValidation:
         self.config, self.validation = config, validation
         self.best = BestKeeper(config.keep_best)
         self.improved = False
+        self.best_weights: Optional[Dict[str, torch.Tensor]] = None
         self.monitor = None
         source = validation if validation is not None else test_data
         if config.lsa_every and source is not None:
@@ -119,6 +121,8 @@ class EpochValidation:
         if self.monitor is not None:
             record.update(self.monitor.measure(model, epoch))
         self.improved = self.best.update({**record, "epoch": epoch})
+        if self.improved:  # what a run without a directory (lsa-fast reproduce) evaluates as its best weights
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         if self.best.metric is not None:
             record["best"] = self.best.state_dict()
         return record

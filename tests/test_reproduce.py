@@ -90,7 +90,9 @@ def test_reproduce_moons_quick_writes_valid_files(moons):
         data = (out / name).read_bytes()
         assert data.startswith(PNG_MAGIC) and len(data) > 1000, name
     assert summary["layer_names"]["A"] == ["act1", "act2", "act3"]  # the authors' probe points
-    assert summary["eval_attacks"] == {"fgsm": "FGSM", "pgd": "PGD-3"}
+    assert summary["eval_attacks"] == {"fgsm": "FGSM", "pgd": "PGD-3", "autoattack": "APGD-CE (3 steps; one-logit "
+                                       "model: no targeted stage; not the full AutoAttack)"}
+    assert summary["eval_grids"]["autoattack"] == [0.3]  # the training eps, in z units
     for row in summary["rows"].values():
         assert len(row["cm"]["fgsm"]["mean"]) == 3 and len(row["cm"]["pgd"]["mean"]) == 3
     sweep = summary["rows"]["AT-FGSM-LR-L2 (gamma 3, numerator)"]
@@ -138,7 +140,8 @@ def test_reproduce_moons_rg_is_the_sum_of_the_cells(moons):
     for name, row in summary["rows"].items():
         for attack, result in row["evaluation"].items():
             for accuracies, rg in zip(result["accuracies"], result["rg"]):
-                assert len(accuracies) == 6 and rg == pytest.approx(sum(accuracies), abs=1e-9)
+                width = 1 if attack == "autoattack" else 6  # AutoAttack: the training eps alone
+                assert len(accuracies) == width and rg == pytest.approx(sum(accuracies), abs=1e-9)
             assert result["rg_mean"] == pytest.approx(sum(result["mean"]), abs=1e-9)
     for attack, heading in (("fgsm", "## FGSM accuracy"), ("pgd", "## PGD-3 accuracy")):
         table = _main_table((out / "report.md").read_text(), heading)
@@ -353,10 +356,11 @@ def test_reproduce_mnist_quick_on_synthetic_files(tmp_path):
         _write_idx(tmp_path / f"{prefix}-labels-idx1-ubyte", labels)
     out = tmp_path / "out"
     assert main(["reproduce", "mnist", "--quick", "--data", str(tmp_path), "--out", str(out), "--device", "cpu",
-                 "--no-progress"]) == 0
+                 "--no-progress", "--val-size", "16", "--seeds", "1", "--weights", "final"]) == 0
     summary = json.loads((out / "report.json").read_text())
     assert summary["paper_source"] == "Khalooei et al., arXiv:2202.02626, Table 3"
-    assert list(summary["rows"]) == ["Normal", "AT-APGD", "AT-APGD-LR-L0"]
+    assert list(summary["rows"]) == ["Normal", "AT-APGD", "AT-APGD-LR-L0", "AT-PGD", "AT-PGD-LR-L0"]
+    assert set(summary["eval_attacks"]) == {"fgsm", "pgd", "autoattack"}
     assert summary["layer_names"]["B"][0] == "relu1"  # the authors' L0: conv1's activation
     for row in summary["rows"].values():
         for result in row["evaluation"].values():
@@ -377,3 +381,30 @@ def test_verdicts_are_given_per_attack_when_the_attacks_disagree():
             run["rg"]["pgd"] = run["rg"]["fgsm"] - 40.0 - run["seed"]
     statement = summarise(TABLE_3, settings, runs)["claims"]["statements"][0]
     assert statement["holds"] == "FGSM: yes; PGD-2: no (lower in 1 of 1)"
+
+
+def test_reproduce_mnist_quick_on_real_digits(mnist_dir, tmp_path):
+    """Issue 25: the five rows, paired seeds, FGSM / PGD grids and the AutoAttack column,
+    for the final and the best-robust weights, with a verdict for every LR row."""
+    out = tmp_path / "out"
+    assert main(["reproduce", "mnist", "--quick", "--data", str(mnist_dir), "--out", str(out), "--device", "cpu",
+                 "--no-progress"]) == 0
+    summary = json.loads((out / "report.json").read_text())
+    assert summary["seeds"] == [0, 1] and summary["settings"]["val_size"] == 32
+    assert list(summary["rows"]) == ["Normal", "AT-APGD", "AT-APGD-LR-L0", "AT-PGD", "AT-PGD-LR-L0"]
+    columns = {"fgsm", "pgd", "autoattack", "fgsm@best", "pgd@best", "autoattack@best"}
+    assert set(summary["eval_attacks"]) == columns
+    assert summary["eval_grids"]["autoattack"] == [0.3] and "APGD-CE + APGD-T" in summary["eval_attacks"]["autoattack"]
+    for name, row in summary["rows"].items():
+        assert row["evaluation"]["autoattack"]["mean"][0] <= row["evaluation"]["pgd"]["mean"][0] + 1e-9
+        assert all(epoch == 1 for epoch in row["best_epoch"])  # one epoch: the best is the only one
+        assert row["extra"] == (name in ("AT-PGD", "AT-PGD-LR-L0")) and not row["sweep"]
+    pairs = {(item["row"], item["base_row"]) for item in summary["claims"]["lr_vs_base"]}
+    assert pairs == {("AT-APGD-LR-L0", "AT-APGD"), ("AT-PGD-LR-L0", "AT-PGD")}
+    for item in summary["claims"]["lr_vs_base"]:
+        assert all(item[key]["verdict"] for key in columns)
+    claims = [statement["claim"] for statement in summary["claims"]["statements"]]
+    assert any(claim.startswith("AT-PGD-LR-L0 beats its base AT-PGD") for claim in claims)
+    markdown = (out / "report.md").read_text()
+    assert "## Best-robust weights" in markdown and "(best-robust weights)" in markdown
+    assert "robust accuracy (%) at eps 0.3" in markdown

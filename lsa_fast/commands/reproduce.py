@@ -46,6 +46,14 @@ def register(subparsers, name: str) -> None:
     parser.add_argument("--workers", type=int, default=None,
                         help="moons on the CPU: runs trained side by side in this many processes, one thread each "
                              "(default: 2, or 1 on a one-core machine; the numbers do not depend on it)")
+    parser.add_argument("--val-size", type=int, default=None, metavar="N",
+                        help="training samples held out per seed (default: mnist 5000, else 0); the best robust "
+                             "validation epoch's weights are then evaluated beside the final ones")
+    parser.add_argument("--weights", choices=("both", "final", "best"), default=None,
+                        help="which weights to evaluate: final, best (needs --val-size) or both (default)")
+    parser.add_argument("--compile", nargs="?", const="auto", default=None,
+                        choices=("none", "auto", "inductor", "cudagraphs", "aot-eager"),
+                        help="compile every run's training step (lsa-fast train --compile)")
     parser.add_argument("--no-progress", action="store_true")
     parser.set_defaults(run=run)
 
@@ -70,6 +78,9 @@ def run(args) -> int:
         changes["seeds"] = args.seeds
     if args.epochs is not None:
         changes["epochs"] = args.epochs
+    for option in ("val_size", "weights", "compile"):
+        if getattr(args, option) is not None:
+            changes[option] = getattr(args, option)
     settings = dataclasses.replace(settings, **changes)
     with RunLock(out) as lock:  # one reproduction per directory: runs.jsonl is appended to as runs finish
         if lock.stale:

@@ -1,0 +1,112 @@
+"""What a reproduction measures on each set of a run's weights (the final epoch's and,
+with a validation split, the best robust epoch's): accuracy under FGSM and under PGD
+over the paper's eps grid, and robust accuracy under AutoAttack at one eps.
+
+Each (attack, weights) pair is one column of report.json's "accuracies", keyed
+`attack` for the final weights and `attack@best` for the best ones, so every paired
+verdict of the report is given for both. The AutoAttack column holds one value (its
+eps grid is [aa_eps]); its R&G is that accuracy.
+
+AutoAttack: settings.autoattack "standard" runs lsa_fast.attacks.autoattack (Croce &
+Hein 2020: APGD-CE, APGD-T, FAB-T, Square) when this lsa_fast has it, else the first
+two of its stages (APGD-CE, then APGD-T on what survives; lsa_fast.evaluation.
+robust_accuracy) and says so in the column's title; "apgd" always runs those two
+(settings.aa_steps steps each: a cheaper bound, never called AutoAttack). Moons' model
+A has one logit, so no targeted stage exists: APGD-CE alone, titled so.
+"""
+from __future__ import annotations
+
+from typing import Dict, List, Tuple
+
+import torch
+
+__all__ = ["AUTOATTACK", "BEST_SUFFIX", "column_key", "weight_sets", "autoattack_title", "autoattack_accuracy"]
+
+AUTOATTACK = "autoattack"
+BEST_SUFFIX = "@best"
+AUTOATTACK_MODES = ("standard", "apgd", "none")
+WEIGHT_CHOICES = ("both", "final", "best")
+
+
+def column_key(attack: str, weights: str) -> str:
+    """'pgd' for the final weights, 'pgd@best' for the best ones."""
+    return attack if weights == "final" else attack + BEST_SUFFIX
+
+
+def weight_sets(settings) -> Tuple[str, ...]:
+    """The weights a reproduction evaluates (settings.weights): both is final, and best
+    when there is a validation split."""
+    if settings.weights == "both":
+        return ("final", "best") if settings.val_size else ("final",)
+    return (settings.weights,)
+
+
+def _library_autoattack():
+    from . import attacks
+
+    return getattr(attacks, "autoattack", None)
+
+
+def _uses_library(settings) -> bool:
+    # Moons' model A has one logit: no targeted stage exists, so APGD-CE alone.
+    return settings.autoattack == "standard" and settings.dataset != "moons" and _library_autoattack() is not None
+
+
+def autoattack_title(settings) -> str:
+    """The AutoAttack column's name, saying what ran."""
+    if _uses_library(settings):
+        return "AutoAttack (standard)"
+    if settings.dataset == "moons":
+        return f"APGD-CE ({settings.aa_steps} steps; one-logit model: no targeted stage; not the full AutoAttack)"
+    return f"APGD-CE + APGD-T ({settings.aa_steps} steps; not the full AutoAttack)"
+
+
+def autoattack_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, settings, seed: int,
+                        batch_size: int) -> float:
+    """Robust accuracy (%) of `model` (eval mode) on (x, y) under the AutoAttack column's
+    attack at eps (model-input units)."""
+    from .evaluation import robust_accuracy
+
+    if _uses_library(settings):
+        library = _library_autoattack()
+        robust, total = 0, int(y.shape[0])
+        for start in range(0, total, batch_size):
+            result = library(model, x[start:start + batch_size], y[start:start + batch_size], eps, norm="Linf",
+                             version="standard", seed=seed)
+            robust += int((result.broken_by == -1).sum())
+        return 100.0 * robust / max(total, 1)
+    device = x.device
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed)
+    batches = [(x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, int(y.shape[0]), batch_size)]
+    stages = ("apgd-ce",) if settings.dataset == "moons" else ("apgd-ce", "apgd-t")
+    return float(robust_accuracy(model, batches, eps, attacks=stages, steps=settings.aa_steps, generator=generator))
+
+
+def check_autoattack_settings(settings) -> None:
+    if settings.autoattack not in AUTOATTACK_MODES:
+        raise ValueError(f"ReproduceSettings: autoattack must be one of {', '.join(AUTOATTACK_MODES)}, got "
+                         f"{settings.autoattack!r}")
+    for name in ("aa_steps", "aa_samples"):
+        value = getattr(settings, name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"ReproduceSettings: {name} must be an int >= 1, got {value!r}")
+    if isinstance(settings.val_size, bool) or not isinstance(settings.val_size, int) or settings.val_size < 0:
+        raise ValueError(f"ReproduceSettings: val_size must be an int >= 0, got {settings.val_size!r}")
+    if settings.weights not in WEIGHT_CHOICES:
+        raise ValueError(f"ReproduceSettings: weights must be one of {', '.join(WEIGHT_CHOICES)}, got "
+                         f"{settings.weights!r}")
+    if settings.weights == "best" and not settings.val_size:
+        raise ValueError("--weights best evaluates the best robust validation epoch: it needs a validation split "
+                         "(--val-size N or --set val_size=N)")
+
+
+def titles(settings, attacks: List[str], base_title) -> Dict[str, str]:
+    """Column titles of every (attack, weights) key: base_title(attack) of the attack,
+    ', best weights' for the best ones."""
+    out = {}
+    for key in attacks:
+        attack, _, best = key.partition("@")
+        title = autoattack_title(settings) if attack == AUTOATTACK else base_title(attack)
+        out[key] = title + (" (best-robust weights)" if best else "")
+    return out
