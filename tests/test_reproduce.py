@@ -14,7 +14,7 @@ import torch
 
 from lsa_fast.cli import main
 from lsa_fast.evaluation import PAPER_EPS_GRIDS
-from lsa_fast.paper import PAPER_TABLES, TABLE_2, TABLE_3, paper_table, parse_training
+from lsa_fast.paper import PAPER_TABLES, TABLE_2, TABLE_3, TABLE_4, paper_table, parse_training
 from lsa_fast.paired import paired_difference, t_quantile
 from lsa_fast.reproduce import ReproduceSettings, apply_overrides, run_variant, summarise, to_markdown, variants
 
@@ -174,7 +174,8 @@ def test_reproduce_moons_reports_settings_and_verdicts(moons, capsys):
     assert "Training eps 0.3 (= 0.03 in the models' [0, 1] input units)" in markdown
     claims = json.loads((out / "report.json").read_text())["claims"]
     bases = ["AT-FGSM", "AT-PGD", "AT-FAST", "AT-TRADE"]
-    assert [item["base_row"] for item in claims["best_lr_beats_base"]] == [b for b in bases for _ in ("fgsm", "pgd")]
+    columns = ("fgsm", "pgd", "autoattack")
+    assert [item["base_row"] for item in claims["best_lr_beats_base"]] == [b for b in bases for _ in columns]
     # One seed: no interval, so no verdict beyond "undecided".
     assert all(item[a]["verdict"] == "undecided (1 seed)" for item in claims["lr_vs_base"] for a in ("fgsm", "pgd"))
     assert all(item["paper_best_layer"] == 2 for item in claims["best_layer"])
@@ -251,7 +252,7 @@ def _fake_runs(table, settings, rg_default, rg_by_row=None, cm_by_row=None):
 
 
 def test_verdicts_follow_the_t_interval():
-    settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), seeds=3)
+    settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), seeds=3, extra_rows=())
     rg = {"Normal": [250.0, 260.0, 255.0], "AT-APGD": [400.0, 410.0, 405.0], "AT-APGD-LR-L0": [420.0, 425.0, 430.0]}
     summary = summarise(TABLE_3, settings, _fake_runs(TABLE_3, settings, 0.0, rg, {"AT-APGD-LR-L0": [0.2, 0.5, 0.5]}))
     item = summary["claims"]["lr_vs_base"][0]
@@ -291,7 +292,7 @@ def test_best_layer_claim_is_checked_against_the_papers_best():
 
 
 def test_summarise_refuses_missing_runs():
-    settings = ReproduceSettings.defaults("mnist", quick=True)
+    settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), extra_rows=())
     runs = _fake_runs(TABLE_3, dataclasses.replace(settings, seeds=2), 1.0)
     runs = [run for run in runs if not (run["row"] == "AT-APGD" and run["seed"] == 1)]
     with pytest.raises(ValueError, match="AT-APGD"):
@@ -373,7 +374,7 @@ def test_reproduce_mnist_quick_on_synthetic_files(tmp_path):
 
 
 def test_verdicts_are_given_per_attack_when_the_attacks_disagree():
-    settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), seeds=3)
+    settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), seeds=3, extra_rows=())
     rg = {"Normal": [250.0, 260.0, 255.0], "AT-APGD": [400.0, 410.0, 405.0], "AT-APGD-LR-L0": [420.0, 425.0, 430.0]}
     runs = _fake_runs(TABLE_3, settings, 0.0, rg)
     for run in runs:  # under PGD the LR row loses what it wins under FGSM
@@ -408,3 +409,31 @@ def test_reproduce_mnist_quick_on_real_digits(mnist_dir, tmp_path):
     markdown = (out / "report.md").read_text()
     assert "## Best-robust weights" in markdown and "(best-robust weights)" in markdown
     assert "robust accuracy (%) at eps 0.3" in markdown
+
+
+def test_reproduce_cifar10_trains_on_the_device_loader_with_crop_flip(tmp_path, monkeypatch):
+    """Issue 25 item 5: Table 4's protocol (random crop + flip), as lsa-fast train does."""
+    import pickle
+
+    import lsa_fast.reproduce as reproduce
+    from lsa_fast.device_data import DeviceLoader
+
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:
+        batch = {b"labels": rng.integers(0, 10, 4).tolist(), b"data": rng.integers(0, 256, (4, 3072), dtype=np.uint8)}
+        (tmp_path / name).write_bytes(pickle.dumps(batch, protocol=2))
+    loaders = []
+    built = reproduce.make_device_loader
+
+    def recording(*args, **kwargs):
+        loaders.append(built(*args, **kwargs))
+        return loaders[-1]
+
+    monkeypatch.setattr(reproduce, "make_device_loader", recording)
+    settings = dataclasses.replace(ReproduceSettings.defaults("cifar10", quick=True), n_train=12, n_test=8,
+                                   batch_size=4, cm_samples=8, eval_batch_size=8, autoattack="none")
+    images = reproduce._load_images("cifar10", tmp_path, settings)
+    row = next(v for v in variants(TABLE_4, settings) if v.name == "D Normal")
+    run = reproduce.run_variant("cifar10", row, 0, settings, "cpu", False, images)
+    assert len(loaders) == 1 and isinstance(loaders[0], DeviceLoader) and loaders[0].augment == "crop-flip"
+    assert len(run["accuracies"]["fgsm"]) == len(TABLE_4.eps_grid)
