@@ -118,7 +118,7 @@ def test_every_stage_matches_the_reference(setup, reference):
     assert accuracy(model, ours.adversarial[broken], y[broken]) == 0
 
 
-def test_final_robust_accuracy_matches_torchattacks(reference):
+def test_final_robust_accuracy_matches_torchattacks():
     torchattacks = pytest.importorskip("torchattacks")
     model, x, y = cifar_shaped()
     x, y, eps = x[:POINTS], y[:POINTS], 16 / 255
