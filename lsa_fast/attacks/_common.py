@@ -151,6 +151,11 @@ def no_value_checks():
         _VALUE_CHECKS.reset(token)
 
 
+def value_checks_enabled() -> bool:
+    """False inside no_value_checks() (a compiled training step skips its first-batch path then)."""
+    return _VALUE_CHECKS.get()
+
+
 def check_values(fn: str, x: torch.Tensor, logits: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None):
     """The value checks, after the first forward: x in [0, 1], finite logits, labels in
     range. One host sync for all of them, outside the attack's loop."""
@@ -214,6 +219,15 @@ def attack_mode(model, model_mode: str = "eval"):
 
 def is_binary(logits: torch.Tensor) -> bool:
     return logits.dim() == 1 or logits.shape[1] == 1
+
+
+def as_multiclass(logits: torch.Tensor) -> torch.Tensor:
+    """A one-logit model's z as the two logits [0, z] (softmax gives the Bernoulli
+    probabilities); C logits unchanged. TRADES' KL reads binary models this way."""
+    if is_binary(logits):
+        z = logits.reshape(-1, 1)
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+    return logits
 
 
 def predicted_class(logits: torch.Tensor) -> torch.Tensor:
@@ -326,8 +340,11 @@ def input_gradient(
     """(d objective / d x_adv, logits, objective value), differentiating w.r.t. the
     input only: torch.autograd.grad never touches the parameters' .grad. `check`
     sees the logits before the loss (an out-of-range label must raise here, not in
-    cross_entropy, which on CUDA is a device-side assert)."""
-    x_adv = x_adv.detach().requires_grad_(True)
+    cross_entropy, which on CUDA is a device-side assert). An x_adv that already is a
+    leaf requiring grad is used as it is: a compiled step makes that leaf outside its
+    graph (dynamo before torch 2.14 cannot trace requires_grad_)."""
+    if not (x_adv.is_leaf and x_adv.requires_grad):
+        x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = check_logits(fn, model(x_adv), x_adv.shape[0])
         if check is not None:
