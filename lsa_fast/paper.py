@@ -16,6 +16,8 @@ import dataclasses
 import re
 from typing import Dict, Optional, Sequence, Tuple
 
+from .checks import dataset_key
+
 __all__ = [
     "CITATION",
     "PaperRow",
@@ -105,7 +107,7 @@ class PaperTable:
 
 def paper_table(dataset: str) -> PaperTable:
     """The table of a dataset: moons -> Table 2, mnist -> Table 3, cifar10 -> Table 4."""
-    key = str(dataset).strip().lower().replace("-", "").replace("_", "")
+    key = dataset_key(dataset)
     if key not in PAPER_TABLES:
         raise ValueError(f"paper_table: no table for dataset {dataset!r}; valid: {', '.join(PAPER_TABLES)}")
     return PAPER_TABLES[key]

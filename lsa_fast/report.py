@@ -326,6 +326,8 @@ def plot_decision_boundaries(models, x, y, path: PathLike, resolution: int = 200
     Returns the path."""
     import torch
 
+    from .devices import kept_modes, model_device
+
     models = dict(models)
     notes = dict(notes or {})
     figure = new_figure((4.4 * len(models), 5.0), "plot_decision_boundaries")  # a clear error without matplotlib
@@ -348,13 +350,8 @@ def plot_decision_boundaries(models, x, y, path: PathLike, resolution: int = 200
     point_colours = ["#2166ac", "#b2182b"]
     for i, (name, model) in enumerate(models.items()):
         axes = figure.add_subplot(1, len(models), i + 1)
-        parameter = next(model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            logits = model(points.to(device)).reshape(-1).float().cpu()
-        model.train(was_training)
+        with kept_modes(model, "eval"), torch.no_grad():
+            logits = model(points.to(model_device(model))).reshape(-1).float().cpu()
         axes.contourf(ticks_x, ticks_y, (logits > 0).float().reshape(resolution, resolution), levels=[-0.5, 0.5, 1.5],
                       colors=region_colours, alpha=0.8)
         axes.contour(ticks_x, ticks_y, logits.reshape(resolution, resolution), levels=[0.0], colors="k", linewidths=1.0)

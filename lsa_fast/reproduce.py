@@ -42,7 +42,9 @@ import torch
 
 from .analysis import analyze, eps_to_input_units
 from .attacks import make_attack
+from .checks import check_int, check_number
 from .data import load_dataset, make_loader
+from .devices import parse_device
 from .evaluation import constant_prediction, evaluate
 from .models import build_model, model_options
 from .paper import PaperTable, paper_table
@@ -148,16 +150,10 @@ class ReproduceSettings:
 
     def __post_init__(self):
         self.dataset = paper_table(self.dataset).dataset
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
-            raise ValueError(f"ReproduceSettings: seeds must be an int >= 1, got {self.seeds!r}")
-        for name in ("cm_samples", "eval_batch_size", "batch_size", "epochs", "attack_steps", "eval_pgd_steps"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"ReproduceSettings: {name} must be an int >= 1, got {value!r}")
+        for name in ("seeds", "cm_samples", "eval_batch_size", "batch_size", "epochs", "attack_steps", "eval_pgd_steps"):
+            check_int("ReproduceSettings", name, getattr(self, name), 1)
         for name in ("train_eps", "cm_eps", "gamma", "trades_beta", "noise"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"ReproduceSettings: {name} must be a finite number >= 0, got {value!r}")
+            check_number("ReproduceSettings", name, getattr(self, name), 0)
         if self.standardize and self.dataset != "moons":
             raise ValueError(f"ReproduceSettings: standardize applies to moons only, not {self.dataset}")
         if self.lr_grad not in LR_GRAD_MODES:
@@ -267,9 +263,8 @@ def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings],
     settings = settings or ReproduceSettings.defaults(table.dataset)
     if settings.dataset != table.dataset:
         raise ValueError(f"run_reproduce: settings are for {settings.dataset!r}, not {table.dataset!r}")
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise ValueError(f"run_reproduce: workers must be an int >= 1, got {workers!r}")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    check_int("run_reproduce", "workers", workers, 1)
+    device = parse_device(device, "run_reproduce: device")
     if workers > 1 and (device.type != "cpu" or table.dataset != "moons"):
         raise ValueError(f"run_reproduce: workers > 1 runs Moons on the CPU side by side; with {table.dataset} on "
                          f"{device} use one worker")

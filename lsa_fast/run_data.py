@@ -23,6 +23,8 @@ from typing import Any, Dict, Mapping, Optional
 
 from torch.utils.data import TensorDataset
 
+from .checks import check_int
+
 from .data import load_dataset, moons_standardization, moons_unit_map
 
 __all__ = ["MOONS_DEFAULTS", "MOONS_ONLY", "record", "load_split", "describe", "moons_units"]
@@ -106,14 +108,14 @@ def describe(dataset: str, options: Optional[Mapping[str, Any]], split: str, cou
 def _check(options: Mapping[str, Any]) -> None:
     for key in ("n_train", "n_test", "limit"):
         value = options.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"--{key.replace('_', '-')} must be a positive number of samples, got {value!r}")
+        if value is not None:
+            check_int(None, f"--{key.replace('_', '-')} (a number of samples)", value, 1)
     noise = options.get("noise")
     if noise is not None and not (isinstance(noise, (int, float)) and 0 <= noise < float("inf")):
         raise ValueError(f"--noise must be a finite number >= 0, got {noise!r}")
     seed = options.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"the data seed must be an integer >= 0, got {seed!r}")
+    if seed is not None:
+        check_int(None, "the data seed", seed, 0)
     standardize = options.get("standardize")
     if standardize is not None and standardize is not True and not (
             isinstance(standardize, dict) and set(standardize) == {"mean", "std"}):

@@ -29,7 +29,7 @@ from ..model_fit import check_model_fits, check_model_name, load_weights, paper_
 from ..models import build_model, parse_model_options, recorded_model_options
 from ..report import atomic_write_text
 from ..run_data import describe, load_split, moons_units
-from ._device import parse_device
+from ..devices import parse_device
 from ._outputs import check_output_dir
 from .arguments import comma_items
 

@@ -11,7 +11,7 @@ import os
 import sys
 
 from ..paper import PAPER_TABLES
-from ._device import parse_device
+from ..devices import parse_device
 from ._outputs import check_output_dir
 
 # What lsa_fast.reproduce writes into --out.

@@ -37,8 +37,10 @@ from ..checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
+from ..checks import dataset_key
 from ..data_record import check_fingerprint, data_dir_to_read, data_dir_to_record, fingerprint, missing_data_hint
 from ..device_data import make_device_loader
+from ..devices import parse_device
 from ..model_fit import FITS, check_model_fits, check_model_name
 from ..models import MODEL_DATASET, model_options, parse_model_options
 from ..models import model_dataset as implied_dataset
@@ -57,7 +59,7 @@ from ..training import (
     teardown_distributed,
     write_run_files,
 )
-from ._device import parse_device
+
 from ._outputs import check_output_dir
 from .arguments import comma_items
 
@@ -355,7 +357,7 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
         dataset = implied_dataset(model)
         if dataset is None:
             raise ValueError(f"--dataset is needed for model {model!r} (one of {', '.join(DEFAULT_EPS)}; {FITS})")
-    dataset = dataset.strip().lower().replace("-", "").replace("_", "")
+    dataset = dataset_key(dataset)
     if model is None:
         model = {d: m for m, d in reversed(list(model_dataset.items()))}.get(dataset)
         if model is None:
