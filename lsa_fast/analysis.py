@@ -3,7 +3,7 @@
 For every batch: one clean forward (probe outputs and logits), then for every
 perturbation the perturbed input and one perturbed forward, the fused comparison
 measure CM[m, l] over all probe points in one call, and streaming per-layer statistics
-(lsa_fast.statistics.CMAccumulator, exact merge). Under torch.distributed each rank
+(lsa_fast.cm_accumulator.CMAccumulator, exact merge). Under torch.distributed each rank
 analyses its own shard (see ShardSampler) and the ranks' statistics and accuracy
 counts are merged, so the report equals that of a single process (up to the rounding
 of the merge order).
@@ -32,7 +32,7 @@ from .devices import kept_modes, model_device
 from .ops import relative_error
 from .probes import LayerProbe, check_same_sequence
 from .report import LSAReport, PerturbationResult
-from .statistics import CMAccumulator
+from .cm_accumulator import CMAccumulator
 
 __all__ = [
     "analyze",

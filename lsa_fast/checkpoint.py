@@ -33,7 +33,6 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .messages import shorten
 
 __all__ = [
     "CHECKPOINT_FORMAT",

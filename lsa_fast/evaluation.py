@@ -19,12 +19,10 @@ import torch
 from .attacks import make_attack, predicted_class
 from .attacks._common import attack_mode
 from .devices import model_device
+from .paper import PAPER_TABLES
 
-PAPER_EPS_GRIDS: Dict[str, Tuple[float, ...]] = {
-    "moons": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
-    "mnist": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
-    "cifar10": (0.0, 0.01, 0.03, 0.1, 0.2),
-}
+# The eps grids of the paper's Tables 2-4, by dataset.
+PAPER_EPS_GRIDS: Dict[str, Tuple[float, ...]] = {dataset: table.eps_grid for dataset, table in PAPER_TABLES.items()}
 
 Data = Union[Iterable, Tuple[torch.Tensor, torch.Tensor]]
 AttackArg = Union[str, Callable[..., torch.Tensor]]

@@ -5,26 +5,16 @@ one-line error that names both and says which models fit which datasets, instead
 traceback from inside a layer after the data has been loaded."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
 from .data import DATASET_INFO
 from .devices import kept_modes, model_device
-from .models import MODEL_DATASET, MODEL_NAMES, weights_mismatch_hint
+from .models import MODEL_NAMES, weights_mismatch_hint
 
-__all__ = ["FITS", "paper_dataset", "check_model_name", "check_model_fits", "load_weights"]
+__all__ = ["FITS", "check_model_name", "check_model_fits", "load_weights"]
 
 FITS = "A fits moons, B fits mnist, C, D, wrn-28-10 and wrn-34-10 fit cifar10"
-
-
-def paper_dataset(model_name: str) -> Optional[str]:
-    """The dataset a paper model was made for (None for a user model)."""
-    key = str(model_name).strip().upper().replace("_", "-")
-    if key in MODEL_DATASET:
-        return MODEL_DATASET[key]
-    return "cifar10" if key.startswith("WRN-") else None
 
 
 def check_model_name(model_name: str) -> None:

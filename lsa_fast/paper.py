@@ -97,13 +97,6 @@ class PaperTable:
                 return row
         raise KeyError(f"{self.source} has no row {name!r}; rows: {', '.join(self.names)}")
 
-    def to_evaluation_table(self):
-        """The table as an lsa_fast.evaluation.EvaluationTable (rows keyed by name)."""
-        from .evaluation import EvaluationTable
-
-        return EvaluationTable(eps_grid=self.eps_grid, rows={r.name: list(r.accuracies) for r in self.rows},
-                               attack=self.attack)
-
 
 def paper_table(dataset: str) -> PaperTable:
     """The table of a dataset: moons -> Table 2, mnist -> Table 3, cifar10 -> Table 4."""

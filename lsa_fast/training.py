@@ -180,7 +180,7 @@ class ATLRTrainer:
         self._stop_signal: Optional[str] = None
         self._setup_regulariser()
         from .compiled_step import make_compiled_step
-        from .device_data import check_augmentation
+        from .device_loader import check_augmentation
 
         self.compiled_step = make_compiled_step(self)
         unapplied = check_augmentation(train_loader, config)

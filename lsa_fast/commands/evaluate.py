@@ -22,11 +22,18 @@ from ..attacks.registry import parse_eps
 from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
 from ..checks import dataset_key
-from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
+from ..run_data import (
+    FILE_DATASETS,
+    check_fingerprint,
+    data_dir_to_read,
+    describe,
+    load_split,
+    missing_data_hint,
+    moons_units,
+)
 from ..devices import parse_device
 from ..model_fit import check_model_fits, check_model_name, load_weights
 from ..models import parse_model_options, recorded_model_options
-from ..run_data import describe, load_split, moons_units
 from ..training import TrainConfig, run_name
 
 from ._outputs import check_output_file

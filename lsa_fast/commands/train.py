@@ -38,13 +38,21 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..checks import dataset_key
-from ..data_record import check_fingerprint, data_dir_to_read, data_dir_to_record, fingerprint, missing_data_hint
-from ..device_data import make_device_loader
+from ..run_data import (
+    check_fingerprint,
+    data_dir_to_read,
+    data_dir_to_record,
+    describe,
+    fingerprint,
+    load_split,
+    missing_data_hint,
+    record,
+)
+from ..device_loader import make_device_loader
 from ..devices import parse_device
 from ..model_fit import FITS, check_model_fits, check_model_name
 from ..models import MODEL_DATASET, model_options, parse_model_options
 from ..models import model_dataset as implied_dataset
-from ..run_data import describe, load_split, record
 from ..run_data import moons_units as run_data_units
 from ..run_lock import RunLock
 from ..train_config import AUGMENT_MODES, BASES, COMPILE_MODES, LR_GRAD_MODES, OPTIMIZERS, PROBE_PRESETS, SCHEDULES, TrainConfig

@@ -168,5 +168,5 @@ def check_augmentation(loader, config) -> Optional[str]:
     done = loader.augment if isinstance(loader, DeviceLoader) else None
     if wanted != "none" and done != wanted:
         return (f"TrainConfig augment={wanted!r}, but the training loader is a {type(loader).__name__} that does "
-                f"not apply it (use lsa_fast.device_data.DeviceLoader(..., augment={wanted!r}) or set augment='none')")
+                f"not apply it (use lsa_fast.device_loader.DeviceLoader(..., augment={wanted!r}) or set augment='none')")
     return None
