@@ -16,9 +16,11 @@ import os
 import tempfile
 from typing import Dict, List, Optional, Sequence, Union
 
-__all__ = ["LSAReport", "PerturbationResult", "atomic_write_text", "atomic_write_bytes", "REPORT_FORMAT"]
+__all__ = ["LSAReport", "PerturbationResult", "atomic_write_text", "atomic_write_bytes", "LSA_REPORT_FORMAT"]
 
-REPORT_FORMAT = "lsa_fast.LSAReport/1"
+# The format of an LSA report's JSON (LSAReport.load checks it); the report of `lsa-fast
+# reproduce` is another file, with its own lsa_fast.reproduce.REPORT_FORMAT.
+LSA_REPORT_FORMAT = "lsa_fast.LSAReport/1"
 
 PathLike = Union[str, "os.PathLike[str]"]
 # mkstemp creates 0600 files; a report is meant to be shared like any other output.
@@ -127,7 +129,7 @@ class LSAReport:
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict:
-        data = {"format": REPORT_FORMAT}
+        data = {"format": LSA_REPORT_FORMAT}
         for field in dataclasses.fields(self):
             data[field.name] = getattr(self, field.name)
         data["perturbations"] = [p.to_dict() for p in self.perturbations]
@@ -142,9 +144,9 @@ class LSAReport:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LSAReport":
-        if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != LSA_REPORT_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"LSAReport: not an LSA report (format {found!r}, expected {REPORT_FORMAT!r})")
+            raise ValueError(f"LSAReport: not an LSA report (format {found!r}, expected {LSA_REPORT_FORMAT!r})")
         fields = {f.name for f in dataclasses.fields(cls)}
         try:
             kwargs = {key: value for key, value in data.items() if key in fields}

@@ -53,6 +53,12 @@ def _imports(name: str, path: Path, known: Set[str]) -> Set[str]:
                 target = target.rpartition(".")[0]
             if target and target != name and target.startswith("lsa_fast"):
                 found.add(target)
+                # Importing lsa_fast.x.y runs lsa_fast/x/__init__.py first (the root package,
+                # and the importer's own packages, are already being imported).
+                parent = target.rpartition(".")[0]
+                while parent != "lsa_fast" and parent in known and not (name + ".").startswith(parent + "."):
+                    found.add(parent)
+                    parent = parent.rpartition(".")[0]
     return found
 
 
@@ -102,6 +108,8 @@ def test_the_graph_sees_function_level_and_relative_imports():
     assert "lsa_fast.checks" in graph["lsa_fast.data"]          # top level, relative
     assert "lsa_fast.devices" in graph["lsa_fast.report"]       # inside a function
     assert "lsa_fast.attacks.registry" in graph["lsa_fast.attacks"]  # a package's own module
+    assert "lsa_fast.attacks" in graph["lsa_fast.evaluation"]  # lsa_fast.attacks._common runs attacks/__init__
+    assert "lsa_fast.attacks" not in graph["lsa_fast.attacks.pgd"]  # its own package
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
     assert _cycles({"a": {"b"}, "b": set()}) == []
 

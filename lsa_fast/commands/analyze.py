@@ -24,15 +24,8 @@ from ..checkpoint import resolve_checkpoint, why_unreadable
 from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_units
 from ..attacks import make_attack, parse_attack_spec
 from ..data import DATASET_NAMES, make_loader
-from ..run_data import (
-    FILE_DATASETS,
-    check_fingerprint,
-    data_dir_to_read,
-    describe,
-    load_split,
-    missing_data_hint,
-    moons_units,
-)
+from ..run_data import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
+from ..run_data import describe, load_split, moons_units
 from ..model_fit import check_model_fits, check_model_name, load_weights
 from ..models import build_model, model_dataset, parse_model_options, recorded_model_options
 from ..report import atomic_write_text

@@ -22,15 +22,8 @@ from ..attacks.registry import parse_eps
 from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
 from ..checks import dataset_key
-from ..run_data import (
-    FILE_DATASETS,
-    check_fingerprint,
-    data_dir_to_read,
-    describe,
-    load_split,
-    missing_data_hint,
-    moons_units,
-)
+from ..run_data import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
+from ..run_data import describe, load_split, moons_units
 from ..devices import parse_device
 from ..model_fit import check_model_fits, check_model_name, load_weights
 from ..models import parse_model_options, recorded_model_options

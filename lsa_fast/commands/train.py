@@ -38,16 +38,8 @@ from ..checkpoint import (
     save_checkpoint,
 )
 from ..checks import dataset_key
-from ..run_data import (
-    check_fingerprint,
-    data_dir_to_read,
-    data_dir_to_record,
-    describe,
-    fingerprint,
-    load_split,
-    missing_data_hint,
-    record,
-)
+from ..run_data import check_fingerprint, data_dir_to_read, data_dir_to_record, fingerprint, missing_data_hint
+from ..run_data import describe, load_split, record
 from ..device_loader import make_device_loader
 from ..devices import parse_device
 from ..model_fit import FITS, check_model_fits, check_model_name

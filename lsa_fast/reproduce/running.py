@@ -33,7 +33,12 @@ from .figures import plot_cm_layers, plot_rg_scores
 from .markdown import claims_summary, duration, main_table, to_markdown
 from .settings import EVAL_ATTACKS, ReproduceSettings, Variant, variants
 
-__all__ = ["run_reproduce", "run_variant"]
+__all__ = ["run_reproduce", "run_variant", "REPORT_FILES"]
+
+# The files of a reproduction's directory (`lsa-fast reproduce` checks them before it starts).
+SETTINGS_FILE, RUNS_FILE, REPORT_JSON, REPORT_MD = "settings.json", "runs.jsonl", "report.json", "report.md"
+FIGURE_FILES = ("rg_scores.png", "cm_layers.png")
+REPORT_FILES = (SETTINGS_FILE, REPORT_JSON, REPORT_MD, RUNS_FILE) + FIGURE_FILES
 
 
 def run_reproduce(dataset: str, out_dir="runs/reproduce", settings: Optional[ReproduceSettings] = None,
@@ -67,7 +72,7 @@ def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings],
     jobs = [(seed, variant) for seed in range(settings.seeds) for variant in rows]
     written_at = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     # Saved before the first run: the settings are chosen before any result exists.
-    atomic_write_text(out / "settings.json", json.dumps({
+    atomic_write_text(out / SETTINGS_FILE, json.dumps({
         "format": REPORT_FORMAT, "dataset": table.dataset, "settings": settings.to_dict(),
         "rows": [variant.name for variant in rows], "seeds": list(range(settings.seeds)), "written_at": written_at,
     }, indent=2) + "\n")
@@ -79,7 +84,7 @@ def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings],
     log("Settings (one for every row; saved in settings.json before the first run):")
     for key, value in settings.to_dict().items():
         log(f"  {key} = {value}")
-    runs_path = out / "runs.jsonl"
+    runs_path = out / RUNS_FILE
     atomic_write_text(runs_path, "")
     costs = {(seed, variant.name): _cost(variant, settings) for seed, variant in jobs}
     total_cost = sum(costs.values())
@@ -128,9 +133,9 @@ def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings],
     summary["settings_written_at"] = written_at
     summary["seconds"] = round(time.perf_counter() - started, 1)
     markdown = to_markdown(summary)
-    atomic_write_text(out / "report.json", json.dumps(summary, indent=2, allow_nan=False) + "\n")
-    atomic_write_text(out / "report.md", markdown)
-    figures = [out / "rg_scores.png", out / "cm_layers.png"]
+    atomic_write_text(out / REPORT_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / REPORT_MD, markdown)
+    figures = [out / name for name in FIGURE_FILES]
     try:  # after the results are written: a figure that cannot be drawn must not cost them
         plot_rg_scores(summary, figures[0])
         plot_cm_layers(summary, figures[1])
