@@ -47,13 +47,13 @@ class TrainConfig:
     data_options record what the run trained (the CLI rebuilds from them); data_dir: the
     absolute directory its data files were read from (None for generated data; not part
     of the run's identity: a resumed run may read the same data from elsewhere, see
-    lsa_fast.data_record); extra holds free JSON notes.
+    lsa_fast.run_data); extra holds free JSON notes.
 
     compile: "none" (eager), "auto" (True), "inductor", "cudagraphs" (inductor, and the
     whole step of a full batch replayed as one CUDA graph; on CPU the same as
     inductor) or "aot-eager"; see lsa_fast.compiled_step. It does not define the run:
     a run may be resumed with another value. augment: "crop-flip" (random crop with
-    4-pixel padding + horizontal flip, on the device; see lsa_fast.device_data),
+    4-pixel padding + horizontal flip, on the device; see lsa_fast.device_loader),
     "none", or "auto" (crop-flip for cifar10, else none). drop_last: drop each
     epoch's last, smaller batch (every step then has the same shape).
     """

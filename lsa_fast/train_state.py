@@ -59,7 +59,7 @@ def load_trainer_state(trainer, state: Dict[str, Any]) -> None:
     config = trainer.config
     saved = _normalised_config(state["config"])
     mine = config.to_dict()
-    # Neither notes nor the data's location make another run (lsa_fast.data_record checks the
+    # Neither notes nor the data's location make another run (lsa_fast.run_data checks the
     # data); compile does not define the run; a field the checkpoint predates has its default.
     defaults = TrainConfig.field_defaults()
     differing = sorted(k for k in set(saved) | set(mine)

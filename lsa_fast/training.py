@@ -48,7 +48,7 @@ from .analysis import analyze
 from .attacks import make_attack, no_value_checks
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compiled_step import make_compiled_step
-from .device_data import check_augmentation
+from .device_loader import check_augmentation
 from .distributed import device_request, rank_and_world_size, setup_distributed, teardown_distributed
 from .evaluation import accuracy
 from .probes import LayerProbe
@@ -388,7 +388,7 @@ class ATLRTrainer:
         False) pads the epoch to a multiple of the world size with repeats of its first
         samples, placed last, so every rank takes the same steps. Training sees them;
         the metrics count each sample once."""
-        if hasattr(self.train_loader, "real_samples"):  # lsa_fast.device_data.DeviceLoader
+        if hasattr(self.train_loader, "real_samples"):  # lsa_fast.device_loader.DeviceLoader
             return int(self.train_loader.real_samples(index))
         sampler = getattr(self.train_loader, "sampler", None)
         if not isinstance(sampler, DistributedSampler) or sampler.drop_last:

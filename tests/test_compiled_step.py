@@ -21,7 +21,7 @@ from lsa_fast.attacks import no_value_checks
 from lsa_fast.checkpoint import load_checkpoint
 from lsa_fast.compiled_step import CompiledStep
 from lsa_fast.data import load_dataset
-from lsa_fast.device_data import DeviceLoader
+from lsa_fast.device_loader import DeviceLoader
 from lsa_fast.models import build_model
 from lsa_fast.training import ATLRTrainer, TrainConfig
 from train_loader import make_train_loader

@@ -1,5 +1,5 @@
 """The tests' training loader over a Dataset (the product trains from
-lsa_fast.device_data's DeviceLoader): a DistributedSampler shuffled with the config's
+lsa_fast.device_loader's DeviceLoader): a DistributedSampler shuffled with the config's
 seed and batch_size / world_size samples per batch."""
 from typing import Optional
 

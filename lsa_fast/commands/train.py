@@ -35,12 +35,14 @@ from ..checkpoint import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from ..data_record import check_fingerprint, data_dir_to_read, data_dir_to_record, fingerprint, missing_data_hint
-from ..device_data import make_device_loader
+from ..checks import dataset_key
+from ..run_data import check_fingerprint, data_dir_to_read, data_dir_to_record, fingerprint, missing_data_hint
+from ..run_data import describe, load_split, record
+from ..device_loader import make_device_loader
+from ..devices import parse_device
 from ..model_fit import FITS, check_model_fits, check_model_name
 from ..models import MODEL_DATASET, model_options, parse_model_options
 from ..models import model_dataset as implied_dataset
-from ..run_data import describe, load_split, record
 from ..run_data import moons_units as run_data_units
 from ..run_lock import RunLock
 from ..train_config import AUGMENT_MODES, BASES, COMPILE_MODES, LR_GRAD_MODES, OPTIMIZERS, PROBE_PRESETS, SCHEDULES, TrainConfig
@@ -54,7 +56,7 @@ from ..training import (
     teardown_distributed,
     write_run_files,
 )
-from ._device import parse_device
+
 from ._outputs import check_output_dir
 from .arguments import comma_items
 
@@ -349,7 +351,7 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
         dataset = implied_dataset(model)
         if dataset is None:
             raise ValueError(f"--dataset is needed for model {model!r} (one of {', '.join(DEFAULT_EPS)}; {FITS})")
-    dataset = dataset.strip().lower().replace("-", "").replace("_", "")
+    dataset = dataset_key(dataset)
     if model is None:
         model = {d: m for m, d in reversed(list(model_dataset.items()))}.get(dataset)
         if model is None:
