@@ -17,8 +17,6 @@ eps in z units is eps / MOONS_STANDARDIZED_SCALE; eps_to_input_units converts.
 from __future__ import annotations
 
 import math
-import sys
-import time
 import warnings
 from typing import Callable, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -29,8 +27,10 @@ from .attacks import STATISTICAL, BoundAttack, canonical_name, correct, get_atta
 from .checks import check_number
 from .data import canonical_dataset, moons_unit_map
 from .devices import kept_modes, model_device
+from .distributed import rank_and_world_size
 from .ops import relative_error
 from .probes import LayerProbe, check_same_sequence
+from .progress import batch_progress
 from .report import LSAReport, PerturbationResult
 from .cm_accumulator import CMAccumulator
 
@@ -130,7 +130,7 @@ def analyze(
     grads = [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
     try:
         with kept_modes(model):
-            for x, y in _progress(_batches(loader, device, "analyze"), loader, progress):
+            for x, y in batch_progress(_batches(loader, device, "analyze"), loader, progress, "LSA"):
                 model.eval()
                 clean, logits, batch_names = _probed_forward(probe, model, x)
                 if names is None:
@@ -160,11 +160,10 @@ def analyze(
                     grad.copy_(values)
             parameter.grad = grad
 
-    world_size = 1
-    if _distributed():
+    _, world_size = rank_and_world_size()
+    if world_size > 1:
         import torch.distributed as dist
 
-        world_size = dist.get_world_size()
         # Every rank calls the same collectives in the same order, even with an empty shard.
         accumulators = {name: acc.all_reduce() for name, acc in accumulators.items()}
         gathered = [None] * world_size
@@ -245,13 +244,9 @@ class ShardSampler(Sampler):
 
     def __init__(self, n: int, rank: Optional[int] = None, world_size: Optional[int] = None):
         if rank is None or world_size is None:
-            if _distributed():
-                import torch.distributed as dist
-
-                rank = dist.get_rank() if rank is None else rank
-                world_size = dist.get_world_size() if world_size is None else world_size
-            else:
-                rank, world_size = rank or 0, world_size or 1
+            own_rank, own_world_size = rank_and_world_size()
+            rank = own_rank if rank is None else rank
+            world_size = own_world_size if world_size is None else world_size
         if not 0 <= rank < world_size:
             raise ValueError(f"ShardSampler: rank {rank} is outside 0..{world_size - 1}")
         self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
@@ -398,55 +393,6 @@ def _batches(loader, device, fn: str):
         if x.shape[0] == 0:
             continue
         yield x.to(device), y.to(device)
-
-
-def _progress(batches, loader, enabled: bool):
-    """tqdm on stderr when it is installed, else a plain line every ~10% of the batches;
-    only rank 0 of a distributed run reports."""
-    if not enabled or (_distributed() and _rank() != 0):
-        yield from batches
-        return
-    try:
-        total = len(loader)
-    except TypeError:
-        total = None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if not is_terminal(sys.stderr):
-        tqdm = None  # a log file: a few plain lines, not the bar's redraws
-    if tqdm is not None:
-        yield from tqdm(batches, total=total, desc="LSA", unit="batch", file=sys.stderr, leave=False)
-        return
-    every = max(1, (total or 100) // 10)
-    start = time.monotonic()
-    done = 0
-    for done, batch in enumerate(batches, 1):
-        yield batch
-        if done % every == 0 or done == total:
-            of = f"/{total}" if total else ""
-            print(f"LSA: batch {done}{of} ({time.monotonic() - start:.1f} s)", file=sys.stderr, flush=True)
-
-
-def is_terminal(stream) -> bool:
-    """Whether progress bars make sense on `stream` (not in a log file or a pipe)."""
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # a replaced or closed stream
-        return False
-
-
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank()
 
 
 def _scale(dataset: str, attack: Optional[str], moons_units: str = "raw") -> float:

@@ -9,8 +9,9 @@ from typing import Tuple, Union
 import torch
 import torch.distributed as dist
 
-__all__ = ["rank_and_world_size", "setup_distributed", "teardown_distributed", "device_request",
-           "average_over_ranks", "on_any_rank"]
+from .devices import parse_device
+
+__all__ = ["rank_and_world_size", "setup_distributed", "teardown_distributed", "average_over_ranks", "on_any_rank"]
 
 
 def rank_and_world_size() -> Tuple[int, int]:
@@ -20,22 +21,11 @@ def rank_and_world_size() -> Tuple[int, int]:
     return 0, 1
 
 
-def device_request(device) -> torch.device:
-    """A device argument ("auto"/None: CUDA when available) as a torch.device; a clear
-    error when CUDA is asked for and missing."""
-    if device is None or (isinstance(device, str) and device == "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} requested but CUDA is not available")
-    return device
-
-
 def setup_distributed(device: Union[str, torch.device, None] = None):
     """Under torchrun (WORLD_SIZE > 1): init the process group (NCCL on CUDA, gloo on
     CPU) and pick this rank's device. Returns (rank, world_size, device)."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    wanted = device_request(device)
+    wanted = parse_device(device, "device")
     if world_size <= 1:
         return 0, 1, wanted
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

@@ -1,4 +1,7 @@
-"""The training progress bar and its throughput text."""
+"""Progress on stderr, written once: the training bar (TrainProgress: images/s, loss and
+accuracy) and the batch progress of an analysis (batch_progress). tqdm when it is
+installed; plain lines instead in a log file or a pipe; only rank 0 of a distributed run
+reports."""
 from __future__ import annotations
 
 import sys
@@ -6,9 +9,46 @@ import time
 
 import torch
 
-from .analysis import is_terminal
+from .distributed import rank_and_world_size
 
-__all__ = ["TrainProgress", "format_throughput"]
+__all__ = ["TrainProgress", "batch_progress", "format_throughput", "is_terminal"]
+
+
+def is_terminal(stream) -> bool:
+    """Whether progress bars make sense on `stream` (not in a log file or a pipe)."""
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # a replaced or closed stream
+        return False
+
+
+def batch_progress(batches, loader, enabled: bool, desc: str):
+    """Yields `batches`, with tqdm on stderr when it is installed and stderr is a terminal,
+    else a plain line every ~10% of the batches."""
+    if not enabled or rank_and_world_size()[0] != 0:
+        yield from batches
+        return
+    try:
+        total = len(loader)
+    except TypeError:
+        total = None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        tqdm = None
+    if not is_terminal(sys.stderr):
+        tqdm = None  # a log file: a few plain lines, not the bar's redraws
+    if tqdm is not None:
+        yield from tqdm(batches, total=total, desc=desc, unit="batch", file=sys.stderr, leave=False)
+        return
+    every = max(1, (total or 100) // 10)
+    start = time.monotonic()
+    done = 0
+    for done, batch in enumerate(batches, 1):
+        yield batch
+        if done % every == 0 or done == total:
+            of = f"/{total}" if total else ""
+            print(f"{desc}: batch {done}{of} ({time.monotonic() - start:.1f} s)", file=sys.stderr, flush=True)
 
 
 def format_throughput(images_per_s: float) -> str:

@@ -49,13 +49,15 @@ from .attacks import make_attack, no_value_checks
 from .checkpoint import load_checkpoint, save_checkpoint
 from .compiled_step import make_compiled_step
 from .device_loader import check_augmentation
-from .distributed import device_request, rank_and_world_size, setup_distributed, teardown_distributed
+from .checks import check_int
+from .devices import kept_modes, model_device, parse_device
+from .distributed import rank_and_world_size, setup_distributed, teardown_distributed
 from .evaluation import accuracy
 from .probes import LayerProbe
 from .progress import TrainProgress, format_throughput
 from .run_files import CHECKPOINT_NAME, CONFIG_NAME, FINAL_NAME, METRICS_NAME, append_metrics, run_name, write_run_files
 from .schedules import build_optimizer, learning_rate_at, lr_multiplier, seed_everything, stream_seed
-from .train_config import BASES, TrainConfig, _integer
+from .train_config import BASES, TrainConfig
 from .train_loss import StepLoss, atlr_loss
 from .train_state import load_trainer_state, trainer_state
 
@@ -115,10 +117,10 @@ class ATLRTrainer:
         self.train_loader = train_loader
         self.test_loader = test_loader
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        self.log_every = _integer("log_every", log_every, minimum=1)
-        self.stop_check_every = _integer("stop_check_every", stop_check_every, minimum=1)
+        self.log_every = check_int("ATLRTrainer", "log_every", log_every, minimum=1)
+        self.stop_check_every = check_int("ATLRTrainer", "stop_check_every", stop_check_every, minimum=1)
         self.rank, self.world_size = rank_and_world_size()
-        self.device = _resolve_device(device, model)
+        self.device = model_device(model) if device is None else parse_device(device, "ATLRTrainer: device")
         if config.amp == "fp16" and self.device.type != "cuda":
             raise ValueError(f"TrainConfig: amp='fp16' needs a CUDA device (GradScaler); training on "
                              f"{self.device}: use amp='bf16' or 'none'")
@@ -427,19 +429,13 @@ class ATLRTrainer:
     def _inspect_model(self):
         """One dummy forward on the first training sample: logits shape, probe points."""
         sample = _first_sample(self.train_loader).to(self.device)
-        saved = [(module, module.training) for module in self.module.modules()]
-        self.module.eval()
-        try:
-            with torch.no_grad():
-                logits = self.module(sample)
-                names: List[str] = []
-                if self.config.uses_regulariser:
-                    probe = LayerProbe(self.module, select=self.config.probes)
-                    probe.capture(sample)
-                    names = probe.names
-        finally:
-            for module, training in saved:
-                module.training = training
+        with kept_modes(self.module, "eval"), torch.no_grad():
+            logits = self.module(sample)
+            names: List[str] = []
+            if self.config.uses_regulariser:
+                probe = LayerProbe(self.module, select=self.config.probes)
+                probe.capture(sample)
+                names = probe.names
         if not isinstance(logits, torch.Tensor) or logits.dim() not in (1, 2):
             raise ValueError(f"ATLRTrainer: the model must return logits [N], [N, 1] or [N, C], got "
                              f"{getattr(logits, 'shape', type(logits).__name__)}")
@@ -578,10 +574,3 @@ def _first_sample(loader) -> torch.Tensor:
         raise ValueError("ATLRTrainer: train_loader must yield (x, y) batches of tensors")
     return x[:1]
 
-
-def _resolve_device(device, model: nn.Module) -> torch.device:
-    if device is None:
-        for tensor in list(model.parameters()) + list(model.buffers()):
-            return tensor.device
-        return torch.device("cpu")
-    return device_request(device)

@@ -35,11 +35,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import numbers
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+
+from ..checks import is_int, is_number
+from ..devices import kept_modes
 
 MODEL_MODES = ("eval", "train", "keep")
 NORMS = ("linf", "l2")
@@ -53,7 +55,7 @@ GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 
 def check_eps(fn: str, eps, name: str = "eps") -> float:
     """eps is a finite real number >= 0 (a Python number: a tensor would cost a sync)."""
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+    if not is_number(eps):
         raise TypeError(f"{fn}: {name} must be a real number, got {type(eps).__name__}")
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0:
@@ -62,7 +64,7 @@ def check_eps(fn: str, eps, name: str = "eps") -> float:
 
 
 def check_steps(fn: str, steps, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+    if not is_int(steps):
         raise TypeError(f"{fn}: {name} must be an integer, got {type(steps).__name__}")
     if steps < 1:
         raise ValueError(f"{fn}: {name} must be >= 1, got {steps}")
@@ -196,22 +198,9 @@ def validate(fn: str, model, x: torch.Tensor, y: Optional[torch.Tensor] = None) 
 # ------------------------------------------------------------------------ model mode
 
 
-@contextlib.contextmanager
 def attack_mode(model, model_mode: str = "eval"):
     """Run the attack in eval/train/the caller's mode; restore every submodule's flag."""
-    if not isinstance(model, torch.nn.Module):
-        yield
-        return
-    saved = [(module, module.training) for module in model.modules()]
-    if model_mode == "eval":
-        model.eval()
-    elif model_mode == "train":
-        model.train()
-    try:
-        yield
-    finally:
-        for module, training in saved:
-            module.training = training
+    return kept_modes(model, None if model_mode == "keep" else model_mode)
 
 
 # ---------------------------------------------------------------------------- losses
