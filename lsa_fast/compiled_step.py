@@ -11,7 +11,8 @@ What runs where:
   from the trainer's attack generator eagerly, before the compiled code, in the
   order the eager attacks draw them: the same numbers as an eager run.
 - One attack iteration (forward, input gradient, the fused projection step: the
-  attack's per-step function under the step's autocast) is one compiled graph, called `steps` times; torch.autograd.grad is traced into the graph
+  attack's per-step function under the step's autocast) is one compiled graph, called
+  `steps` times; torch.autograd.grad is traced into the graph
   (torch._dynamo.config.trace_autograd_ops), so each call is a single graph.
 - The loss is a second graph: the clean forward (stopped after the deepest
   regularised layer unless TRADES needs its logits), the adversarial forward, task

@@ -16,8 +16,7 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 import torch
 
-from .attacks import make_attack, predicted_class
-from .attacks._common import attack_mode
+from .attacks import attack_mode, make_attack, predicted_class
 from .devices import model_device
 from .paper import PAPER_TABLES
 
