@@ -45,9 +45,10 @@ averaged over the ranks with one all-reduce (what DistributedDataParallel comput
 and the buffers (BatchNorm statistics) broadcast from rank 0, as DDP's
 broadcast_buffers does (after the step rather than before the DDP forward):
 lsa_fast.distributed.average_over_ranks. The DDP-wrapped model itself is not compiled:
-the step's backward is traced into the graph (trace_autograd_ops), where DDP's reducer
-hooks, which fire from autograd as buckets fill, cannot run, and fullgraph=True forbids
-the graph breaks that dynamo's DDP support (optimize_ddp) inserts between buckets.
+on torch 2.14 (CPU, gloo) a forward + backward of a DDP module under
+torch.compile(fullgraph=True) and trace_autograd_ops stops at DDP's forward
+(dynamo cannot trace its Logger.set_runtime_stats_and_log), and without fullgraph the
+parameters get no .grad at all.
 """
 from __future__ import annotations
 
