@@ -15,19 +15,14 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Optional, Union
 
-__all__ = ["BEST_NAME", "KEEP_BEST_MODES", "WEIGHTS", "BestKeeper", "weights_file", "check_keep_best"]
+from .checkpoint import CHECKPOINT_NAME, FINAL_NAME, resolve_checkpoint
+from .train_config import KEEP_BEST_MODES
+
+__all__ = ["BEST_NAME", "KEEP_BEST_MODES", "WEIGHTS", "BestKeeper", "weights_file"]
 
 BEST_NAME = "best.pt"
-KEEP_BEST_MODES = ("none", "robust", "clean")
 WEIGHTS = ("final", "best")
 _METRIC = {"robust": "val_robust_acc", "clean": "val_acc"}
-
-
-def check_keep_best(keep_best: str, val_size: int) -> None:
-    """The one-line error of --keep-best robust|clean without a validation split."""
-    if keep_best != "none" and not val_size:
-        raise ValueError(f"--keep-best {keep_best} chooses by validation accuracy: give --val-size N (training "
-                         f"samples held out), or --keep-best none")
 
 
 class BestKeeper:
@@ -70,8 +65,6 @@ def weights_file(run: Union[str, "os.PathLike[str]"], weights: str = "final") ->
     """The checkpoint file of `run` to evaluate: a file as is (weights must be final),
     a run directory's final.pt (else checkpoint.pt) or best.pt; a one-line error when
     the run has no best.pt."""
-    from .checkpoint import CHECKPOINT_NAME, FINAL_NAME, resolve_checkpoint
-
     if weights not in WEIGHTS:
         raise ValueError(f"--weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     path = Path(run).expanduser()

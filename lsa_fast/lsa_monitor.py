@@ -20,8 +20,8 @@ from typing import Dict, List, Optional
 
 import torch
 
-from .attacks import make_attack
-from .attacks._common import attack_mode
+from .attacks import attack_mode, make_attack
+from .devices import model_device
 from .ops import most_vulnerable_layers, relative_error
 from .probes import LayerProbe
 
@@ -91,7 +91,7 @@ class LayerMonitor:
     def measure(self, model, epoch: int) -> Dict:
         if not self.due(epoch):
             return {}
-        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+        device = model_device(model)
         x, y = self.x.to(device), self.y.to(device)
         generator = torch.Generator(device=device)
         generator.manual_seed(self.seed)

@@ -21,6 +21,8 @@ from typing import Union, Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .checks import dataset_key
+
 __all__ = [
     "MODEL_DATASET",
     "MODEL_NAMES",
@@ -164,10 +166,10 @@ def parse_model_options(items, option: str = "--model-option") -> Dict:
 def model_dataset(name: str) -> Optional[str]:
     """The dataset a model name implies: the paper's (A moons, B mnist, C/D cifar10),
     cifar10 for the WideResNets, None for other models."""
-    key = str(name).strip().upper()
+    key = str(name).strip().upper().replace("_", "-")
     if key in MODEL_DATASET:
         return MODEL_DATASET[key]
-    if key.replace("_", "-").startswith("WRN-"):
+    if key.startswith("WRN-"):
         return "cifar10"
     return None
 
@@ -439,7 +441,7 @@ def _accepted_options(key: str) -> Tuple[str, ...]:
 
 def _normalization(value):
     if isinstance(value, str):
-        named = value.strip().lower().replace("-", "")
+        named = dataset_key(value)  # the statistics of a dataset: cifar10, CIFAR-10, ...; or none
         if named not in NORMALIZATIONS:
             raise ValueError(f"--model-option normalize={value}: expected one of {', '.join(NORMALIZATIONS)} or "
                              f"[[mean, ...], [std, ...]]")

@@ -20,6 +20,9 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch.utils.data import TensorDataset
 
+from .devices import kept_modes, model_device
+from .probes import LayerProbe
+
 __all__ = ["VAL_PGD_STEPS", "check_val_size", "split_validation", "validation_accuracies", "EpochValidation"]
 
 VAL_PGD_STEPS = 10  # the robust accuracy of model selection: PGD-10 at the training eps
@@ -70,7 +73,7 @@ def validation_accuracies(model, validation: TensorDataset, eps: float, batch_si
     from .data import make_loader
     from .evaluation import evaluate
 
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     generator = torch.Generator(device=device)
     generator.manual_seed(int(seed))  # the same random starts every epoch
     loader = make_loader(validation, max(1, min(int(batch_size), len(validation))), shuffle=False)
@@ -135,11 +138,8 @@ class EpochValidation:
 
 
 def _probe_names(model, sample: torch.Tensor, select: str):
-    from .attacks._common import attack_mode
-    from .probes import LayerProbe
-
-    device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = model_device(model)
     probe = LayerProbe(model, select=select)
-    with attack_mode(model, "eval"), torch.no_grad():
+    with kept_modes(model, "eval"), torch.no_grad():
         probe.capture(sample.to(device))
     return list(probe.names)

@@ -15,7 +15,7 @@ import torch
 from lsa_fast.cli import main
 from lsa_fast.evaluation import PAPER_EPS_GRIDS
 from lsa_fast.paper import PAPER_TABLES, TABLE_2, TABLE_3, TABLE_4, paper_table, parse_training
-from lsa_fast.paired import paired_difference, t_quantile
+from lsa_fast.reproduce.paired import paired_difference, t_quantile
 from lsa_fast.reproduce import ReproduceSettings, apply_overrides, run_variant, summarise, to_markdown, variants
 
 torch.set_num_threads(1)  # a shared 2-core machine: keep each test on one core
@@ -415,8 +415,8 @@ def test_reproduce_cifar10_trains_on_the_device_loader_with_crop_flip(tmp_path, 
     """Issue 25 item 5: Table 4's protocol (random crop + flip), as lsa-fast train does."""
     import pickle
 
-    import lsa_fast.reproduce as reproduce
-    from lsa_fast.device_data import DeviceLoader
+    import lsa_fast.reproduce.running as reproduce
+    from lsa_fast.device_loader import DeviceLoader
 
     rng = np.random.default_rng(0)
     for name in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]:

@@ -10,12 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
+from ..devices import parse_device
 from ..paper import PAPER_TABLES
-from ._device import parse_device
 from ._outputs import check_output_dir
-
-# What lsa_fast.reproduce writes into --out.
-REPORT_FILES = ("settings.json", "report.json", "report.md", "runs.jsonl", "rg_scores.png", "cm_layers.png")
 
 
 def register(subparsers, name: str) -> None:
@@ -59,9 +56,8 @@ def register(subparsers, name: str) -> None:
 
 
 def run(args) -> int:
-    import dataclasses
-
     from ..reproduce import ReproduceSettings, apply_overrides, run_reproduce
+    from ..reproduce.running import REPORT_FILES
     from ..run_lock import RunLock
 
     device = parse_device(args.device)
@@ -72,16 +68,11 @@ def run(args) -> int:
         workers = min(2, os.cpu_count() or 1) if args.dataset == "moons" and device.type == "cpu" else 1
     out = check_output_dir(args.out or f"runs/reproduce-{args.dataset}", "--out", files=REPORT_FILES)
     settings = ReproduceSettings.defaults(args.dataset, quick=args.quick)
-    settings = apply_overrides(settings, args.overrides)
-    changes = {}
-    if args.seeds is not None:
-        changes["seeds"] = args.seeds
-    if args.epochs is not None:
-        changes["epochs"] = args.epochs
-    for option in ("val_size", "weights", "compile"):
-        if getattr(args, option) is not None:
-            changes[option] = getattr(args, option)
-    settings = dataclasses.replace(settings, **changes)
+    # The options and every --set at once: the settings are checked as a whole (e.g. --val-size
+    # against --set n_train=N, in either order).
+    flags = {option: getattr(args, option) for option in ("seeds", "epochs", "val_size", "weights", "compile")}
+    settings = apply_overrides(settings, list(args.overrides) + [f"{key}={value}" for key, value in flags.items()
+                                                                 if value is not None])
     with RunLock(out) as lock:  # one reproduction per directory: runs.jsonl is appended to as runs finish
         if lock.stale:
             print(lock.stale, file=sys.stderr)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 from typing import Dict, Optional, Sequence
 
-__all__ = ["paired_difference", "t_quantile", "t_cdf", "mean_std"]
+__all__ = ["paired_difference", "t_quantile", "t_cdf", "mean_std", "interval_text"]
 
 
 def paired_difference(variant: Sequence[float], base: Sequence[float], confidence: float = 0.95) -> Dict:
@@ -81,6 +81,13 @@ def t_quantile(p: float, df: float) -> float:
         if high - low < 1e-12 * max(1.0, high):
             break
     return (low + high) / 2
+
+
+def interval_text(item: Dict) -> str:
+    """'+1.23 [+0.45, +2.01]' of a paired_difference result (its mean alone for one seed)."""
+    if item["low"] is None:
+        return f"{item['mean']:+.2f}"
+    return f"{item['mean']:+.2f} [{item['low']:+.2f}, {item['high']:+.2f}]"
 
 
 def _verdict(mean: float, low: Optional[float], high: Optional[float]) -> str:

@@ -8,17 +8,20 @@ verdict of the report is given for both. The AutoAttack column holds one value (
 eps grid is [aa_eps]); its R&G is that accuracy.
 
 AutoAttack: settings.autoattack "standard" runs lsa_fast.attacks.autoattack (Croce &
-Hein 2020: APGD-CE, APGD-T, FAB-T, Square) when this lsa_fast has it, else the first
-two of its stages (APGD-CE, then APGD-T on what survives; lsa_fast.evaluation.
-robust_accuracy) and says so in the column's title; "apgd" always runs those two
-(settings.aa_steps steps each: a cheaper bound, never called AutoAttack). Moons' model
-A has one logit, so no targeted stage exists: APGD-CE alone, titled so.
+Hein 2020: APGD-CE, APGD-T, FAB-T, Square; on Moons' one-logit model A the targeted
+stages do not apply); "apgd" runs only its first two stages (APGD-CE, then APGD-T on
+what survives; lsa_fast.evaluation.robust_accuracy) with settings.aa_steps steps each,
+a cheaper upper bound that the column's title never calls AutoAttack.
 """
 from __future__ import annotations
 
+import warnings
 from typing import Dict, List, Tuple
 
 import torch
+
+from ..attacks import AutoAttackWarning, autoattack
+from ..evaluation import robust_accuracy
 
 __all__ = ["AUTOATTACK", "BEST_SUFFIX", "column_key", "weight_sets", "autoattack_title", "autoattack_accuracy"]
 
@@ -41,42 +44,25 @@ def weight_sets(settings) -> Tuple[str, ...]:
     return (settings.weights,)
 
 
-def _library_autoattack():
-    from . import attacks
-
-    return getattr(attacks, "autoattack", None)
-
-
-def _uses_library(settings) -> bool:
-    # Moons' model A has one logit: no targeted stage exists, so APGD-CE alone.
-    return settings.autoattack == "standard" and settings.dataset != "moons" and _library_autoattack() is not None
-
-
 def autoattack_title(settings) -> str:
     """The AutoAttack column's name, saying what ran."""
-    if _uses_library(settings):
-        return "AutoAttack (standard)"
-    if settings.dataset == "moons":
-        return f"APGD-CE ({settings.aa_steps} steps; one-logit model: no targeted stage; not the full AutoAttack)"
-    return f"APGD-CE + APGD-T ({settings.aa_steps} steps; not the full AutoAttack)"
+    one_logit = settings.dataset == "moons"  # model A: the targeted stages do not apply
+    if settings.autoattack == "standard":
+        return "AutoAttack (standard" + ("; one-logit 2-d model: only APGD-CE applies" if one_logit else "") + ")"
+    stages = "APGD-CE" if one_logit else "APGD-CE + APGD-T"
+    return f"{stages} ({settings.aa_steps} steps; not the full AutoAttack)"
 
 
 def autoattack_accuracy(model, x: torch.Tensor, y: torch.Tensor, eps: float, settings, seed: int,
                         batch_size: int) -> float:
     """Robust accuracy (%) of `model` (eval mode) on (x, y) under the AutoAttack column's
     attack at eps (model-input units)."""
-    from .evaluation import robust_accuracy
-
-    if _uses_library(settings):
-        library = _library_autoattack()
-        robust, total = 0, int(y.shape[0])
-        for start in range(0, total, batch_size):
-            result = library(model, x[start:start + batch_size], y[start:start + batch_size], eps, norm="Linf",
-                             version="standard", seed=seed)
-            robust += int((result.broken_by == -1).sum())
-        return 100.0 * robust / max(total, 1)
-    device = x.device
-    generator = torch.Generator(device=device)
+    if settings.autoattack == "standard":
+        with warnings.catch_warnings():  # its checks' warnings are kept in result.warnings
+            warnings.simplefilter("ignore", AutoAttackWarning)
+            result = autoattack(model, x, y, eps, norm="Linf", version="standard", seed=seed, batch_size=batch_size)
+        return 100.0 * float((result.broken_by == -1).double().mean())
+    generator = torch.Generator(device=x.device)
     generator.manual_seed(seed)
     batches = [(x[s:s + batch_size], y[s:s + batch_size]) for s in range(0, int(y.shape[0]), batch_size)]
     stages = ("apgd-ce",) if settings.dataset == "moons" else ("apgd-ce", "apgd-t")
