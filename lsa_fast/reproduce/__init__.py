@@ -4,8 +4,11 @@ Every row of the table (Normal, AT-<base>, AT-<base>-LR-L<k>, see lsa_fast.paper
 trained from scratch for every seed with one ReproduceSettings object shared by all
 rows (no per-row tuning); on Moons a sweep adds, for the sweep bases (FGSM and PGD),
 the LR-L<sweep_layer> row at every gamma of sweep_gammas and every gradient path of
-sweep_lr_grads. Every run is evaluated under FGSM and under PGD (eval_pgd_steps steps,
-random start) over the paper's eps grid, with an R&G score under each, and analysed
+sweep_lr_grads; on MNIST the same rows on the PGD base sit beside Table 3 (extra_rows).
+Every run is evaluated under FGSM and under PGD (eval_pgd_steps steps, random start)
+over the paper's eps grid, with an R&G score under each, under AutoAttack at the
+training eps, for the final weights and, with a validation split (val_size), the best
+robust epoch's too, and analysed
 with LSA (mean relative error per layer under FGSM and PGD, the paper's Fig. 5). Seed s
 fixes the data draw (Moons), the initial weights, the batch order and the attacks'
 random starts of every row alike, so an LR row and its base are compared seed by seed
@@ -23,7 +26,8 @@ figures rg_scores.png (Fig. 6) and cm_layers.png (Fig. 5). On the CPU, `workers`
 processes train runs side by side, each on one thread (the results do not depend on
 the number of workers).
 
-Modules, each importing only those before it: settings (what is run), paired (the
+Modules, each importing only those before it: robustness (the AutoAttack column and the
+final / best-robust weight columns), settings (what is run), paired (the
 paired t statistics), claims (report.json's summary and the verdicts), markdown
 (report.md), figures, running (training, evaluating and analysing every run, writing
 the files). The paper's published tables are lsa_fast.paper (evaluation reads their
