@@ -6,6 +6,11 @@ as a row of the paper's tables with its R&G score (the sum of the accuracies).
 The model and dataset come from the checkpoint's config; eps values are in the
 dataset's own units (moons coordinates, z units for standardized moons, pixel fractions
 for images), like the paper's tables, and the default grid is the paper's for the dataset.
+
+    lsa-fast eval --checkpoint runs/x --attack autoattack --eps 0.3 --out aa.json
+
+runs AutoAttack at one eps instead (lsa_fast.commands.evaluate_autoattack): the robust
+accuracy after each stage, resumable from aa.json.state, sharded under torchrun.
 """
 from __future__ import annotations
 
