@@ -20,8 +20,10 @@ import hashlib
 import json
 import math
 import os
+import re
 import sys
 import time
+import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
@@ -40,6 +42,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 # progress(points_done, points_total, points_done_this_session, seconds_this_session): on
 # rank 0, once before the first chunk (after the state file is read: points_done counts
 # the points done before) and after each chunk (each round of chunks when sharded).
+# stage_progress(chunk, stage, points_done, points_total): rank 0's chunks, within a stage.
+StageProgress = Callable[[int, str, int, int], None]
 Progress = Callable[[int, int, int, float], None]
 
 
@@ -83,6 +87,19 @@ class RobustEvaluation:
     @property
     def images_per_s(self) -> float:
         return self.n_examples / self.seconds if self.seconds > 0 else float("inf")
+
+    def warning_lines(self) -> List[str]:
+        """The check messages, each once: messages that differ only in their numbers
+        (per-chunk counts) are one line, the first one's text, with how often."""
+        groups: Dict[str, List[Tuple[str, int]]] = {}
+        for message, count in self.warnings.items():
+            groups.setdefault(re.sub(r"\d+", "#", message), []).append((message, count))
+        lines = []
+        for members in groups.values():
+            total = sum(count for _, count in members)
+            note = f"{total} time(s)" if len(members) == 1 else f"{total} times, with other numbers in other chunks"
+            lines.append(f"{members[0][0]} ({note})")
+        return lines
 
     def table(self) -> str:
         """The robust accuracy after each stage, as a markdown table."""
@@ -161,6 +178,7 @@ def evaluate_autoattack(
     n_classes: Optional[int] = None,
     checks: bool = True,
     progress: Optional[Progress] = None,
+    stage_progress: Optional[StageProgress] = None,
     about: Optional[Mapping[str, Any]] = None,
 ) -> RobustEvaluation:
     """AutoAttack (lsa_fast.attacks.autoattack, or `attack` with its API) on every point
@@ -170,7 +188,9 @@ def evaluate_autoattack(
     finished chunk there, and removes it at the end. Under an initialised
     torch.distributed group every rank must call this with the same arguments: each
     evaluates its share of the chunks and every rank returns the whole result.
-    `about` is recorded in the state file for information (the checkpoint's path, ...)."""
+    `about` is recorded in the state file for information (the checkpoint's path, ...).
+    The attack's check messages are collected per chunk (result.warnings), not also
+    emitted as Python warnings once per chunk."""
     eps, norm, version, seed, batch_size = _check_arguments(x, y, eps, norm, version, seed, batch_size)
     attack = _default_attack() if attack is None else attack
     n = int(x.shape[0])
@@ -199,6 +219,9 @@ def evaluate_autoattack(
     mine = todo[rank::world]
     rounds = math.ceil(len(todo) / world)
     device = _device(model)
+    options = {"eps": eps, "norm": norm, "version": version, "seed": seed, "checks": checks}
+    options.update({key: value for key, value in (("stages", tuple(stages) if stages is not None else None),
+                                                  ("n_classes", n_classes)) if value is not None})
     seconds_before, start = float(state.get("seconds", 0.0)), time.perf_counter()
     points_now = 0
     if rank == 0 and progress is not None:
@@ -207,8 +230,8 @@ def evaluate_autoattack(
         for r in range(rounds):
             result = None
             if r < len(mine):
-                result = _chunk(attack, model, x, y, mine[r], batch_size, device, eps, norm, version, seed,
-                                stages, n_classes, checks)
+                report = stage_progress if rank == 0 else None
+                result = _chunk(attack, model, x, y, mine[r], batch_size, device, options, report)
             for finished in _gather(result, world):
                 if finished is not None:
                     done[finished["chunk"]] = finished
@@ -258,17 +281,20 @@ def _default_attack() -> Callable:
     return autoattack
 
 
-def _chunk(attack, model, x, y, index, batch_size, device, eps, norm, version, seed, stages, n_classes, checks):
+def _chunk(attack, model, x, y, index, batch_size, device, options, stage_progress):
     start, stop = index * batch_size, min((index + 1) * batch_size, int(x.shape[0]))
     xb, yb = x[start:stop], y[start:stop]
     if device is not None:
         xb, yb = xb.to(device), yb.to(device)
-    kwargs = {"sample_ids": torch.arange(start, stop), "checks": checks}
-    if stages is not None:
-        kwargs["stages"] = tuple(stages)
-    if n_classes is not None:
-        kwargs["n_classes"] = n_classes
-    result = attack(model, xb, yb, eps, norm=norm, version=version, seed=seed, **kwargs)
+    kwargs = dict(options, sample_ids=torch.arange(start, stop))
+    if stage_progress is not None:
+        kwargs["progress"] = lambda stage, done, total: stage_progress(index, stage, done, total)
+    with warnings.catch_warnings(record=True) as raised:
+        warnings.simplefilter("always")
+        result = attack(model, xb, yb, **kwargs)
+    for warning in raised:  # the attack's checks are in result.warnings; anything else passes on
+        if str(warning.message) not in result.warnings:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
     broken_by = result.broken_by.detach().cpu().to(torch.int64)
     clean = result.clean_correct.detach().cpu().to(torch.bool)
     if broken_by.shape != (stop - start,) or clean.shape != (stop - start,):

@@ -93,6 +93,10 @@ def test_counts_per_stage_match_the_per_point_results():
     assert [s["name"] for s in record["stages"]] == list(fake_autoattack.STAGES)
     assert sum(s["broken"] for s in record["stages"]) == int((b > 0).sum())
     assert "| apgd-t |" in result.table()
+    # Messages that differ only in their per-chunk counts are one line.
+    result.warnings = {"Square broke 2 points": 1, "Square broke 5 points": 2, "the model is in training mode": 6}
+    assert result.warning_lines() == ["Square broke 2 points (3 times, with other numbers in other chunks)",
+                                      "the model is in training mode (6 time(s))"]
 
 
 def test_an_interrupted_run_continues_from_its_state_file_to_the_same_numbers(tmp_path):

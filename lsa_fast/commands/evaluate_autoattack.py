@@ -96,14 +96,14 @@ def run(args: argparse.Namespace, chosen: AutoAttackOptions, device: torch.devic
             result = evaluate_autoattack(
                 loaded.model, x, y, eps, norm=chosen.norm, version=chosen.version, seed=args.seed,
                 batch_size=args.batch_size, state_path=state_path, restart=args.restart, progress=progress,
-                about={"checkpoint": loaded.where})
+                stage_progress=progress.stage if progress is not None else None, about={"checkpoint": loaded.where})
         finally:
             if progress is not None:
                 progress.close()
         if rank != 0:
             return 0
-        for message, count in result.warnings.items():
-            print(f"warning: {message} ({count} time(s))", file=sys.stderr)
+        for line in result.warning_lines():
+            print(f"warning: {line}", file=sys.stderr)
         print(result.table())
         print(f"clean accuracy: {result.clean_acc:.2f}%")
         print(f"robust accuracy (AutoAttack {chosen.version}, {chosen.norm}, eps {chosen.eps:g}): "
@@ -154,6 +154,13 @@ class _Progress:
         elif self.shown:
             print(f"autoattack: {done}/{total} points ({100.0 * done / total:.0f}%), {format_throughput(rate)}, "
                   f"{eta}", file=sys.stderr, flush=True)
+
+    def stage(self, chunk: int, stage: str, done: int, total: int) -> None:
+        """Within a chunk: the stage on the bar, or a line when a stage ends."""
+        if self.bar is not None:
+            self.bar.set_description_str(f"autoattack [{stage} {done}/{total}]")
+        elif self.shown and done == total:
+            print(f"autoattack: chunk {chunk + 1}: {stage} done on {total} points", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
