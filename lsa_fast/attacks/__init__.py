@@ -9,10 +9,13 @@ models with one logit (BCE, logit > 0) and with C logits (cross-entropy); checks
 arguments and the model's first output once, outside its loop."""
 from ._common import MODEL_MODES, correct, dlr_loss, dlr_targeted_loss, no_value_checks, predicted_class
 from .apgd import apgd
+from .autoattack import AutoAttackResult, AutoAttackWarning, autoattack
+from .fab import fab
 from .fgsm import fgsm
 from .fgsm_rs import fgsm_rs
 from .noise import gaussian_noise, pepper, salt, salt_and_pepper, speckle
 from .pgd import pgd
+from .square import square
 from .registry import (
     ATTACKS,
     STATISTICAL,
@@ -30,6 +33,11 @@ __all__ = [
     "fgsm_rs",
     "pgd",
     "apgd",
+    "fab",
+    "square",
+    "autoattack",
+    "AutoAttackResult",
+    "AutoAttackWarning",
     "trades_perturb",
     "gaussian_noise",
     "salt",
