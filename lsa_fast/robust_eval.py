@@ -28,13 +28,13 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
+from .attacks.autoattack import VERSIONS, autoattack
 from .report import atomic_write_text
 
 __all__ = ["NORMS", "VERSIONS", "RobustEvaluation", "evaluate_autoattack", "check_norm", "check_version",
            "state_path_for", "weights_fingerprint"]
 
-NORMS = ("Linf", "L2")
-VERSIONS = ("standard", "plus", "rand")
+NORMS = ("Linf", "L2")  # as RobustBench spells them
 STATE_FORMAT = "lsa_fast.autoattack-state/1"
 STATE_SUFFIX = ".state"
 
@@ -192,7 +192,7 @@ def evaluate_autoattack(
     The attack's check messages are collected per chunk (result.warnings), not also
     emitted as Python warnings once per chunk."""
     eps, norm, version, seed, batch_size = _check_arguments(x, y, eps, norm, version, seed, batch_size)
-    attack = _default_attack() if attack is None else attack
+    attack = autoattack if attack is None else attack
     n = int(x.shape[0])
     settings = {
         "weights": weights_fingerprint(model),
@@ -273,12 +273,6 @@ def _check_arguments(x, y, eps, norm, version, seed, batch_size):
     if x.shape[0] == 0:
         raise ValueError("the data holds no points")
     return float(eps), check_norm(norm), check_version(version), seed, batch_size
-
-
-def _default_attack() -> Callable:
-    from .attacks.autoattack import autoattack  # wt-aa-core's; module-level once merged
-
-    return autoattack
 
 
 def _chunk(attack, model, x, y, index, batch_size, device, options, stage_progress):

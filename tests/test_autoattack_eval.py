@@ -53,7 +53,7 @@ def run(tmp_path_factory):
 
 @pytest.fixture
 def with_fake(monkeypatch):
-    monkeypatch.setattr("lsa_fast.robust_eval._default_attack", lambda: fake)
+    monkeypatch.setattr("lsa_fast.robust_eval.autoattack", fake)
     fake_autoattack.CALLS.clear()
     return fake_autoattack.CALLS
 
@@ -168,6 +168,44 @@ def test_runner_arguments_are_checked(bad, message):
         evaluate_autoattack(model, x, y, call.pop("eps"), attack=fake, **call)
 
 
+def four_class_problem(n=40):
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(n, 8, generator=g)
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Linear(16, 4)).eval()
+    with torch.no_grad():
+        y = model(x).argmax(1)
+    y[::5] = (y[::5] + 1) % 4
+    return model, x, y
+
+
+def test_the_real_autoattack_resumed_in_chunks_gives_its_whole_batch_result(tmp_path):
+    from lsa_fast.attacks.autoattack import autoattack
+
+    model, x, y = four_class_problem()
+    state = tmp_path / "out.json.state"
+    calls = []
+
+    def interrupted_in_chunk_three(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return autoattack(*args, **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_autoattack(model, x, y, 0.25, batch_size=8, state_path=state, attack=interrupted_in_chunk_three)
+    assert len(json.loads(state.read_text())["chunks"]) == 2
+    with pytest.warns(UserWarning, match="skipping square"):  # 8 features, not images
+        whole = autoattack(model, x, y, 0.25)
+    resumed = evaluate_autoattack(model, x, y, 0.25, batch_size=8, state_path=state)  # the real one by default
+    assert resumed.resumed_chunks == 2 and not state.exists()
+    assert resumed.stages == whole.stages == ("apgd-ce", "apgd-t", "fab-t")
+    assert torch.equal(resumed.broken_by, whole.broken_by) and torch.equal(resumed.clean_correct, whole.clean_correct)
+    assert 0 < resumed.autoattack_acc < resumed.clean_acc == 80.0
+    # Each chunk's check said so once; the message names the chunk's shape, so they group into one line.
+    assert sum(resumed.warnings.values()) == 5 and len(resumed.warning_lines()) == 1
+
+
 # ------------------------------------------------------------------- the command
 
 
@@ -270,22 +308,39 @@ def test_kill_9_then_the_same_command_gives_the_uninterrupted_numbers(tmp_path, 
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_two_torchrun_processes_give_the_one_process_result(tmp_path, run):
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join([str(ROOT), str(ROOT / "tests"), os.environ.get("PYTHONPATH", "")]))
+def test_two_torchrun_processes_give_the_one_process_result(tmp_path, run, capsys):
+    # The real attack (model A has one logit: APGD-CE alone applies), 64 points in 8 chunks.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     args = ["eval", "--checkpoint", str(run), "--attack", "autoattack", "--eps", "0.4", "--batch-size", "8",
             "--device", "cpu"]
-    fake_script = str(ROOT / "tests" / "fake_autoattack.py")
     sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                              fake_script] + args + ["--out", str(tmp_path / "two.json")],
+                              "-m", "lsa_fast.cli"] + args + ["--out", str(tmp_path / "two.json")],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert sharded.returncode == 0, sharded.stdout[-3000:] + sharded.stderr[-3000:]
     assert sharded.stdout.count("clean accuracy:") == 1  # rank 0 alone prints
-    assert "2 process(es) on cpu" in sharded.stderr
-    single = subprocess.run([sys.executable, fake_script] + args + ["--out", str(tmp_path / "one.json")],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
-    assert single.returncode == 0, single.stderr[-3000:]
+    assert "2 process(es) on cpu" in sharded.stderr and not (tmp_path / "two.json.state").exists()
+    assert cli.main(args + ["--out", str(tmp_path / "one.json"), "--no-progress"]) == 0
+    capsys.readouterr()
     two, one = (json.loads((tmp_path / name).read_text()) for name in ("two.json", "one.json"))
     assert two["processes"] == 2 and one["processes"] == 1 and two["n_examples"] == one["n_examples"] == 64
+    assert [s["name"] for s in one["stages"]] == ["apgd-ce"] and one["autoattack_acc"] < one["clean_acc"]
     for key in ("clean_acc", "autoattack_acc", "stages", "warnings"):
         assert two[key] == one[key], key
+
+
+def test_analyze_takes_autoattack_and_agrees_with_eval(tmp_path, run, capsys):
+    common = ["--checkpoint", str(run), "--device", "cpu", "--limit", "32"]
+    assert cli.main(["eval", "--attack", "autoattack", "--eps", "0.4", "--out", str(tmp_path / "aa.json"),
+                     "--no-progress"] + common) == 0
+    assert cli.main(["analyze", "--perturbations", "autoattack:0.4", "--out", str(tmp_path / "lsa"),
+                     "--no-progress"] + common) == 0
+    err = capsys.readouterr().err
+    evaluated = json.loads((tmp_path / "aa.json").read_text())
+    report = json.loads((tmp_path / "lsa" / "report.json").read_text())
+    (entry,) = report["perturbations"]
+    assert entry["name"] == "autoattack:0.4" and entry["eps_input"] == pytest.approx(0.4 / 5)
+    # One batch of the same 32 points, the same per-point seeds: the same robust accuracy.
+    assert entry["accuracy"] == pytest.approx(evaluated["autoattack_acc"])
+    assert len(entry["layer_mean"]) == len(report["layer_names"]) and max(entry["layer_mean"]) > 0
+    if entry["unmoved"] > 0.5:  # the points no stage broke keep their clean input, by design
+        assert "AutoAttack returns the clean input wherever no stage breaks the point" in err

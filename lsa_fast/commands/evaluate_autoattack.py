@@ -160,7 +160,7 @@ class _Progress:
         if self.bar is not None:
             self.bar.set_description_str(f"autoattack [{stage} {done}/{total}]")
         elif self.shown and done == total:
-            print(f"autoattack: chunk {chunk + 1}: {stage} done on {total} points", file=sys.stderr, flush=True)
+            print(f"autoattack: chunk {chunk + 1}: {stage} attacked {total} points", file=sys.stderr, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
