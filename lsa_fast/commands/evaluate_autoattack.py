@@ -146,12 +146,12 @@ class _Progress:
                 except ImportError:
                     pass
             return
+        if self.bar is not None:  # tqdm shows the rate and the time left itself
+            self.bar.update(done - self.bar.n)
+            return
         rate = done_now / seconds if seconds > 0 else 0.0
         eta = f"ETA {_duration((total - done) / rate)}" if rate > 0 and done < total else "done"
-        if self.bar is not None:
-            self.bar.update(done - self.bar.n)
-            self.bar.set_postfix_str(f"{format_throughput(rate)}, {eta}")
-        elif self.shown:
+        if self.shown:
             print(f"autoattack: {done}/{total} points ({100.0 * done / total:.0f}%), {format_throughput(rate)}, "
                   f"{eta}", file=sys.stderr, flush=True)
 
@@ -168,12 +168,10 @@ class _Progress:
 
 
 def _is_autoattack(name: str) -> bool:
-    key = str(name).strip().lower().replace("_", "-")
     try:
-        key = canonical_name(name)
+        return canonical_name(name) == "autoattack"  # also its aliases (aa)
     except ValueError:
-        pass
-    return key == "autoattack"
+        return False  # an unknown name: the eps-grid path says so
 
 
 def _duration(seconds: float) -> str:
