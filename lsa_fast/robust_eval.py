@@ -29,6 +29,8 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .attacks.autoattack import VERSIONS, autoattack
+from .devices import model_device
+from .distributed import rank_and_world_size
 from .report import atomic_write_text
 
 __all__ = ["NORMS", "VERSIONS", "RobustEvaluation", "evaluate_autoattack", "check_norm", "check_version",
@@ -201,7 +203,7 @@ def evaluate_autoattack(
         "n_examples": n, "batch_size": batch_size,
         "stages": list(stages) if stages is not None else None,
     }
-    rank, world = _rank_world()
+    rank, world = rank_and_world_size()
     state, error = None, None
     if rank == 0 and state_path is not None:
         try:
@@ -218,7 +220,7 @@ def evaluate_autoattack(
     todo = [k for k in range(n_chunks) if k not in done]
     mine = todo[rank::world]
     rounds = math.ceil(len(todo) / world)
-    device = _device(model)
+    device = model_device(model, default=None)
     options = {"eps": eps, "norm": norm, "version": version, "seed": seed, "checks": checks}
     options.update({key: value for key, value in (("stages", tuple(stages) if stages is not None else None),
                                                   ("n_classes", n_classes)) if value is not None})
@@ -359,20 +361,6 @@ def _bytes(tensor: torch.Tensor) -> bytes:
 
 def _percent(count: int, total: int) -> float:
     return 100.0 * count / total
-
-
-def _device(model) -> Optional[torch.device]:
-    for tensor in model.parameters():
-        return tensor.device
-    return None
-
-
-def _rank_world() -> Tuple[int, int]:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def _broadcast(obj, world: int):

@@ -28,12 +28,13 @@ from ..attacks.registry import parse_eps
 from ..checkpoint import load_checkpoint
 from ..data import make_loader
 from ..analysis import eps_to_input_units
-from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
+from ..checks import dataset_key
+from ..run_data import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
+from ..run_data import describe, load_split, moons_units
+from ..devices import parse_device
 from ..model_fit import check_model_fits, check_model_name, load_weights
 from ..models import build_model, parse_model_options, recorded_model_options
-from ..run_data import describe, load_split, moons_units
 from ..training import TrainConfig, run_name
-from ._device import parse_device
 from ._outputs import check_output_file
 from . import evaluate_autoattack
 from .arguments import comma_items
@@ -131,7 +132,7 @@ def _load_run(args, device: torch.device) -> LoadedRun:
     where = state["path"]
     config = TrainConfig.from_dict(state["config"])
     model_name = args.model or config.model
-    dataset = (args.dataset or config.dataset or "").strip().lower().replace("-", "").replace("_", "")
+    dataset = dataset_key(args.dataset or config.dataset or "")
     if not model_name or not dataset:
         raise ValueError(f"{where}: the checkpoint does not say which model/dataset it holds; give --model and --dataset")
 

@@ -21,12 +21,13 @@ from typing import Any, Callable, NamedTuple, Optional
 
 import torch
 
-from ..analysis import eps_to_input_units, is_terminal
+from ..analysis import eps_to_input_units
 from ..attacks import canonical_name
 from ..attacks.registry import parse_eps
-from ..robust_eval import check_norm, check_version, evaluate_autoattack, state_path_for
+from ..distributed import setup_distributed, teardown_distributed
+from ..progress import ChunkProgress, format_throughput
 from ..report import atomic_write_text
-from ..training import format_throughput, setup_distributed, teardown_distributed
+from ..robust_eval import check_norm, check_version, evaluate_autoattack, state_path_for
 from .arguments import comma_items
 
 __all__ = ["AutoAttackOptions", "add_arguments", "options", "run"]
@@ -91,7 +92,7 @@ def run(args: argparse.Namespace, chosen: AutoAttackOptions, device: torch.devic
         chunks = -(-int(x.shape[0]) // args.batch_size)
         header = (f"AutoAttack {chosen.version}, {chosen.norm}, eps {chosen.eps:g} on {x.shape[0]} points ({chunks} "
                   f"chunk(s) of {args.batch_size}, seed {args.seed}, {world} process(es) on {device.type})")
-        progress = _Progress(header, shown=not args.no_progress) if rank == 0 else None
+        progress = ChunkProgress(header, shown=not args.no_progress) if rank == 0 else None
         try:
             result = evaluate_autoattack(
                 loaded.model, x, y, eps, norm=chosen.norm, version=chosen.version, seed=args.seed,
@@ -125,62 +126,11 @@ def run(args: argparse.Namespace, chosen: AutoAttackOptions, device: torch.devic
             teardown_distributed()
 
 
-class _Progress:
-    """The run's header line once the state file is read (and what it held), then the
-    points done, images/s and the ETA: a tqdm bar in a terminal, else one line per
-    chunk (a log gets no redraws); only the header with shown=False."""
-
-    def __init__(self, header: str, shown: bool):
-        self.header, self.shown, self.bar = header, shown, None
-
-    def __call__(self, done: int, total: int, done_now: int, seconds: float) -> None:
-        if done_now == 0:  # the start
-            print(self.header + (f"; {done} points done before, read from the state file" if done else ""),
-                  file=sys.stderr, flush=True)
-            if self.shown and is_terminal(sys.stderr):
-                try:
-                    from tqdm import tqdm
-
-                    self.bar = tqdm(total=total, initial=done, desc="autoattack", unit="img", file=sys.stderr,
-                                    leave=False, dynamic_ncols=True)
-                except ImportError:
-                    pass
-            return
-        if self.bar is not None:  # tqdm shows the rate and the time left itself
-            self.bar.update(done - self.bar.n)
-            return
-        rate = done_now / seconds if seconds > 0 else 0.0
-        eta = f"ETA {_duration((total - done) / rate)}" if rate > 0 and done < total else "done"
-        if self.shown:
-            print(f"autoattack: {done}/{total} points ({100.0 * done / total:.0f}%), {format_throughput(rate)}, "
-                  f"{eta}", file=sys.stderr, flush=True)
-
-    def stage(self, chunk: int, stage: str, done: int, total: int) -> None:
-        """Within a chunk: the stage on the bar, or a line when a stage ends."""
-        if self.bar is not None:
-            self.bar.set_description_str(f"autoattack [{stage} {done}/{total}]")
-        elif self.shown and done == total:
-            print(f"autoattack: chunk {chunk + 1}: {stage} attacked {total} points", file=sys.stderr, flush=True)
-
-    def close(self) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def _is_autoattack(name: str) -> bool:
     try:
         return canonical_name(name) == "autoattack"  # also its aliases (aa)
     except ValueError:
         return False  # an unknown name: the eps-grid path says so
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    if seconds < 3600:
-        return f"{seconds // 60}m{seconds % 60:02d}s"
-    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
 
 
 def _describe(device: torch.device) -> str:
