@@ -58,6 +58,8 @@ def test_unusable_outputs_are_one_line_before_any_work(tmp_path, capsys, run):
         (["eval", "--checkpoint", str(run), "--out", str(a_file / "t.json")] + nowhere, "is a file"),
         (["eval", "--checkpoint", str(run), "--attack", "autoattack", "--eps", "0.3", "--out", str(tmp_path)]
          + nowhere, "is a directory; --out names a file"),
+        (["eval", "--checkpoint", str(run), "--attack", "autoattack", "--eps", "0.3", "--out",
+          str(a_file / "t.json")] + nowhere, "is a file"),
     ]
     for argv, message in cases:
         one_error(capsys, cli.main(argv), message, f"lsa-fast {argv[0]}: error: --out")

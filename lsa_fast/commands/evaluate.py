@@ -76,9 +76,9 @@ def run(args) -> int:
     device = parse_device(args.device)
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--n-examples (--limit) must be >= 1, got {args.limit}")
-    autoattack = evaluate_autoattack.options(args)  # checked here, before any work
     if args.out:
         check_output_file(args.out, "--out")
+    autoattack = evaluate_autoattack.options(args)  # checked here, before any work
     if autoattack is not None:
         return evaluate_autoattack.run(args, autoattack, device, lambda where: _load_run(args, where))
     grid = _parse_grid(args.eps_grid) if args.eps_grid else None
