@@ -175,6 +175,7 @@ def evaluate_autoattack(
     batch_size: int = 256,
     state_path: Optional[PathLike] = None,
     restart: bool = False,
+    keep_state: bool = False,
     attack: Optional[Callable] = None,
     stages: Optional[Sequence[str]] = None,
     n_classes: Optional[int] = None,
@@ -187,7 +188,8 @@ def evaluate_autoattack(
     of (x, y), batch_size points at a time; x and y may stay on the CPU, each chunk moves
     to the model's device. With state_path the run resumes from what that file holds (a
     file of other settings is refused, or discarded with restart=True), records each
-    finished chunk there, and removes it at the end. Under an initialised
+    finished chunk there, and removes it at the end (keep_state=True leaves that to the
+    caller, once it has written the results elsewhere). Under an initialised
     torch.distributed group every rank must call this with the same arguments: each
     evaluates its share of the chunks and every rank returns the whole result.
     `about` is recorded in the state file for information (the checkpoint's path, ...).
@@ -253,7 +255,7 @@ def evaluate_autoattack(
         raise
     evaluation = _assemble(done, n_chunks, eps, norm, version, seed, state["seconds"] if todo else seconds_before)
     evaluation.resumed_chunks = resumed
-    if rank == 0 and state_path is not None and os.path.exists(state_path):
+    if rank == 0 and state_path is not None and not keep_state and os.path.exists(state_path):
         os.remove(state_path)
     return evaluation
 

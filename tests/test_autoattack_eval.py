@@ -126,6 +126,21 @@ def test_an_interrupted_run_continues_from_its_state_file_to_the_same_numbers(tm
                                                                          whole.warnings)
 
 
+def test_a_run_killed_after_its_last_chunk_but_before_its_output_finishes_from_the_state(tmp_path):
+    model, x, y = linear_problem()
+    state = tmp_path / "out.json.state"
+    first = evaluate_autoattack(model, x, y, 0.5, batch_size=16, state_path=state, keep_state=True, attack=fake)
+    assert sorted(json.loads(state.read_text())["chunks"]) == ["0", "1", "2"]  # the caller writes, then removes
+
+    def must_not_run(*args, **kwargs):
+        raise AssertionError("every chunk is in the state file")
+
+    again = evaluate_autoattack(model, x, y, 0.5, batch_size=16, state_path=state, attack=must_not_run)
+    assert again.resumed_chunks == 3 and not state.exists()
+    assert torch.equal(again.broken_by, first.broken_by) and again.warnings == first.warnings
+    assert again.seconds == pytest.approx(first.seconds)
+
+
 def test_a_state_file_of_other_settings_is_refused_unless_restarted(tmp_path):
     model, x, y = linear_problem()
     state = tmp_path / "out.json.state"

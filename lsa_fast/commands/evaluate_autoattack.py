@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Optional
@@ -96,7 +97,8 @@ def run(args: argparse.Namespace, chosen: AutoAttackOptions, device: torch.devic
         try:
             result = evaluate_autoattack(
                 loaded.model, x, y, eps, norm=chosen.norm, version=chosen.version, seed=args.seed,
-                batch_size=args.batch_size, state_path=state_path, restart=args.restart, progress=progress,
+                batch_size=args.batch_size, state_path=state_path, restart=args.restart, keep_state=True,
+                progress=progress,
                 stage_progress=progress.stage if progress is not None else None, about={"checkpoint": loaded.where})
         finally:
             if progress is not None:
@@ -118,7 +120,9 @@ def run(args: argparse.Namespace, chosen: AutoAttackOptions, device: torch.devic
             record["eps"] = chosen.eps  # in the dataset's units, as given
             if eps != chosen.eps:
                 record["eps_input_units"] = eps
-            atomic_write_text(args.out, _json(record))
+            atomic_write_text(args.out, json.dumps(record, indent=2) + "\n")
+            if os.path.exists(state_path):  # only now: a kill before the write loses nothing
+                os.remove(state_path)
             print(f"results written to {args.out}", file=sys.stderr)
         return 0
     finally:
@@ -137,7 +141,3 @@ def _describe(device: torch.device) -> str:
     if device.type == "cuda":
         return f"{device} ({torch.cuda.get_device_name(device)})"
     return str(device)
-
-
-def _json(record) -> str:
-    return json.dumps(record, indent=2) + "\n"
