@@ -22,7 +22,7 @@ import torch.distributed as dist
 import fake_autoattack
 from fake_autoattack import fake_autoattack as fake
 from lsa_fast import cli
-from lsa_fast.robust_eval import RobustEvaluation, evaluate_autoattack, state_path_for
+from lsa_fast.robust_eval import evaluate_autoattack, state_path_for
 
 torch.set_num_threads(1)
 
