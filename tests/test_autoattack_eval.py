@@ -323,17 +323,34 @@ def test_kill_9_then_the_same_command_gives_the_uninterrupted_numbers(tmp_path, 
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_two_torchrun_processes_give_the_one_process_result(tmp_path, run, capsys):
+def test_two_torchrun_processes_finish_an_interrupted_run_with_the_one_process_result(tmp_path, run, capsys, monkeypatch):
     # The real attack (model A has one logit: APGD-CE alone applies), 64 points in 8 chunks.
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    from lsa_fast.attacks.autoattack import autoattack
+
     args = ["eval", "--checkpoint", str(run), "--attack", "autoattack", "--eps", "0.4", "--batch-size", "8",
             "--device", "cpu"]
+    # One process, Ctrl-C in its fourth chunk: three chunks in two.json.state ...
+    calls = []
+
+    def interrupted_in_chunk_four(*a, **kw):
+        calls.append(1)
+        if len(calls) == 4:
+            raise KeyboardInterrupt
+        return autoattack(*a, **kw)
+
+    monkeypatch.setattr("lsa_fast.robust_eval.autoattack", interrupted_in_chunk_four)
+    assert cli.main(args + ["--out", str(tmp_path / "two.json"), "--no-progress"]) == 130
+    assert len(json.loads((tmp_path / "two.json.state").read_text())["chunks"]) == 3
+    monkeypatch.undo()
+    # ... which two processes finish.
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
     sharded = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
                               "-m", "lsa_fast.cli"] + args + ["--out", str(tmp_path / "two.json")],
                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=240)
     assert sharded.returncode == 0, sharded.stdout[-3000:] + sharded.stderr[-3000:]
     assert sharded.stdout.count("clean accuracy:") == 1  # rank 0 alone prints
-    assert "2 process(es) on cpu" in sharded.stderr and not (tmp_path / "two.json.state").exists()
+    assert "2 process(es) on cpu); 24 points done before, read from the state file" in sharded.stderr
+    assert not (tmp_path / "two.json.state").exists()
     assert cli.main(args + ["--out", str(tmp_path / "one.json"), "--no-progress"]) == 0
     capsys.readouterr()
     two, one = (json.loads((tmp_path / name).read_text()) for name in ("two.json", "one.json"))
