@@ -323,7 +323,8 @@ def test_kill_9_then_the_same_command_gives_the_uninterrupted_numbers(tmp_path, 
 
 
 @pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
-def test_two_torchrun_processes_finish_an_interrupted_run_with_the_one_process_result(tmp_path, run, capsys, monkeypatch):
+def test_two_torchrun_processes_finish_an_interrupted_run_with_the_one_process_result(tmp_path, run, capsys,
+                                                                                      monkeypatch):
     # The real attack (model A has one logit: APGD-CE alone applies), 64 points in 8 chunks.
     from lsa_fast.attacks.autoattack import autoattack
 

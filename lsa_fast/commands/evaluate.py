@@ -46,7 +46,8 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True,
                         help="a checkpoint file, or a run directory (its final.pt, else checkpoint.pt)")
-    parser.add_argument("--attack", default="fgsm", help="attack name (fgsm, fgsm-rs, pgd, apgd-ce, ...; default fgsm)")
+    parser.add_argument("--attack", default="fgsm",
+                        help="attack name (fgsm, fgsm-rs, pgd, apgd-ce, ..., or autoattack at one --eps; default fgsm)")
     parser.add_argument("--eps-grid", "--eps", dest="eps_grid", help="comma-separated eps in dataset units (default: the paper's grid)")
     parser.add_argument("--steps", type=int, help="steps of iterative attacks (their default otherwise)")
     parser.add_argument("--model", help="override the checkpoint's model name (A fits moons, B mnist, C, D, "
