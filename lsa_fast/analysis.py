@@ -188,8 +188,8 @@ def analyze(
         result.unmoved = fraction
         if result.kind == "adversarial" and fraction > UNMOVED_WARNING and result.attack == "autoattack":
             notes.append(f"{result.name} left {100 * fraction:.0f}% of the {total} samples unchanged: AutoAttack "
-                         f"returns the clean input wherever no stage breaks the point, so its CM values average "
-                         f"the broken points' with zeros")
+                         f"returns the clean input wherever it breaks nothing (points misclassified clean, or "
+                         f"robust), so its CM values average the broken points' with zeros")
         elif result.kind == "adversarial" and fraction > UNMOVED_WARNING:
             notes.append(f"{result.name} left the input or the logits of {100 * fraction:.0f}% of the {total} "
                          f"samples exactly unchanged, so its CM values say nothing about the layers (an input "
