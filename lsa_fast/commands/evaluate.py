@@ -81,7 +81,7 @@ def run(args) -> int:
         check_output_file(args.out, "--out")
     autoattack = evaluate_autoattack.options(args)  # checked here, before any work
     if autoattack is not None:
-        return evaluate_autoattack.run(args, autoattack, device, lambda where: _load_run(args, where))
+        return evaluate_autoattack.run(args, autoattack, device, lambda on: _load_run(args, on))
     grid = _parse_grid(args.eps_grid) if args.eps_grid else None
     loaded = _load_run(args, device)
     dataset, config = loaded.dataset, loaded.config
