@@ -23,13 +23,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import numbers
 import warnings
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from ..checks import is_int
 from ._common import attack_mode, check_eps, check_x, check_y, correct, is_binary, validate
 from .apgd import apgd
 from .fab import fab
@@ -133,13 +133,13 @@ def autoattack(
     norm = NORMS[norm.lower()]
     if version not in VERSIONS:
         raise ValueError(f"{fn}: version must be one of {VERSIONS}, got {version!r}")
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+    if not is_int(seed):
         raise TypeError(f"{fn}: seed must be an integer, got {type(seed).__name__}")
     plan = _plan(fn, version, stages, stage_options)
     x = check_x(fn, x)
     y = check_y(fn, x, y)
     sample_ids = _check_ids(fn, sample_ids, x)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+    if not is_int(batch_size) or batch_size < 1:
         raise ValueError(f"{fn}: batch_size must be an integer >= 1, got {batch_size!r}")
 
     found: List[str] = []

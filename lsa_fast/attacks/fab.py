@@ -162,16 +162,16 @@ def _random_start(x, eps, norm, generator):
 
 
 def _boundary(model, x1, y, target, norm):
-    """The linearised boundary nearest to x1: (f, g) with f = f_j - f_y at x1 and g its
-    input gradient, per row, flattened to [M, D]."""
+    """The linearised boundary nearest to x1: (f, g, logits) with f = f_j - f_y at x1
+    and g its input gradient, per row, flattened to [M, D]."""
     rows = torch.arange(x1.shape[0], device=x1.device)
     if target is not None:
 
         def margin(logits):
             return logits[rows, target] - logits[rows, y]
 
-        grad, _, f = input_gradient(model, x1, margin, "fab")
-        return f, grad.reshape(x1.shape[0], -1)
+        grad, logits, f = input_gradient(model, x1, margin, "fab")
+        return f, grad.reshape(x1.shape[0], -1), logits
     x_in = x1.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = model(x_in)
@@ -188,12 +188,15 @@ def _boundary(model, x1, y, target, norm):
     distance = df.abs() / (torch.linalg.vector_norm(dg, ord=_DUAL[norm], dim=2) + 1e-12)
     distance[rows, y] = float("inf")  # y's own "boundary"
     nearest = distance.argmin(dim=1)
-    return df[rows, nearest], dg[rows, nearest]
+    return df[rows, nearest], dg[rows, nearest], logits
 
 
 def _fab_rows(model, x0, y, target, start, norm, steps, alpha_max, eta, beta):
     """One FAB run per row, all rows together. Returns (closest misclassified point
-    found, its distance to x0; inf where none was found)."""
+    found, its distance to x0; inf where none was found). No host sync: the rows
+    that step back are selected with torch.where. (The forward that checks x^(i+1)
+    is not reused for the next linearisation: FAB hovers at the boundary, so most
+    rows step back and would need a new one anyway.)"""
     project = PROJECTIONS[norm]
     m = x0.shape[0]
     shape = batch_shape(x0)
@@ -202,7 +205,7 @@ def _fab_rows(model, x0, y, target, start, norm, steps, alpha_max, eta, beta):
     best = x0.clone()
     best_dist = torch.full((m,), float("inf"), dtype=x0.dtype, device=x0.device)
     for _ in range(steps):
-        f, g = _boundary(model, x1, y, target, norm)
+        f, g, _ = _boundary(model, x1, y, target, norm)
         x1_flat = x1.reshape(m, -1)
         b = (g * x1_flat).sum(1) - f  # the hyperplane <g, z> = b: f linearised at x1 is zero
         d = project(torch.cat([x1_flat, x0_flat]), torch.cat([g, g]), torch.cat([b, b]))

@@ -91,26 +91,39 @@ def square(
         steps_u = _uniforms(x, (n_queries, per_step), generator)
         tiles = (h // max(h // TILES, 1)) * (w // max(h // TILES, 1))
         start_u = _uniforms(x, (tiles, c + 1) if norm == "l2" else (c, w), generator)
-        x_best = _start(x, eps, norm, start_u)
-        margin_best = _margin(model(x_best), y)
-        loss_best = margin_best.clone()
-        active = torch.arange(n, device=x.device)
-        for i in range(n_queries):
-            if i % compact_every == 0:
-                active = active[margin_best[active] > 0]  # the gathering's host sync
-                if active.numel() == 0:
+        with torch.no_grad():
+            return _search(model, x, y, eps, norm, p_init, n_queries, rescale_schedule, compact_every, start_u,
+                           steps_u)
+
+
+def _search(model, x, y, eps, norm, p_init, n_queries, rescale_schedule, compact_every, start_u, steps_u):
+    """The random search. The unbroken samples' state is kept gathered (xa, xb, ...)
+    and written back when some break (at a gathering) and at the end."""
+    n, c, h, w = x.shape
+    x_best = _start(x, eps, norm, start_u)
+    margin_best = _margin(model(x_best), y)
+    loss_best = margin_best.clone()
+    idx = torch.arange(n, device=x.device)
+    xa, xb, ya, mb, lb, ua = x, x_best.clone(), y, margin_best.clone(), loss_best.clone(), steps_u
+    propose = _linf_proposal if norm == "linf" else _l2_proposal
+    for i in range(n_queries):
+        if i % compact_every == 0:
+            live = mb > 0
+            if not bool(live.all()):  # the gathering's host sync
+                x_best[idx], margin_best[idx], loss_best[idx] = xb, mb, lb
+                idx, xa, xb, ya, mb, lb, ua = (t[live] for t in (idx, xa, xb, ya, mb, lb, ua))
+                if idx.numel() == 0:
                     break
-            s = min(_side(p_init, i, n_queries if rescale_schedule else None, h * w, norm), h, w)
-            xa, xb = x[active], x_best[active]
-            propose = _linf_proposal if norm == "linf" else _l2_proposal
-            x_new = propose(xa, xb, eps, s, steps_u[active, i])
-            margin = _margin(model(x_new), y[active])
-            live = margin_best[active] > 0  # frozen once broken, whatever the gathering period
-            improved = live & (margin < loss_best[active])
-            keep = improved | (live & (margin <= 0))
-            loss_best[active] = torch.where(improved, margin, loss_best[active])
-            margin_best[active] = torch.where(keep, margin, margin_best[active])
-            x_best[active] = torch.where(keep[:, None, None, None], x_new, xb)
+        s = min(_side(p_init, i, n_queries if rescale_schedule else None, h * w, norm), h, w)
+        x_new = propose(xa, xb, eps, s, ua[:, i])
+        margin = _margin(model(x_new), ya)
+        live = mb > 0  # frozen once broken, whatever the gathering period
+        improved = live & (margin < lb)
+        keep = improved | (live & (margin <= 0))
+        lb = torch.where(improved, margin, lb)
+        mb = torch.where(keep, margin, mb)
+        xb = torch.where(keep[:, None, None, None], x_new, xb)
+    x_best[idx] = xb
     return x_best
 
 
