@@ -15,6 +15,7 @@ are compared on the same attack.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -112,10 +113,16 @@ class EpochValidation:
         source = validation if validation is not None else test_data
         if config.lsa_every and source is not None:
             x, y = first_samples(source, MONITOR_SAMPLES)
-            self.monitor = LayerMonitor(x, y, config, "validation" if validation is not None else "test",
-                                        seed=config.seed)
-            self.monitor.layer_names = _probe_names(model, x[:1], config.probes)
-            config.extra = {**config.extra, "lsa_monitor": self.monitor.describe()}
+            try:
+                names = _probe_names(model, x[:1], config.probes)
+            except ValueError as error:  # a model without the preset's probe points: train without the monitor
+                warnings.warn(f"LSA during training is off for this model: {error}", stacklevel=3)
+                names = None
+            if names is not None:
+                self.monitor = LayerMonitor(x, y, config, "validation" if validation is not None else "test",
+                                            seed=config.seed)
+                self.monitor.layer_names = names
+                config.extra = {**config.extra, "lsa_monitor": self.monitor.describe()}
 
     def measure(self, model, epoch: int) -> Dict:
         record: Dict = {}

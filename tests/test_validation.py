@@ -222,3 +222,27 @@ def test_real_mnist_run_writes_best_pt_layer_cm_and_the_figure(mnist_dir, tmp_pa
     metrics = records(out)
     assert len(metrics[0]["layer_cm"]) == 4 and metrics[0]["samples"] == 128  # model B: four ReLUs
     assert (out / BEST_NAME).is_file() and (out / "training_lsa.png").is_file()
+
+
+class FunctionalReLU(nn.Module):
+    """No activation module: nothing for the default probes to hook."""
+
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = nn.Linear(2, 8), nn.Linear(8, 3)
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))
+
+
+def test_a_model_without_probe_points_trains_without_the_monitor():
+    from lsa_fast.data import make_loader
+    from lsa_fast.training import ATLRTrainer
+
+    torch.manual_seed(0)
+    data = points(64)
+    config = TrainConfig(base="none", epochs=1, batch_size=32, optimizer="adam")
+    with pytest.warns(UserWarning, match="LSA during training is off"):
+        trainer = ATLRTrainer(FunctionalReLU(), config, make_loader(data, 32), make_loader(data, 32), device="cpu")
+    record = trainer.fit().metrics[0]
+    assert "layer_cm" not in record and "test_acc" in record and "lsa_monitor" not in config.extra
