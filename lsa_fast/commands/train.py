@@ -221,7 +221,9 @@ def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path
     check_model_fits(model, config.model, config.dataset)  # before the data is read
     train_set, test_set = _load_data(args, config, resumed=state is not None)
     train_set, val_set = _hold_out(args, config, train_set, resumed=state is not None)
-    _say(rank, "training data: " + describe(config.dataset, config.data_options, "train", len(train_set)))
+    held = f"; {len(val_set)} of them held out for validation, never trained on" if val_set is not None else ""
+    _say(rank, "training data: " + describe(config.dataset, config.data_options, "train", len(train_set)
+                                            + (len(val_set) if val_set is not None else 0)) + held)
     if args.workers:
         _say(rank, "--workers is unused: the training data are loaded onto the device once")
     train_loader = make_device_loader(train_set, config, device, rank, world_size)
