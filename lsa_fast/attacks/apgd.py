@@ -110,7 +110,7 @@ def apgd(
         clean_logits = validate("apgd", model, x, y)
         if eps == 0:
             return x.clone()
-        objective = _objective(clean_logits, loss, targeted)
+        objective = apgd_objective(clean_logits, loss, targeted)
         targets = _targets(clean_logits, targeted, n_target_classes, n_restarts)
         x_out = x.clone()
         out_fooled = torch.zeros_like(y, dtype=torch.bool)
@@ -136,7 +136,7 @@ def apgd(
     return x_out
 
 
-def _objective(clean_logits, loss, targeted):
+def apgd_objective(clean_logits, loss, targeted):
     """The per-sample loss of a run, as f(logits, y, target) -> [N]."""
     if not targeted:
         return lambda logits, y, target: per_sample_loss(logits, y, loss, "apgd")
@@ -236,14 +236,18 @@ def apgd_start(x: torch.Tensor, start: torch.Tensor, eps: float, norm: str, loss
     nothing evaluated yet."""
     x_adv = _project(start, x, eps, norm)
     batch = x.shape[0]
-    loss_zeros = torch.zeros(batch, dtype=loss_dtype, device=x.device)
-    no = torch.zeros(batch, dtype=torch.bool, device=x.device)
+
+    def losses():
+        return torch.zeros(batch, dtype=loss_dtype, device=x.device)
+
+    # No two fields share memory: a compiled step sees the same aliasing in every call.
     return APGDState(
-        k=torch.zeros((), dtype=torch.long, device=x.device), x_adv=x_adv, x_prev=x_adv,
+        k=torch.zeros((), dtype=torch.long, device=x.device), x_adv=x_adv, x_prev=x_adv.clone(),
         step_size=torch.full(batch_shape(x), 2 * eps, dtype=x.dtype, device=x.device),  # eta^(0) = 2 eps
-        x_best=x_adv, grad_best=torch.zeros_like(x_adv), loss_best=loss_zeros, loss_prev=loss_zeros,
-        increases=loss_zeros, reduced_last=~no,  # no condition 2 at the first checkpoint (authors' code)
-        loss_best_last=loss_zeros, x_fooled=x_adv, fooled=no,
+        x_best=x_adv.clone(), grad_best=torch.zeros_like(x_adv), loss_best=losses(), loss_prev=losses(),
+        increases=losses(), reduced_last=torch.ones(batch, dtype=torch.bool, device=x.device),  # no condition 2
+        loss_best_last=losses(), x_fooled=x_adv.clone(),  # at the first checkpoint (authors' code)
+        fooled=torch.zeros(batch, dtype=torch.bool, device=x.device),
     )
 
 
@@ -257,8 +261,8 @@ def apgd_step(model, state: APGDState, schedule: APGDSchedule, x, y, target, eps
     the last one's move is not used). objective(logits, y, target) -> [B] losses."""
     k = state.k
     first, momentum, checkpoint, threshold = (_at(entry, k) for entry in schedule)
-    x_adv = state.x_adv
-    grad, logits, loss = input_gradient(model, x_adv, lambda z: objective(z, y, target), "apgd")
+    grad, logits, loss = input_gradient(model, state.x_adv, lambda z: objective(z, y, target), "apgd")
+    x_adv = state.x_adv.detach()  # a compiled caller passes a leaf that requires grad: the state holds none
     now_fooled = ~correct(logits, y)
     x_fooled = torch.where(_per_sample(now_fooled & ~state.fooled, x), x_adv, state.x_fooled)
     fooled = state.fooled | now_fooled
