@@ -16,7 +16,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from .attacks.apgd import (
+from .attacks.steps import (
     APGDSchedule,
     apgd_loss_dtype,
     apgd_objective,
@@ -58,7 +58,7 @@ class CompiledAPGD:
         state = apgd_start(x, x_start, self.eps, NORM, loss_dtype)
         for _ in range(self.steps + 1):
             # x_adv as a leaf that requires grad, made outside the graph (dynamo before torch
-            # 2.14 cannot trace requires_grad_)
+            # 2.14 cannot trace requires_grad_; input_gradient takes such a leaf as it is)
             state = self.iteration(state._replace(x_adv=state.x_adv.detach().requires_grad_(True)), schedule, x, y)
         return apgd_result(state)[0]
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -15,3 +17,13 @@ def pytest_collection_modifyitems(config, items):
 
 # Devices every kernel test runs on; the CUDA one only where a GPU is present.
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+# Real MNIST digits for the tests of the MNIST path: 2 000 training and 1 000 test images
+# (tests/data/mnist/README.md gives their source and licence).
+MNIST_SUBSET = Path(__file__).parent / "data" / "mnist"
+
+
+@pytest.fixture(scope="session")
+def mnist_dir() -> Path:
+    return MNIST_SUBSET
