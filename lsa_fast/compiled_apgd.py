@@ -5,7 +5,8 @@ graphs that a CUDA graph can capture with the rest of the step.
 The same code as the eager attack, in the same order: the random start drawn from the
 trainer's attack generator before any compiled code (apgd_random_start); the clean
 forward without gradient that apgd() runs to check its inputs (in train mode it moves
-the BatchNorm statistics, so it runs here too); then apgd_step, steps + 1 times, one
+the BatchNorm statistics, so it runs here too; its logits are not used, so the compiler
+keeps only what the statistics need); then apgd_step, steps + 1 times, one
 compiled graph for all of them (the step reads its checkpoint from the schedule by
 the state's counter: no Python value changes between steps, so nothing recompiles),
 and apgd_result. The schedule is made once per dtype, on the first (warm-up) call,
@@ -34,9 +35,10 @@ RHO = 0.75  # apgd()'s default
 class CompiledAPGD:
     """draw_start(x) eagerly, then __call__(x, y, x_start) -> x_hat inside the step."""
 
-    def __init__(self, module, eps: float, steps: int, generator, compile_fn, autocast):
+    def __init__(self, module, eps: float, steps: int, generator, compile_fn, autocast, mixed_precision: bool):
         self.eps, self.steps, self.generator = eps, steps, generator
-        self.clean_logits = compile_fn(_clean_logits_fn(module, autocast))
+        self.mixed_precision = mixed_precision
+        self.clean_forward = compile_fn(_clean_forward_fn(module, autocast))
         self.iteration = compile_fn(_iteration_fn(module, eps, autocast))
         self._schedules: Dict[Tuple[torch.dtype, torch.dtype, torch.device], APGDSchedule] = {}
 
@@ -47,10 +49,12 @@ class CompiledAPGD:
         return apgd_random_start(x, self.eps, NORM, self.generator)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, x_start) -> torch.Tensor:
-        logits = self.clean_logits(x)  # as apgd()'s input check: BatchNorm statistics in train mode
+        self.clean_forward(x)  # as apgd()'s input check: BatchNorm statistics in train mode
         if self.eps == 0:
             return x.clone()
-        loss_dtype = apgd_loss_dtype(logits.dtype)
+        # apgd() keeps its losses in apgd_loss_dtype(dtype of the logits): the model's dtype (x's),
+        # or a low precision one under autocast
+        loss_dtype = torch.float32 if self.mixed_precision else apgd_loss_dtype(x.dtype)
         key = (x.dtype, loss_dtype, x.device)
         schedule = self._schedules.get(key)
         if schedule is None:
@@ -63,12 +67,12 @@ class CompiledAPGD:
         return apgd_result(state)[0]
 
 
-def _clean_logits_fn(module, autocast):
-    def clean_logits(x):
+def _clean_forward_fn(module, autocast):
+    def clean_forward(x):
         with torch.no_grad(), autocast():
-            return module(x)
+            module(x)
 
-    return clean_logits
+    return clean_forward
 
 
 def _iteration_fn(module, eps: float, autocast):

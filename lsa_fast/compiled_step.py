@@ -213,7 +213,8 @@ class _StepUnits:
             self.iteration = compile_fn(_under(autocast, lambda x_adv, x, y: pgd_iteration(module, x_adv, x, y, eps,
                                                                                            alpha)))
         elif base == "apgd":
-            self.apgd = CompiledAPGD(module, eps, config.steps, self.generator, compile_fn, autocast)
+            self.apgd = CompiledAPGD(module, eps, config.steps, self.generator, compile_fn, autocast,
+                                     mixed_precision=config.amp != "none")
         elif base == "trades":
             alpha = pgd_default_alpha(eps, config.steps) if config.alpha is None else config.alpha
             self.clean_probabilities = compile_fn(_clean_probabilities_fn(module, autocast))

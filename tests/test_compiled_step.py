@@ -89,6 +89,14 @@ def test_the_compiled_steps_code_is_the_eager_step(moons, base, layers):
     assert not fast.compiled_step.failed
 
 
+def test_the_compiled_apgd_step_is_the_eager_step_under_bf16_autocast(moons):
+    """The losses' dtype (fp32 under autocast) and the autocast around the whole APGD step."""
+    x, y = moons.tensors[0][:64], moons.tensors[1][:64]
+    eager = make_trainer(moons, None, "apgd", (0, 2), amp="bf16")
+    fast = make_trainer(moons, "eager", "apgd", (0, 2), amp="bf16")
+    assert_same_training(eager, fast, run_steps(eager, x, y), run_steps(fast, x, y), exact=True)
+
+
 def test_stats_count_only_the_real_samples(moons):
     # real < batch: the last samples are an epoch's padding (DDP); they train but are not counted.
     x, y = moons.tensors[0][:64], moons.tensors[1][:64]
