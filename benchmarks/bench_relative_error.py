@@ -12,6 +12,7 @@ benchmarks/results/<device>.json.
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -132,28 +133,39 @@ def bench_cm_statistics(device, quick):
             {"workload": name, "implementation": "eager reference", "ms": round(eager * 1e3, 3)}]
 
 
-def bench_small_call(device, quick):
+def bench_small_call(device, quick, rounds=9):
     """The fixed cost of one call: 16 tiny layers, where checks, the wrapper and the
     launch are all there is. The baseline is one torch._foreach_norm over the clean
     list (what any per-layer norm costs); the public call computes two sums of squares
-    per layer and checks the result for NaN/Inf (check_finite=True, the default)."""
+    per layer and checks the result for NaN/Inf (check_finite=True, the default).
+    Timed in `rounds` alternating rounds (the order reverses every round), so that a
+    change of the machine's load hits every implementation alike; a time is the median
+    over the rounds and a ratio the median of the per-round ratios."""
     torch.manual_seed(0)
     clean = [torch.randn(2, 8, device=device) for _ in range(16)]
     perturbed = [c + 0.1 * torch.randn_like(c) for c in clean]
-    run = lambda fn: harness.time_it(fn, device, min_run_time=0.5 if quick else 2.0)  # noqa: E731
-    name = "small: 16 layers x [2, 8]"
-    times = {
-        "torch._foreach_norm(clean)": run(lambda: torch._foreach_norm(clean)),
-        "relative_error (check_finite=True)": run(lambda: lsa_fast.relative_error(clean, perturbed)),
-        "relative_error (check_finite=False)": run(lambda: lsa_fast.relative_error(clean, perturbed, check_finite=False)),
-        "torch.ops.lsa_fast.relative_error (the op alone)": run(
+    baseline = "torch._foreach_norm(clean)"
+    calls = {
+        baseline: lambda: torch._foreach_norm(clean),
+        "relative_error (check_finite=True)": lambda: lsa_fast.relative_error(clean, perturbed),
+        "relative_error (check_finite=False)": lambda: lsa_fast.relative_error(clean, perturbed, check_finite=False),
+        "torch.ops.lsa_fast.relative_error (the op alone)": (
             lambda: torch.ops.lsa_fast.relative_error(clean, perturbed, False, 1e-12)),
     }
-    rows = [{"workload": name, "implementation": k, "ms": round(v * 1e3, 4)} for k, v in times.items()]
-    baseline = times["torch._foreach_norm(clean)"]
-    ratios = {f"{k} / foreach_norm (target <= 2)" if "True" in k else f"{k} / foreach_norm": v / baseline
-              for k, v in times.items() if k != "torch._foreach_norm(clean)"}
-    return {"layers": 16, "times_ms": {k: v * 1e3 for k, v in times.items()}, "ratios": ratios}, rows
+    per_round = {label: [] for label in calls}
+    for r in range(rounds):
+        for label in (list(calls) if r % 2 == 0 else list(reversed(calls))):
+            per_round[label].append(harness.time_it(calls[label], device, min_run_time=0.1 if quick else 0.25))
+    times = {label: statistics.median(t) for label, t in per_round.items()}
+    rows = [{"workload": "small: 16 layers x [2, 8]", "implementation": k, "ms": round(v * 1e3, 4)}
+            for k, v in times.items()]
+    ratios = {}
+    for label in calls:
+        if label != baseline:
+            name = f"{label} / foreach_norm" + (" (target <= 2)" if "True" in label else "")
+            ratios[name] = statistics.median(t / b for t, b in zip(per_round[label], per_round[baseline]))
+    return {"layers": 16, "rounds": rounds, "times_ms": {k: v * 1e3 for k, v in times.items()},
+            "per_round_ms": {k: [t * 1e3 for t in v] for k, v in per_round.items()}, "ratios": ratios}, rows
 
 
 def _reference_call(reference_class, model, x, x_hat):

@@ -245,8 +245,9 @@ def apgd_start(x: torch.Tensor, start: torch.Tensor, eps: float, norm: str, loss
         k=torch.zeros((), dtype=torch.long, device=x.device), x_adv=x_adv, x_prev=x_adv.clone(),
         step_size=torch.full(batch_shape(x), 2 * eps, dtype=x.dtype, device=x.device),  # eta^(0) = 2 eps
         x_best=x_adv.clone(), grad_best=torch.zeros_like(x_adv), loss_best=losses(), loss_prev=losses(),
-        increases=losses(), reduced_last=torch.ones(batch, dtype=torch.bool, device=x.device),  # no condition 2
-        loss_best_last=losses(), x_fooled=x_adv.clone(),  # at the first checkpoint (authors' code)
+        increases=losses(), loss_best_last=losses(), x_fooled=x_adv.clone(),
+        # no condition 2 at the first checkpoint (authors' code)
+        reduced_last=torch.ones(batch, dtype=torch.bool, device=x.device),
         fooled=torch.zeros(batch, dtype=torch.bool, device=x.device),
     )
 
@@ -263,6 +264,7 @@ def apgd_step(model, state: APGDState, schedule: APGDSchedule, x, y, target, eps
     first, momentum, checkpoint, threshold = (_at(entry, k) for entry in schedule)
     grad, logits, loss = input_gradient(model, state.x_adv, lambda z: objective(z, y, target), "apgd")
     x_adv = state.x_adv.detach()  # a compiled caller passes a leaf that requires grad: the state holds none
+    loss = loss.to(state.loss_best.dtype)  # exact (the state's dtype is at least the loss's): the same dtypes every step
     now_fooled = ~correct(logits, y)
     x_fooled = torch.where(_per_sample(now_fooled & ~state.fooled, x), x_adv, state.x_fooled)
     fooled = state.fooled | now_fooled
