@@ -215,6 +215,7 @@ def main():
     default_name = harness.device_slug(info, args.device) + ("-small" if args.only else "")
     path = harness.write_results(args.out or default_name,
                                  {"benchmark": "relative_error", "environment": info, "command": " ".join(sys.argv),
+                                  "note": "timings on a machine shared with other jobs are noisy",
                                   "copy_bandwidth_GBps": bandwidth and bandwidth / 1e9, "results": results})
     print(f"\nresults written to {path}")
 
