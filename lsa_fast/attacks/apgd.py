@@ -79,6 +79,7 @@ def apgd(
     *,
     skip_fooled: bool = True,
     model_mode: str = "eval",
+    eot_steps: int = 1,
 ) -> torch.Tensor:
     """APGD with `steps` iterations per run and `n_restarts` random restarts.
 
@@ -90,12 +91,15 @@ def apgd(
     skip_fooled: runs after the first attack only the samples not fooled yet (one
     host sync per run); False: every run on the whole batch, no host sync.
     generator: a torch.Generator, or a list of one per sample (each sample's random
-    starts its own). Returns x_hat detached, x's dtype and shape: a misclassified
+    starts its own). eot_steps > 1 averages the input gradient over that many
+    forward/backward passes (EOT, for randomised models, AutoAttack's "rand" version).
+    Returns x_hat detached, x's dtype and shape: a misclassified
     point where one was found, else the highest-loss point."""
     eps = check_eps("apgd", eps)
     steps = check_steps("apgd", steps)
     n_restarts = check_steps("apgd", n_restarts, "n_restarts")
     n_target_classes = check_steps("apgd", n_target_classes, "n_target_classes")
+    eot_steps = check_steps("apgd", eot_steps, "eot_steps")
     check_choice("apgd", "norm", norm, NORMS)
     if not callable(loss):
         check_choice("apgd", "loss", loss, ("ce", "dlr"))
@@ -125,7 +129,7 @@ def apgd(
                     break
             x_run, fooled, best_loss = _apgd_run(
                 model, _take(x, active), _take(y, active), _take(target, active), _take(start, active),
-                eps, steps, norm, objective, rho, apgd_loss_dtype(clean_logits.dtype),
+                eps, steps, norm, objective, rho, apgd_loss_dtype(clean_logits.dtype), eot_steps,
             )
             # First success wins; among still-robust samples the highest loss wins.
             was_fooled, had_loss = _take(out_fooled, active), _take(out_loss, active)
@@ -253,16 +257,17 @@ def apgd_start(x: torch.Tensor, start: torch.Tensor, eps: float, norm: str, loss
 
 
 def apgd_step(model, state: APGDState, schedule: APGDSchedule, x, y, target, eps: float, norm: str,
-              objective) -> APGDState:
+              objective, eot_steps: int = 1) -> APGDState:
     """One step of a run (pure: state in, state out; no host sync, no Python branch on
     a tensor's value, the same shapes every step): the gradient at state.x_adv, the
     bookkeeping of its loss (first success, best point, the window's increases; at a
     checkpoint the halving and the restart from the best point, by masks), then the
     move to the next point. A run is steps + 1 of these (the first evaluates the start;
-    the last one's move is not used). objective(logits, y, target) -> [B] losses."""
+    the last one's move is not used). objective(logits, y, target) -> [B] losses;
+    eot_steps > 1 averages the gradient over that many passes (EOT)."""
     k = state.k
     first, momentum, checkpoint, threshold = (_at(entry, k) for entry in schedule)
-    grad, logits, loss = input_gradient(model, state.x_adv, lambda z: objective(z, y, target), "apgd")
+    grad, logits, loss = _eot_gradient(model, state.x_adv, lambda z: objective(z, y, target), eot_steps)
     x_adv = state.x_adv.detach()  # a compiled caller passes a leaf that requires grad: the state holds none
     loss = loss.to(state.loss_best.dtype)  # exact (the state's dtype is at least the loss's): the same dtypes every step
     now_fooled = ~correct(logits, y)
@@ -285,11 +290,14 @@ def apgd_step(model, state: APGDState, schedule: APGDSchedule, x, y, target, eps
     reduced_last = torch.where(checkpoint, reduce, state.reduced_last)
     loss_best_last = torch.where(checkpoint | first, loss_best, state.loss_best_last)
     increases = torch.where(checkpoint, torch.zeros_like(increases), increases)
+    # The authors' code compares the first step's loss with its loss history's last row,
+    # still 0 then (not with the start's loss): the first window's count.
+    loss_prev = torch.where(first, torch.zeros_like(loss), loss)
 
     z = _project(x_adv + step_size * _direction(grad, norm), x, eps, norm)
     x_next = _project(x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - state.x_prev), x, eps, norm)
-    return APGDState(k + 1, x_next, x_adv, step_size, x_best, grad_best, loss_best, loss, increases, reduced_last,
-                     loss_best_last, x_fooled, fooled)
+    return APGDState(k + 1, x_next, x_adv, step_size, x_best, grad_best, loss_best, loss_prev, increases,
+                     reduced_last, loss_best_last, x_fooled, fooled)
 
 
 def apgd_result(state: APGDState):
@@ -299,14 +307,23 @@ def apgd_result(state: APGDState):
     return x_hat, state.fooled, state.loss_best
 
 
-def _apgd_run(model, x, y, target, start, eps, steps, norm, objective, rho, loss_dtype):
+def _apgd_run(model, x, y, target, start, eps, steps, norm, objective, rho, loss_dtype, eot_steps=1):
     """One run of Algorithm 1 from `start`. Returns (x_hat, fooled, best loss), all
     per sample."""
     schedule = apgd_schedule(steps, rho, x, loss_dtype)
     state = apgd_start(x, start, eps, norm, loss_dtype)
     for _ in range(steps + 1):
-        state = apgd_step(model, state, schedule, x, y, target, eps, norm, objective)
+        state = apgd_step(model, state, schedule, x, y, target, eps, norm, objective, eot_steps)
     return apgd_result(state)
+
+
+def _eot_gradient(model, x_adv, run_loss, eot_steps):
+    """input_gradient averaged over eot_steps passes; the last pass's logits and loss."""
+    grad, logits, loss = input_gradient(model, x_adv, run_loss, "apgd")
+    for _ in range(eot_steps - 1):
+        more, logits, loss = input_gradient(model, x_adv, run_loss, "apgd")
+        grad = grad + more
+    return (grad / eot_steps if eot_steps > 1 else grad), logits, loss
 
 
 def apgd_random_start(x, eps, norm, generator):
