@@ -326,3 +326,20 @@ def test_two_gloo_processes_with_the_compiled_step_match_one_process(tmp_path, c
     assert cli.main(TRAIN + ["--base", "fgsm", "--out", str(tmp_path / "single")]) == 0
     capsys.readouterr()
     assert_close_runs(tmp_path / "single", tmp_path / "ddp")
+
+
+def test_reproduce_trains_with_the_compiled_step_when_asked():
+    """`lsa-fast reproduce ... --set compile=auto`: every row's TrainConfig compiles (the
+    APGD rows of Tables 3 and 4 included); the default stays eager."""
+    from lsa_fast.paper import paper_table
+    from lsa_fast.reproduce import ReproduceSettings, apply_overrides, variants
+    from lsa_fast.reproduce.running import _train_config
+
+    table = paper_table("mnist")
+    eager = ReproduceSettings.defaults("mnist")
+    compiled = apply_overrides(eager, ["compile=auto"])
+    rows = variants(table, compiled)
+    assert any(row.base == "apgd" for row in rows)
+    for row in rows:
+        assert _train_config(table, row, 0, compiled, {}).compile == "auto"
+        assert _train_config(table, row, 0, eager, {}).compile == "none"
