@@ -278,7 +278,6 @@ def _train_config(table: PaperTable, variant: Variant, seed: int, settings: Repr
         amp=settings.amp, compile=settings.compile, seed=seed, model=variant.model, model_kwargs=model_options(variant.model, given),
         dataset=table.dataset, data_options=data_options, extra={"paper_row": variant.paper_row, "row": variant.name},
         val_size=settings.val_size, keep_best="robust" if settings.val_size else "none", lsa_every=0,
-        compile=settings.compile,
     )
 
 

@@ -71,7 +71,6 @@ class ReproduceSettings:
     autoattack: str = "standard"  # the AutoAttack column: standard, apgd (APGD-CE + APGD-T only) or none
     aa_samples: int = 1000  # the first N test samples under AutoAttack
     aa_steps: int = 100  # APGD steps of autoattack="apgd" (and of the fallback)
-    compile: str = "none"  # the training step (TrainConfig.compile); how to run, not what
     weights: str = "both"  # evaluated: final, best (the best robust validation epoch's) or both (needs val_size)
     smoke: bool = False
 
