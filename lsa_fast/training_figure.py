@@ -39,7 +39,7 @@ def plot_training(config: Dict[str, Any], metrics: Sequence[Dict[str, Any]], pat
     if not measured and not any("val_acc" in m or "test_acc" in m for m in metrics):
         raise ValueError("plot: the run's metrics hold no layer_cm and no accuracy to draw (train with "
                          "--lsa-every K >= 1, and --val-size N for the validation accuracy)")
-    figure = new_figure((12.0, 4.6), "lsa-fast plot")
+    figure = new_figure((12.0, 5.6), "lsa-fast plot")
     left, right = figure.add_subplot(1, 2, 1), figure.add_subplot(1, 2, 2)
     _draw_cm(left, config, measured)
     _draw_accuracy(right, config, metrics)
@@ -96,10 +96,10 @@ def _draw_cm(axes, config: Dict[str, Any], measured: Sequence[Dict[str, Any]]) -
     axes.set_ylabel("CM = ‖φ(x) − φ(x̂)‖ / ‖φ(x)‖ (ratio, batch mean)")
     batch = f"{monitor.get('samples', '?')} {monitor.get('batch', '')} samples".strip()
     axes.set_title(f"layer CM per epoch ({batch})", fontsize=10)
-    axes.set_xticks(epochs if len(epochs) <= 20 else epochs[:: max(1, len(epochs) // 10)])
+    _epoch_axis(axes)
     axes.set_ylim(bottom=0.0)
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8, loc="best")
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)  # below: never over a line
 
 
 def _draw_accuracy(axes, config: Dict[str, Any], metrics: Sequence[Dict[str, Any]]) -> None:
@@ -124,5 +124,12 @@ def _draw_accuracy(axes, config: Dict[str, Any], metrics: Sequence[Dict[str, Any
     axes.set_ylabel("accuracy (%)")
     axes.set_ylim(0.0, 100.0)
     axes.set_title("accuracy per epoch", fontsize=10)
+    _epoch_axis(axes)
     axes.grid(True, alpha=0.3)
-    axes.legend(fontsize=8, loc="lower right")
+    axes.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2)
+
+
+def _epoch_axis(axes) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
