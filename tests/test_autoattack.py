@@ -225,8 +225,14 @@ def test_sharding_by_sample_ids_gives_the_one_process_result():
     halves = [A.autoattack(model, x[s], y[s], 16 / 255, sample_ids=torch.arange(8)[s], stage_options=quick,
                            checks=False) for s in (slice(0, 3), slice(3, 8))]
     assert torch.equal(torch.cat([h.broken_by for h in halves]), whole.broken_by)
-    other_seed = A.autoattack(model, x, y, 16 / 255, seed=1, stage_options=quick, checks=False)
-    assert other_seed.stages == whole.stages
+    calls = []
+    chunked = A.autoattack(model, x, y, 16 / 255, stage_options=quick, checks=False, batch_size=3,
+                           progress=lambda *call: calls.append(call))
+    assert torch.equal(chunked.broken_by, whole.broken_by)
+    assert calls[:3] == [("apgd-ce", 3, 8), ("apgd-ce", 6, 8), ("apgd-ce", 8, 8)]
+    assert {stage for stage, _, _ in calls} <= set(whole.stages)
+    only = A.autoattack(model, x, y, 16 / 255, stages=["square", "apgd-ce"], stage_options=quick, checks=False)
+    assert only.stages == ("square", "apgd-ce")
 
 
 # ------------------------------------------------------------------- bad input, checks
