@@ -332,3 +332,16 @@ def test_masked_gradients_are_flagged_and_square_breaks_what_the_white_box_stage
     found = run_with_warnings(model, x, y, eps=0.05, queries=200)
     assert any("input gradient is zero at 16 of 16" in line for line in found)
     assert any(line.startswith("autoattack: Square broke") and "gradients may be masked" in line for line in found)
+
+
+def test_fab_in_groups_of_runs_equals_fab_in_one_batch():
+    """max_rows splits the (run, sample) rows into groups that skip the samples broken
+    by an earlier group: the same output, first successful run first."""
+    model, x, y = cifar_shaped()
+    x, y = x[:6], y[:6]
+    g = lambda: [torch.Generator().manual_seed(i) for i in range(6)]
+    options = dict(steps=4, targeted=True, n_target_classes=3, n_restarts=2)
+    one = A.fab(model, x, y, 16 / 255, generator=g(), **options)
+    grouped = A.fab(model, x, y, 16 / 255, generator=g(), max_rows=6, **options)
+    assert (one != x).flatten(1).any(1).any()
+    torch.testing.assert_close(grouped, one, rtol=0, atol=1e-6)
