@@ -43,7 +43,8 @@ QUICK = {
     "fab-t": {"steps": 10, "n_target_classes": 3},
     "square": {"n_queries": 100},
 }
-SETUPS = {"mnist": (mnist_model_b, 0.3), "cifar": (cifar_shaped, 16 / 255)}
+SETUPS = {"mnist": (mnist_model_b, "Linf", 0.3), "cifar": (cifar_shaped, "Linf", 16 / 255),
+          "cifar-l2": (cifar_shaped, "L2", 2.5)}
 
 
 def _zero_gradients(x):
@@ -62,9 +63,9 @@ def reference():
 
 @pytest.fixture(scope="module", params=sorted(SETUPS))
 def setup(request):
-    make, eps = SETUPS[request.param]
+    make, norm, eps = SETUPS[request.param]
     model, x, y = make()
-    return request.param, model, x[:POINTS], y[:POINTS], eps
+    return request.param, model, x[:POINTS], y[:POINTS], norm, eps
 
 
 def accuracy(model, x, y):
@@ -72,10 +73,10 @@ def accuracy(model, x, y):
         return (model(x).argmax(1) == y).double().mean().item()
 
 
-def reference_stages(aa, model, x, y, eps, seed=0):
+def reference_stages(aa, model, x, y, norm, eps, seed=0):
     """The reference's AutoAttack, standard version with QUICK's settings, driven as
     its run_standard_evaluation drives it: robust accuracy after each stage."""
-    adversary = aa.AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, verbose=False, device="cpu")
+    adversary = aa.AutoAttack(model, norm=norm, eps=eps, version="standard", seed=seed, verbose=False, device="cpu")
     adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = 10
     adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = 3
     adversary.square.n_queries = 100
@@ -103,17 +104,18 @@ def reference_stages(aa, model, x, y, eps, seed=0):
 
 
 def test_every_stage_matches_the_reference(setup, reference):
-    name, model, x, y, eps = setup
-    ours = A.autoattack(model, x, y, eps, stage_options=QUICK)
+    name, model, x, y, norm, eps = setup
+    ours = A.autoattack(model, x, y, eps, norm=norm, stage_options=QUICK)
     assert ours.stages == ("apgd-ce", "apgd-t", "fab-t", "square")
-    theirs = reference_stages(reference, model, x, y, eps)
+    theirs = reference_stages(reference, model, x, y, norm, eps)
     mine = [ours.robust_accuracy(after=k) for k in range(1, 5)]
     print(name, "clean", accuracy(model, x, y), "ours", mine, "reference", theirs)
     assert 0.1 < mine[-1] < accuracy(model, x, y) - 0.05  # every stage has points to work on
     for stage, a, b in zip(ours.stages, mine, theirs):
         assert abs(a - b) <= TOLERANCE + 1e-9, f"{name}: after {stage} ours {a:.3f}, reference {b:.3f}"
     # The adversarials are valid: within eps, in [0, 1], misclassified where broken.
-    assert (ours.adversarial - x).abs().amax() <= eps + 1e-6
+    distance = (ours.adversarial - x).flatten(1).norm(p=float("inf") if norm == "Linf" else 2, dim=1)
+    assert distance.max() <= eps + 1e-5 and 0 <= ours.adversarial.min() and ours.adversarial.max() <= 1
     broken = ours.broken_by > 0
     assert accuracy(model, ours.adversarial[broken], y[broken]) == 0
 
