@@ -161,7 +161,7 @@ def autoattack(
             total = robust.numel()
             for first in range(0, total, batch_size):
                 idx = robust[first : first + batch_size]
-                gens = _generators(seed, sample_ids[idx], name, x.device)
+                gens = _generators(seed, sample_ids[idx.cpu()], name, x.device)
                 x_stage = STAGES[name](model, x[idx], y[idx], eps, norm, gens, **options)
                 with torch.no_grad():
                     fooled = ~correct(model(x_stage), y[idx])
