@@ -17,8 +17,6 @@ eps in z units is eps / MOONS_STANDARDIZED_SCALE; eps_to_input_units converts.
 from __future__ import annotations
 
 import math
-import sys
-import time
 import warnings
 from typing import Callable, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Sequence, Tuple, Union
 
@@ -29,6 +27,7 @@ from .attacks import STATISTICAL, BoundAttack, canonical_name, correct, get_atta
 from .data import DATASET_NAMES, moons_unit_map
 from .ops import relative_error
 from .probes import LayerProbe, check_same_sequence
+from .progress import BatchProgress, is_terminal  # noqa: F401 - is_terminal: lsa_fast.training imports it from here
 from .report import LSAReport, PerturbationResult
 from .statistics import CMAccumulator
 
@@ -401,8 +400,9 @@ def _batches(loader, device, fn: str):
 
 
 def _progress(batches, loader, enabled: bool):
-    """tqdm on stderr when it is installed, else a plain line every ~10% of the batches;
-    only rank 0 of a distributed run reports."""
+    """The batches, with a bar and an ETA on a terminal, a line per tenth of the batches
+    in a log, and the speed at the end (lsa_fast.progress); only rank 0 of a
+    distributed run reports."""
     if not enabled or (_distributed() and _rank() != 0):
         yield from batches
         return
@@ -410,31 +410,15 @@ def _progress(batches, loader, enabled: bool):
         total = len(loader)
     except TypeError:
         total = None
+    bar = BatchProgress("LSA", total)
+    finished = False
     try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if not is_terminal(sys.stderr):
-        tqdm = None  # a log file: a few plain lines, not the bar's redraws
-    if tqdm is not None:
-        yield from tqdm(batches, total=total, desc="LSA", unit="batch", file=sys.stderr, leave=False)
-        return
-    every = max(1, (total or 100) // 10)
-    start = time.monotonic()
-    done = 0
-    for done, batch in enumerate(batches, 1):
-        yield batch
-        if done % every == 0 or done == total:
-            of = f"/{total}" if total else ""
-            print(f"LSA: batch {done}{of} ({time.monotonic() - start:.1f} s)", file=sys.stderr, flush=True)
-
-
-def is_terminal(stream) -> bool:
-    """Whether progress bars make sense on `stream` (not in a log file or a pipe)."""
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):  # a replaced or closed stream
-        return False
+        for x, y in batches:
+            yield x, y
+            bar.update(x.shape[0])
+        finished = True
+    finally:
+        bar.close(say=finished)
 
 
 def _model_device(model) -> torch.device:
