@@ -203,7 +203,9 @@ def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path
         done = _on_rank0(rank, world_size, lambda: _complete(state, config, out_dir))
         undone = f" (finished what the interrupted run left undone: wrote {', '.join(done)})" if done else ""
         _say(rank, f"the run in {out_dir} is already complete ({config.epochs} epochs); "
-                   f"weights in {out_dir / FINAL_NAME}{undone}", final=True)
+                   f"weights in {out_dir / FINAL_NAME}{undone}; to train it on, raise its epochs: lsa-fast train "
+                   f"--resume {out_dir} --epochs {config.epochs + max(1, config.epochs // 2)} (the learning-rate "
+                   f"schedule is stretched over the new total)", final=True)
         return 0
 
     seed_everything(config.seed)  # the same initial weights on every rank
