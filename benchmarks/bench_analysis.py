@@ -53,7 +53,7 @@ from lsa_fast.attacks import get_attack  # noqa: E402
 from lsa_fast.compat import LayerSustainabilityAnalysis as Compat  # noqa: E402
 from lsa_fast.models import build_model  # noqa: E402
 from lsa_fast.probes import LayerProbe  # noqa: E402
-from lsa_fast.statistics import CMAccumulator  # noqa: E402
+from lsa_fast.cm_accumulator import CMAccumulator  # noqa: E402
 
 try:
     from LayerSustainabilityAnalysis import LayerSustainabilityAnalysis as Reference

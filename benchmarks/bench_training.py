@@ -67,7 +67,7 @@ import lsa_fast  # noqa: E402
 from lsa_fast import reference  # noqa: E402
 from lsa_fast.models import build_model  # noqa: E402
 from lsa_fast.probes import LayerProbe  # noqa: E402
-from lsa_fast.device_data import DeviceLoader  # noqa: E402
+from lsa_fast.device_loader import DeviceLoader  # noqa: E402
 from lsa_fast.training import ATLRTrainer, TrainConfig  # noqa: E402
 
 try:

@@ -1,7 +1,7 @@
 // Operator schemas of lsa_fast and the Python module init. Kernels register
 // themselves per backend in cpu/*.cpp and cuda/*.cu; autograd and fake kernels are
 // registered from Python (lsa_fast/ops.py). Only PyTorch's stable C API is used, so
-// one binary serves every torch >= 2.10 (shared/DESIGN.md section 2).
+// one binary serves every torch >= 2.10 (docs/DESIGN.md section 2).
 #include <Python.h>
 
 #include <torch/csrc/stable/library.h>

@@ -5,6 +5,7 @@ Submodules: ops (the fused operators), probes, attacks, analysis, training,
 evaluation, models, data, compat, report, cli."""
 from . import attacks
 from ._extension import backend
+from .cm_accumulator import CMAccumulator, CMStatistics
 from .analysis import ShardSampler, analyze, eps_to_input_units
 from .evaluation import EvaluationTable, evaluate, rg_score, robust_accuracy
 from .ops import (
@@ -16,9 +17,7 @@ from .ops import (
     relative_error,
 )
 from .probes import LayerProbe, check_same_sequence
-from .reference import CMStatistics
 from .report import LSAReport, PerturbationResult
-from .statistics import CMAccumulator
 from .training import ATLRTrainer, TrainConfig, TrainResult
 
 __version__ = "0.1.0"

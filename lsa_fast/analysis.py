@@ -3,7 +3,7 @@
 For every batch: one clean forward (probe outputs and logits), then for every
 perturbation the perturbed input and one perturbed forward, the fused comparison
 measure CM[m, l] over all probe points in one call, and streaming per-layer statistics
-(lsa_fast.statistics.CMAccumulator, exact merge). Under torch.distributed each rank
+(lsa_fast.cm_accumulator.CMAccumulator, exact merge). Under torch.distributed each rank
 analyses its own shard (see ShardSampler) and the ranks' statistics and accuracy
 counts are merged, so the report equals that of a single process (up to the rounding
 of the merge order).
@@ -24,12 +24,15 @@ import torch
 from torch.utils.data import Sampler
 
 from .attacks import STATISTICAL, BoundAttack, canonical_name, correct, get_attack, parse_attack_spec
-from .data import DATASET_NAMES, moons_unit_map
+from .checks import check_number
+from .data import canonical_dataset, moons_unit_map
+from .devices import kept_modes, model_device
+from .distributed import rank_and_world_size
 from .ops import relative_error
 from .probes import LayerProbe, check_same_sequence
-from .progress import BatchProgress, is_terminal  # noqa: F401 - is_terminal: lsa_fast.training imports it from here
+from .progress import batch_progress
 from .report import LSAReport, PerturbationResult
-from .statistics import CMAccumulator
+from .cm_accumulator import CMAccumulator
 
 __all__ = [
     "analyze",
@@ -100,10 +103,10 @@ def analyze(
     samples unmoved (an input gradient of exactly 0, as in a collapsed model, or eps 0),
     its CM values say nothing about the layers: analyze warns (RuntimeWarning) and lists
     the warning in report.warnings."""
-    eta = _check_eta("eta", eta)
-    eta_sweep = [_check_eta("eta_sweep", e) for e in eta_sweep]
+    eta = check_number("analyze", "eta", eta)
+    eta_sweep = [check_number("analyze", "eta_sweep", e) for e in eta_sweep]
     if dataset is not None:
-        dataset = _check_dataset(dataset)
+        dataset = canonical_dataset(dataset)
     entries = _normalise_perturbations(perturbations, dataset, moons_units)
     if not isinstance(model, torch.nn.Module):
         raise TypeError(f"analyze: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -111,7 +114,7 @@ def analyze(
         device = torch.device(device)
         model.to(device)
     else:
-        device = _model_device(model)
+        device = model_device(model)
     probe = LayerProbe(model, select=select)  # a clear ValueError if nothing is selectable
 
     accumulators = {entry.name: CMAccumulator() for entry in entries}
@@ -122,48 +125,45 @@ def analyze(
     total = 0
     names: Optional[List[str]] = None
 
-    modes = [(module, module.training) for module in model.modules()]
     # A user callable may call backward(), which accumulates into existing .grad in
     # place: keep their values too (no copy in the usual case, where .grad is None).
     grads = [(p, p.grad, None if p.grad is None else p.grad.detach().clone()) for p in model.parameters()]
     try:
-        for x, y in _progress(_batches(loader, device, "analyze"), loader, progress):
-            model.eval()
-            clean, logits, batch_names = _probed_forward(probe, model, x)
-            if names is None:
-                names = batch_names
-            else:
-                check_same_sequence(names, batch_names, ("first batch's clean", "this batch's clean"))
-            ok_clean = correct(logits, y)
-            robust = ok_clean.clone()
-            counts[0] += ok_clean.sum()
-            for index, entry in enumerate(entries):
-                x_hat = _perturb(entry, model, x, y)
-                model.eval()  # a callable may have left the model in train mode
-                perturbed, logits_hat, perturbed_names = _probed_forward(probe, model, x_hat)
-                check_same_sequence(names, perturbed_names, ("clean", f"{entry.name!r}"))
-                accumulators[entry.name].update(relative_error(clean, perturbed, mode="sample"))
-                unmoved[index] += _unmoved(x, x_hat, logits, logits_hat)
-                ok = correct(logits_hat, y)
-                counts[index + 1] += ok.sum()
-                if index in adversarial:
-                    robust &= ok
-            counts[-1] += robust.sum()
-            total += int(y.shape[0])
+        with kept_modes(model):
+            for x, y in batch_progress(_batches(loader, device, "analyze"), loader, progress, "LSA"):
+                model.eval()
+                clean, logits, batch_names = _probed_forward(probe, model, x)
+                if names is None:
+                    names = batch_names
+                else:
+                    check_same_sequence(names, batch_names, ("first batch's clean", "this batch's clean"))
+                ok_clean = correct(logits, y)
+                robust = ok_clean.clone()
+                counts[0] += ok_clean.sum()
+                for index, entry in enumerate(entries):
+                    x_hat = _perturb(entry, model, x, y)
+                    model.eval()  # a callable may have left the model in train mode
+                    perturbed, logits_hat, perturbed_names = _probed_forward(probe, model, x_hat)
+                    check_same_sequence(names, perturbed_names, ("clean", f"{entry.name!r}"))
+                    accumulators[entry.name].update(relative_error(clean, perturbed, mode="sample"))
+                    unmoved[index] += _unmoved(x, x_hat, logits, logits_hat)
+                    ok = correct(logits_hat, y)
+                    counts[index + 1] += ok.sum()
+                    if index in adversarial:
+                        robust &= ok
+                counts[-1] += robust.sum()
+                total += int(y.shape[0])
     finally:
-        for module, training in modes:
-            module.training = training
         for parameter, grad, values in grads:
             if grad is not None:
                 with torch.no_grad():
                     grad.copy_(values)
             parameter.grad = grad
 
-    world_size = 1
-    if _distributed():
+    _, world_size = rank_and_world_size()
+    if world_size > 1:
         import torch.distributed as dist
 
-        world_size = dist.get_world_size()
         # Every rank calls the same collectives in the same order, even with an empty shard.
         accumulators = {name: acc.all_reduce() for name, acc in accumulators.items()}
         gathered = [None] * world_size
@@ -245,13 +245,9 @@ class ShardSampler(Sampler):
 
     def __init__(self, n: int, rank: Optional[int] = None, world_size: Optional[int] = None):
         if rank is None or world_size is None:
-            if _distributed():
-                import torch.distributed as dist
-
-                rank = dist.get_rank() if rank is None else rank
-                world_size = dist.get_world_size() if world_size is None else world_size
-            else:
-                rank, world_size = rank or 0, world_size or 1
+            own_rank, own_world_size = rank_and_world_size()
+            rank = own_rank if rank is None else rank
+            world_size = own_world_size if world_size is None else world_size
         if not 0 <= rank < world_size:
             raise ValueError(f"ShardSampler: rank {rank} is outside 0..{world_size - 1}")
         self.n, self.rank, self.world_size = int(n), int(rank), int(world_size)
@@ -400,61 +396,6 @@ def _batches(loader, device, fn: str):
         yield x.to(device), y.to(device)
 
 
-def _progress(batches, loader, enabled: bool):
-    """The batches, with a bar and an ETA on a terminal, a line per tenth of the batches
-    in a log, and the speed at the end (lsa_fast.progress); only rank 0 of a
-    distributed run reports."""
-    if not enabled or (_distributed() and _rank() != 0):
-        yield from batches
-        return
-    try:
-        total = len(loader)
-    except TypeError:
-        total = None
-    bar = BatchProgress("LSA", total)
-    finished = False
-    try:
-        for x, y in batches:
-            yield x, y
-            bar.update(x.shape[0])
-        finished = True
-    finally:
-        bar.close(say=finished)
-
-
-def _model_device(model) -> torch.device:
-    for tensor in model.parameters():
-        return tensor.device
-    for tensor in model.buffers():
-        return tensor.device
-    return torch.device("cpu")
-
-
-def _distributed() -> bool:
-    import torch.distributed as dist
-
-    return dist.is_available() and dist.is_initialized()
-
-
-def _rank() -> int:
-    import torch.distributed as dist
-
-    return dist.get_rank()
-
-
-def _check_eta(name: str, eta) -> float:
-    if isinstance(eta, bool) or not isinstance(eta, (int, float)) or not math.isfinite(eta):
-        raise ValueError(f"analyze: {name} must be a finite number, got {eta!r}")
-    return float(eta)
-
-
-def _check_dataset(dataset: str) -> str:
-    key = str(dataset).strip().lower().replace("-", "").replace("_", "")
-    if key not in DATASET_NAMES:
-        raise ValueError(f"unknown dataset {dataset!r}; valid names: {', '.join(DATASET_NAMES)}")
-    return key
-
-
 def _units_name(dataset: Optional[str], moons_units: str) -> Optional[str]:
     """What eps in the dataset's units counts in, as the report's labels say it."""
     if dataset == "moons":
@@ -463,7 +404,7 @@ def _units_name(dataset: Optional[str], moons_units: str) -> Optional[str]:
 
 
 def _scale(dataset: str, attack: Optional[str], moons_units: str = "raw") -> float:
-    dataset = _check_dataset(dataset)
+    dataset = canonical_dataset(dataset)
     scale = moons_unit_map(moons_units)[1]  # checks moons_units on every dataset
     if attack is not None and canonical_name(attack) in UNITLESS_PERTURBATIONS:
         return 1.0

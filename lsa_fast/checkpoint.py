@@ -11,7 +11,7 @@ file from an untrusted source cannot run code when it is loaded:
     epoch                  completed epochs; step_in_epoch > 0 means "stopped inside
     step_in_epoch          epoch `epoch` after that many batches" (SIGTERM)
     config                 TrainConfig.to_dict()
-    mvl, metrics, rng, ... see lsa_fast.training.ATLRTrainer.state_dict
+    mvl, metrics, rng, ... see lsa_fast.train_state
 
 Writes go to a temporary file in the target's directory, then os.replace: a crash
 mid-write leaves the previous checkpoint intact, never half a file. What a kill -9 can
@@ -25,7 +25,6 @@ import os
 import random
 import re
 import tempfile
-import time
 import zipfile
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Union
@@ -33,7 +32,7 @@ from typing import Dict, List, Mapping, Optional, Sequence, Union
 import numpy as np
 import torch
 
-from .messages import shorten
+from .run_files import CHECKPOINT_NAME, FINAL_NAME, RUN_FILES
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -51,8 +50,6 @@ __all__ = [
 
 CHECKPOINT_FORMAT = "lsa_fast.checkpoint"
 CHECKPOINT_VERSION = 1
-CHECKPOINT_NAME = "checkpoint.pt"  # the latest state of a run directory (resume from it)
-FINAL_NAME = "final.pt"  # written once training has finished
 
 PathLike = Union[str, "os.PathLike[str]"]
 _REQUIRED = ("model", "config", "epoch")
@@ -72,7 +69,6 @@ def save_checkpoint(state: Mapping, path: PathLike) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.chmod(tmp, 0o644)  # mkstemp makes 0600; a checkpoint is shared like any output
-        _test_hold(path)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -184,7 +180,7 @@ def remove_stray_temporaries(directory: PathLike, names: Sequence[str] = ()) -> 
     """Delete the temporary files that an interrupted atomic write of one of `names`
     (default: the files of a run directory) left in `directory`; returns them. Call it
     only while no other process writes there (hold the directory's RunLock)."""
-    names = tuple(names) or _RUN_FILES
+    names = tuple(names) or RUN_FILES
     removed = []
     directory = Path(directory)
     if not directory.is_dir():
@@ -252,30 +248,6 @@ def _file_kind(path: Path, head: bytes, size: int) -> str:
             return f"a JSON file ({known.get(kind, 'format ' + repr(kind))}, {size} bytes)"
         return f"a JSON file ({size} bytes)"
     return f"a text file ({size} bytes)"
-
-
-# The files of a run directory (lsa_fast.training) written with an atomic write.
-_RUN_FILES = ("checkpoint.pt", "final.pt", "config.json", "metrics.jsonl")
-
-
-def _test_hold(path: Path) -> None:
-    """Test-only: with _LSA_FAST_TEST_HOLD_SAVE=NAME:N:MARKER, the N-th save of a file
-    called NAME in this process stops with its temporary file complete but not yet
-    renamed, creates MARKER and waits to be killed: kill tests choose their moment."""
-    spec = os.environ.get("_LSA_FAST_TEST_HOLD_SAVE")
-    if not spec:
-        return
-    name, count, marker = spec.split(":", 2)
-    if path.name != name:
-        return
-    _HOLD_COUNTS[name] = _HOLD_COUNTS.get(name, 0) + 1
-    if _HOLD_COUNTS[name] == int(count):
-        Path(marker).write_text(str(os.getpid()))
-        while True:
-            time.sleep(60)
-
-
-_HOLD_COUNTS: Dict[str, int] = {}
 
 
 def _fsync_directory(directory: Path) -> None:

@@ -8,7 +8,7 @@ import os
 import re
 import sys
 
-from .messages import for_the_command_line
+from .commands.messages import for_the_command_line
 
 # (subcommand, module in lsa_fast.commands)
 COMMANDS = [

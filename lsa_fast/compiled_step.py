@@ -2,12 +2,17 @@
 ATLRTrainer.train_step, with the attack and the loss + backward compiled by
 torch.compile and, on CUDA, the whole device work of a step replayed as one CUDA graph.
 
+The step defines no attack iteration and no loss of its own: it compiles the attacks'
+per-step functions (lsa_fast.attacks.steps: pgd_iteration, fgsm_step, trades_step) and
+the loss of lsa_fast.train_loss (atlr_loss), which the eager trainer calls too.
+
 What runs where:
 - Random draws (PGD's random start, FGSM-RS's start, TRADES' initial noise) come
   from the trainer's attack generator eagerly, before the compiled code, in the
   order the eager attacks draw them: the same numbers as an eager run.
-- One attack iteration (forward, input gradient, the fused projection step) is one
-  compiled graph, called `steps` times; torch.autograd.grad is traced into the graph
+- One attack iteration (forward, input gradient, the fused projection step: the
+  attack's per-step function under the step's autocast) is one compiled graph, called
+  `steps` times; torch.autograd.grad is traced into the graph
   (torch._dynamo.config.trace_autograd_ops), so each call is a single graph.
 - The loss is a second graph: the clean forward (stopped after the deepest
   regularised layer unless TRADES needs its logits), the adversarial forward, task
@@ -38,7 +43,12 @@ failed CUDA-graph capture (to the compiled step without graphs).
 DDP: the compiled graphs run on the bare model; afterwards the gradients are
 averaged over the ranks with one all-reduce (what DistributedDataParallel computes)
 and the buffers (BatchNorm statistics) broadcast from rank 0, as DDP's
-broadcast_buffers does (after the step rather than before the DDP forward).
+broadcast_buffers does (after the step rather than before the DDP forward):
+lsa_fast.distributed.average_over_ranks. The DDP-wrapped model itself is not compiled:
+on torch 2.14 (CPU, gloo) a forward + backward of a DDP module under
+torch.compile(fullgraph=True) and trace_autograd_ops stops at DDP's forward
+(dynamo cannot trace its Logger.set_runtime_stats_and_log), and without fullgraph the
+parameters get no .grad at all.
 """
 from __future__ import annotations
 
@@ -47,14 +57,22 @@ import warnings
 from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
-import torch.nn.functional as F
 
-from . import ops
-from .attacks._common import _VALUE_CHECKS, attack_mode, summed_loss
-from .attacks.pgd import random_start_point
-from .attacks.trades import _as_multiclass
-from .probes import LayerProbe
-from .probes import _snapshot as snapshot_output
+from .attacks import attack_mode, value_checks_enabled
+from .attacks.steps import (
+    clean_probabilities,
+    fgsm_rs_default_alpha,
+    fgsm_rs_start,
+    fgsm_step,
+    pgd_default_alpha,
+    pgd_iteration,
+    random_start_point,
+    trades_start,
+    trades_step,
+)
+from .distributed import average_over_ranks, on_any_rank
+from .probes import LayerProbe, snapshot
+from .train_loss import atlr_loss
 
 __all__ = ["CompiledStep", "make_compiled_step", "resolve_compile_mode"]
 
@@ -105,7 +123,7 @@ class CompiledStep:
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, real: Optional[int] = None) -> Optional[torch.Tensor]:
         """real: how many leading samples count in the stats (ATLRTrainer.compute_loss's)."""
-        if self.failed or _VALUE_CHECKS.get():
+        if self.failed or value_checks_enabled():
             return None
         trainer = self.trainer
         base = trainer.active_base
@@ -118,7 +136,7 @@ class CompiledStep:
         # A failed compile (first call of a step or of a batch shape) must leave the model and the
         # attack stream as the eager step would find them.
         new_shape = units.new_shape(x)
-        saved = _snapshot(trainer) if first_call or new_shape else None
+        saved = _save_state(trainer) if first_call or new_shape else None
         failure = None
         try:
             trainer.optimizer.zero_grad(set_to_none=True)
@@ -128,7 +146,7 @@ class CompiledStep:
             if saved is None:
                 raise
             failure = _first_line(error)
-        if saved is not None and trainer.world_size > 1 and _on_any_rank(failure is not None, trainer.device):
+        if saved is not None and trainer.world_size > 1 and on_any_rank(failure is not None, trainer.device):
             # Every rank must take the same path: the eager step's DDP collectives are not ours.
             failure = failure or "on another rank"
         if failure is not None:
@@ -138,7 +156,7 @@ class CompiledStep:
                           f"({failure}); training eagerly", RuntimeWarning, stacklevel=2)
             return None
         if trainer.world_size > 1:
-            _average_over_ranks(trainer.module, trainer.world_size)
+            average_over_ranks(trainer.module, trainer.world_size)
         trainer.apply_gradients()
         return stats
 
@@ -187,16 +205,18 @@ class _StepUnits:
         module = self.module
         eps = self.eps
         if base == "fgsm":
-            self.fgsm = compile_fn(_fgsm_fn(module, eps, autocast))
+            self.fgsm = compile_fn(_under(autocast, lambda x_adv, y: fgsm_step(module, x_adv, y, eps)))
         elif base in ("fast", "pgd"):
-            default = 1.25 * eps if base == "fast" else 2.5 * eps / config.steps
+            default = fgsm_rs_default_alpha(eps) if base == "fast" else pgd_default_alpha(eps, config.steps)
             alpha = default if config.alpha is None else config.alpha
-            self.iteration = compile_fn(_signed_step_fn(module, eps, alpha, autocast))
+            self.iteration = compile_fn(_under(autocast, lambda x_adv, x, y: pgd_iteration(module, x_adv, x, y, eps,
+                                                                                           alpha)))
         elif base == "trades":
-            alpha = 2.5 * eps / config.steps if config.alpha is None else config.alpha
+            alpha = pgd_default_alpha(eps, config.steps) if config.alpha is None else config.alpha
             self.clean_probabilities = compile_fn(_clean_probabilities_fn(module, autocast))
-            self.iteration = compile_fn(_trades_step_fn(module, eps, alpha, autocast))
-        gammas = list(trainer._gammas) if layers else []
+            self.iteration = compile_fn(_under(autocast, lambda x_adv, x, p_clean: trades_step(
+                module, x_adv, x, p_clean, eps, alpha)))
+        gammas = list(trainer.gammas) if layers else []
         lr_grad = getattr(config, "lr_grad", "both")
         if layers and owner._tap is None:
             owner._tap = _FeatureTap(module, config.probes)
@@ -215,12 +235,11 @@ class _StepUnits:
         """The attack's random start, drawn as the eager attack draws it (same stream, same order)."""
         base, eps = self.base, self.eps
         if base == "fast":
-            start = torch.empty_like(x).uniform_(-eps, eps, generator=self.generator)
-            return torch.clamp(x + start, min=0, max=1)
+            return fgsm_rs_start(x, eps, self.generator)
         if base == "pgd" and eps > 0 and self.random_start:
             return random_start_point(x, eps, "linf", self.generator)
         if base == "trades" and eps > 0:
-            return x + 0.001 * torch.empty_like(x).normal_(generator=self.generator)
+            return trades_start(x, self.generator)
         return None
 
     def run(self, x: torch.Tensor, y: torch.Tensor, x_start: Optional[torch.Tensor],
@@ -235,7 +254,7 @@ class _StepUnits:
         if base == "none":
             return x
         if base == "apgd":
-            return self.trainer.perturb(x, y, "apgd")
+            return self.trainer.perturb(x, y)
         if base in ("pgd", "trades") and self.eps == 0:
             return x.clone()  # the eps-ball is the point x: the eager attacks return without a forward
         with attack_mode(self.module, self.attack_mode):
@@ -265,90 +284,47 @@ def _leaf(x: torch.Tensor) -> torch.Tensor:
     return x.detach().requires_grad_(True)
 
 
-def _signed_step_fn(module, eps: float, alpha: float, autocast):
-    """One PGD / FGSM-RS iteration: x_adv + alpha * sign(grad of the loss), projected."""
+def _under(autocast, step):
+    """step(*args) under the trainer's autocast and with grad enabled (the eager attacks
+    run inside compute_loss's autocast too)."""
 
-    def iteration(x_adv, x, y):  # x_adv: a leaf that requires grad (_leaf, outside the graph)
-        with torch.enable_grad():
-            with autocast():
-                value = summed_loss(module(x_adv), y)  # as the eager attacks: per-sample gradients
-            (grad,) = torch.autograd.grad(value.sum(), x_adv, allow_unused=True)
-        grad = torch.zeros_like(x_adv) if grad is None else grad
-        return ops.pgd_step(x_adv, grad, x, alpha, eps, norm="linf")
+    def run(*args):
+        with torch.enable_grad(), autocast():
+            return step(*args)
 
-    return iteration
-
-
-def _fgsm_fn(module, eps: float, autocast):
-    def fgsm(x_adv, y):  # x_adv: x as a leaf that requires grad (_leaf, outside the graph)
-        with torch.enable_grad():
-            with autocast():
-                value = summed_loss(module(x_adv), y)  # as the eager attacks: per-sample gradients
-            (grad,) = torch.autograd.grad(value.sum(), x_adv, allow_unused=True)
-        grad = torch.zeros_like(x_adv) if grad is None else grad
-        return torch.clamp(x_adv.detach() + eps * grad.sign(), min=0, max=1)
-
-    return fgsm
+    return run
 
 
 def _clean_probabilities_fn(module, autocast):
-    def clean_probabilities(x):
+    def probabilities(x):
         with torch.no_grad(), autocast():
             logits = module(x)
-        return F.softmax(_as_multiclass(logits), dim=1)
+        return clean_probabilities(logits)
 
-    return clean_probabilities
-
-
-def _trades_step_fn(module, eps: float, alpha: float, autocast):
-    """One step of TRADES' inner maximisation of KL(f(x) || f(x_adv))."""
-
-    def iteration(x_adv, x, p_clean):  # x_adv: a leaf that requires grad (_leaf, outside the graph)
-        with torch.enable_grad():
-            with autocast():
-                logits = module(x_adv)
-                value = F.kl_div(F.log_softmax(_as_multiclass(logits), dim=1), p_clean, reduction="sum")
-            (grad,) = torch.autograd.grad(value.sum(), x_adv, allow_unused=True)
-        grad = torch.zeros_like(x_adv) if grad is None else grad
-        return ops.pgd_step(x_adv, grad, x, alpha, eps, norm="linf")
-
-    return iteration
+    return probabilities
 
 
 def _loss_backward_fn(module, tap: Optional["_FeatureTap"], base: str, layers: List[int], gammas: List[float],
                       lr_grad: str, beta: float, binary: bool, autocast):
-    """ATLRTrainer.compute_loss after the attack, then the backward (of total * scale
-    under GradScaler); returns the stats [task * real, correct among the first real
-    samples, regulariser * real] (real: the batch size when None)."""
-    from .training import _kl_clean_adv, _task_loss, regularised_loss
+    """lsa_fast.train_loss.atlr_loss (ATLRTrainer.compute_loss after the attack), then the
+    backward (of total * scale under GradScaler); returns the stats [task * real, correct
+    among the first real samples, regulariser * real] (real: the batch size when None)."""
+
+    def forward(x, record, stop_after, adversarial):
+        if not record:
+            return module(x), None
+        return tap.run(module, x, stop_after)
 
     def loss_backward(x, x_hat, y, scale, real):
         with autocast():
-            clean_logits = clean_feats = adv_feats = None
-            if base == "trades":
-                clean_logits, clean_feats = _forward(module, tap, x, bool(layers))
-            elif layers:
-                _, clean_feats = _forward(module, tap, x, True, stop_after=max(layers))
-            logits, adv_feats = _forward(module, tap, x_hat, bool(layers))
-            if base == "trades":
-                task = _task_loss(clean_logits, y, binary) + beta * _kl_clean_adv(clean_logits, logits, binary)
-            else:
-                task = _task_loss(logits, y, binary)
-            total, _, stats = regularised_loss(task, logits, y, clean_feats, adv_feats, layers, gammas, lr_grad, real)
-        (total if scale is None else total * scale).backward()
-        return stats
+            step = atlr_loss(forward, base, x, x_hat, y, layers, gammas, lr_grad, beta, binary, real)
+        (step.total if scale is None else step.total * scale).backward()
+        return step.stats
 
     return loss_backward
 
 
 # ------------------------------------------------------------------------- pieces
-
-
-def _forward(module, tap, x, record: bool, stop_after: Optional[int] = None):
-    """(logits or None if stopped early, the probe outputs when record)."""
-    if not record:
-        return module(x), []
-    return tap.run(module, x, stop_after)
 
 
 class _TapStop(Exception):
@@ -374,7 +350,7 @@ class _FeatureTap:
             raise TypeError(f"compile: probe module {type(module).__name__} returned a {type(output).__name__}, "
                             f"not a tensor")
         # as LayerProbe: the value the module returned, whatever later writes to its memory
-        self.outputs.append(snapshot_output(output))
+        self.outputs.append(snapshot(output))
         if self.stop_after is not None and len(self.outputs) > self.stop_after:
             raise _TapStop()
 
@@ -478,34 +454,7 @@ def _autocast_factory(trainer, cache: bool):
     return lambda: torch.autocast(device_type, dtype=dtype, cache_enabled=cache)
 
 
-def _average_over_ranks(module, world_size: int) -> None:
-    """What DistributedDataParallel does for the eager step: gradients averaged over
-    the ranks, buffers (BatchNorm statistics) taken from rank 0. Asynchronous on NCCL."""
-    import torch.distributed as dist
-    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
-
-    grads = [p.grad for p in module.parameters() if p.grad is not None]
-    if grads:
-        flat = _flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat /= world_size
-        for grad, averaged in zip(grads, _unflatten_dense_tensors(flat, grads)):
-            grad.copy_(averaged)
-    for buffer in module.buffers():
-        dist.broadcast(buffer, src=0)
-
-
-def _on_any_rank(flag: bool, device: torch.device) -> bool:
-    """True on every rank if `flag` is True on one (one collective and one host sync:
-    only on the steps that compile)."""
-    import torch.distributed as dist
-
-    value = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(value, op=dist.ReduceOp.MAX)
-    return bool(value.item())
-
-
-def _snapshot(trainer):
+def _save_state(trainer):
     """What a step changes before its optimiser step: the attack stream and the buffers."""
     return (trainer.attack_generator.get_state(),
             [buffer.detach().clone() for buffer in trainer.module.buffers()])

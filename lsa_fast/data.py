@@ -25,6 +25,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler, TensorDataset
 
+from .checks import check_int, dataset_key
+
 __all__ = [
     "DATASET_NAMES",
     "DATASET_INFO",
@@ -104,7 +106,7 @@ def load_dataset(name: str, data_dir: Optional[PathLike] = None, train: bool = T
     ``moons_split``).
     ``data_dir`` (MNIST, CIFAR-10) defaults to ``default_data_dir()``.
     """
-    key = _canonical_dataset(name)
+    key = canonical_dataset(name)
     limit = kw.pop("limit", None)
     if key == "moons":
         allowed = {"n_samples", "noise", "seed", "to_unit", "standardize"}
@@ -133,10 +135,8 @@ def make_loader(dataset: Dataset, batch_size: int, shuffle: bool = False,
     With a ``sampler`` (e.g. DistributedSampler) leave ``shuffle`` False: the sampler
     owns the order.  ``seed=None`` gives an unseeded, non-reproducible order.
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"make_loader: batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-        raise ValueError(f"make_loader: num_workers must be an int >= 0, got {num_workers!r}")
+    check_int("make_loader", "batch_size", batch_size, 1)
+    check_int("make_loader", "num_workers", num_workers, 0)
     if sampler is not None and shuffle:
         raise ValueError("make_loader: shuffle=True with a sampler; the sampler decides the "
                          "order (for DistributedSampler pass shuffle to it and call set_epoch)")
@@ -340,17 +340,15 @@ def _check_standardize(standardize):
 
 
 def _check_moons_args(n_samples, noise, seed) -> Tuple[int, float]:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)) or n_samples < 1:
-        raise ValueError(f"moons: n_samples must be a positive int, got {n_samples!r}")
+    n_samples = check_int("moons", "n_samples", n_samples, 1)
     try:
         noise_f = float(noise)
     except (TypeError, ValueError):
         raise ValueError(f"moons: noise must be a number >= 0, got {noise!r}") from None
     if not math.isfinite(noise_f) or noise_f < 0:
         raise ValueError(f"moons: noise must be a finite number >= 0, got {noise!r}")
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise ValueError(f"moons: seed must be an int >= 0, got {seed!r}")
-    return int(n_samples), noise_f
+    check_int("moons", "seed", seed, 0)
+    return n_samples, noise_f
 
 
 def _generator(seed: int) -> torch.Generator:
@@ -518,8 +516,9 @@ class _CifarUnpickler(pickle.Unpickler):
 
 # ---------------------------------------------------------------------------- names
 
-def _canonical_dataset(name: str) -> str:
-    key = str(name).strip().lower().replace("-", "").replace("_", "")
+def canonical_dataset(name: str) -> str:
+    """A known dataset's name as lsa_fast spells it (ValueError naming the valid ones)."""
+    key = dataset_key(name)
     if key not in DATASET_NAMES:
         raise ValueError(f"unknown dataset {name!r}; valid names: {', '.join(DATASET_NAMES)}")
     return key
@@ -533,6 +532,4 @@ def _reject_unknown(dataset: str, kw: dict, allowed: set) -> None:
 
 
 def _check_limit(limit) -> int:
-    if isinstance(limit, bool) or not isinstance(limit, (int, np.integer)) or limit < 1:
-        raise ValueError(f"limit must be a positive int (the first N samples), got {limit!r}")
-    return int(limit)
+    return check_int(None, "limit (the first N samples)", limit, 1)

@@ -16,15 +16,13 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 import torch
 
-from .attacks import make_attack, predicted_class
-from .attacks._common import attack_mode
+from .attacks import attack_mode, make_attack, predicted_class
+from .devices import model_device
+from .paper import PAPER_TABLES
 from .progress import BatchProgress
 
-PAPER_EPS_GRIDS: Dict[str, Tuple[float, ...]] = {
-    "moons": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
-    "mnist": (0.0, 0.1, 0.2, 0.3, 0.4, 0.5),
-    "cifar10": (0.0, 0.01, 0.03, 0.1, 0.2),
-}
+# The eps grids of the paper's Tables 2-4, by dataset.
+PAPER_EPS_GRIDS: Dict[str, Tuple[float, ...]] = {dataset: table.eps_grid for dataset, table in PAPER_TABLES.items()}
 
 Data = Union[Iterable, Tuple[torch.Tensor, torch.Tensor]]
 AttackArg = Union[str, Callable[..., torch.Tensor]]
@@ -237,17 +235,8 @@ def _bind(attack: Callable, eps: float, attack_kw: dict):
     return bound
 
 
-def _device(model) -> Optional[torch.device]:
-    if isinstance(model, torch.nn.Module):
-        for tensor in model.parameters():
-            return tensor.device
-        for tensor in model.buffers():
-            return tensor.device
-    return None
-
-
 def _batches(model, data: Data):
-    device = _device(model)
+    device = model_device(model, None)
     if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
         data = [data]
     for batch in data:
@@ -274,7 +263,7 @@ def _length(data: Data) -> Optional[int]:
 
 
 def _zero_counts(model) -> torch.Tensor:
-    return torch.zeros((), dtype=torch.int64, device=_device(model))
+    return torch.zeros((), dtype=torch.int64, device=model_device(model, None))
 
 
 def _count_correct(model, x, y) -> torch.Tensor:

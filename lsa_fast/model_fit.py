@@ -5,25 +5,16 @@ one-line error that names both and says which models fit which datasets, instead
 traceback from inside a layer after the data has been loaded."""
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import nn
 
 from .data import DATASET_INFO
-from .models import MODEL_DATASET, MODEL_NAMES, weights_mismatch_hint
+from .devices import kept_modes, model_device
+from .models import MODEL_NAMES, weights_mismatch_hint
 
-__all__ = ["FITS", "paper_dataset", "check_model_name", "check_model_fits", "load_weights"]
+__all__ = ["FITS", "check_model_name", "check_model_fits", "load_weights"]
 
 FITS = "A fits moons, B fits mnist, C, D, wrn-28-10 and wrn-34-10 fit cifar10"
-
-
-def paper_dataset(model_name: str) -> Optional[str]:
-    """The dataset a paper model was made for (None for a user model)."""
-    key = str(model_name).strip().upper().replace("_", "-")
-    if key in MODEL_DATASET:
-        return MODEL_DATASET[key]
-    return "cifar10" if key.startswith("WRN-") else None
 
 
 def check_model_name(model_name: str) -> None:
@@ -42,19 +33,12 @@ def check_model_fits(model: nn.Module, model_name: str, dataset: str) -> None:
     shape, classes = tuple(info["input_shape"]), int(info["num_classes"])
     what = f"model {model_name} does not fit dataset {dataset} (inputs [N, {', '.join(map(str, shape))}], " \
            f"{classes} classes)"
-    parameter = next(model.parameters(), None)
-    device = parameter.device if parameter is not None else torch.device("cpu")
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
     try:
-        with torch.no_grad():
-            logits = model(torch.zeros((2,) + shape, device=device))
+        with kept_modes(model, "eval"), torch.no_grad():
+            logits = model(torch.zeros((2,) + shape, device=model_device(model)))
     except Exception as error:  # whatever a layer raises on inputs of the wrong shape
         first = (str(error).strip().splitlines() or [type(error).__name__])[0]
         raise ValueError(f"{what}: {_short(first)}; {FITS}") from None
-    finally:
-        for module, training in modes:
-            module.training = training
     if not isinstance(logits, torch.Tensor) or logits.dim() not in (1, 2) or logits.shape[0] != 2:
         raise ValueError(f"{what}: it returns {getattr(logits, 'shape', type(logits).__name__)}, expected logits "
                          f"[N], [N, 1] or [N, {classes}]; {FITS}")

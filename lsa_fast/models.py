@@ -164,10 +164,10 @@ def parse_model_options(items, option: str = "--model-option") -> Dict:
 def model_dataset(name: str) -> Optional[str]:
     """The dataset a model name implies: the paper's (A moons, B mnist, C/D cifar10),
     cifar10 for the WideResNets, None for other models."""
-    key = str(name).strip().upper()
+    key = str(name).strip().upper().replace("_", "-")
     if key in MODEL_DATASET:
         return MODEL_DATASET[key]
-    if key.replace("_", "-").startswith("WRN-"):
+    if key.startswith("WRN-"):
         return "cifar10"
     return None
 

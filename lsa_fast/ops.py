@@ -94,7 +94,7 @@ def most_vulnerable_layers(cm: torch.Tensor, eta: float) -> list:
 
 def layer_moments(cm: torch.Tensor):
     """Per-layer (count, mean, M2, min, max) of a [M, L] CM matrix in fp64, for
-    streaming statistics (see lsa_fast.statistics.CMAccumulator)."""
+    streaming statistics (see lsa_fast.cm_accumulator.CMAccumulator)."""
     cm = _check_cm("layer_moments", cm)
     if not EXTENSION_LOADED:
         return reference.layer_moments(cm)

@@ -16,6 +16,8 @@ import dataclasses
 import re
 from typing import Dict, Optional, Sequence, Tuple
 
+from .checks import dataset_key
+
 __all__ = [
     "CITATION",
     "PaperRow",
@@ -95,17 +97,10 @@ class PaperTable:
                 return row
         raise KeyError(f"{self.source} has no row {name!r}; rows: {', '.join(self.names)}")
 
-    def to_evaluation_table(self):
-        """The table as an lsa_fast.evaluation.EvaluationTable (rows keyed by name)."""
-        from .evaluation import EvaluationTable
-
-        return EvaluationTable(eps_grid=self.eps_grid, rows={r.name: list(r.accuracies) for r in self.rows},
-                               attack=self.attack)
-
 
 def paper_table(dataset: str) -> PaperTable:
     """The table of a dataset: moons -> Table 2, mnist -> Table 3, cifar10 -> Table 4."""
-    key = str(dataset).strip().lower().replace("-", "").replace("_", "")
+    key = dataset_key(dataset)
     if key not in PAPER_TABLES:
         raise ValueError(f"paper_table: no table for dataset {dataset!r}; valid: {', '.join(PAPER_TABLES)}")
     return PAPER_TABLES[key]

@@ -28,7 +28,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
-__all__ = ["LayerProbe", "check_same_sequence", "ACTIVATION_TYPES", "LEARNABLE_TYPES"]
+__all__ = ["LayerProbe", "check_same_sequence", "snapshot", "ACTIVATION_TYPES", "LEARNABLE_TYPES"]
 
 # The module types the reference package (LayersSustainabilityAnalysis 1.0.4) hooks by default.
 ACTIVATION_TYPES = (nn.ReLU, nn.ELU, nn.LeakyReLU)
@@ -169,7 +169,7 @@ class LayerProbe:
         self._calls[name] = count + 1
         tensor = output if self.capture_grad else output.detach()
         index = len(self._outputs)
-        self._outputs.append(tensor.clone() if self.clone else _snapshot(tensor))
+        self._outputs.append(tensor.clone() if self.clone else snapshot(tensor))
         self._names.append(name if count == 0 else f"{name}#{count}")
         self._modules.append(module)
         if self.stop_after is not None and index >= self.stop_after:
@@ -321,7 +321,7 @@ def _describe(select) -> str:
     return repr(select)
 
 
-def _snapshot(tensor: torch.Tensor) -> torch.Tensor:
+def snapshot(tensor: torch.Tensor) -> torch.Tensor:
     """The tensor's value now, kept whatever later writes to its memory: a copy-on-write
     clone (no copy unless the memory is written; differentiable, gradient = identity), or a
     plain copy where copy-on-write storage is not available."""

@@ -1,13 +1,19 @@
-"""Progress of a long pass over batches (`eval`, `analyze`): a bar with an ETA on a
-terminal (tqdm), one line per stage (about every tenth of the batches, with the time so
-far and the ETA) in a log or a pipe, and the speed in images per second at the end."""
+"""Progress on stderr, written once: the training bar (TrainProgress: images/s, loss and
+accuracy) and the progress of a pass over batches (BatchProgress, batch_progress: `eval`,
+`analyze`) with an ETA and the speed at the end. tqdm when it is installed and stderr is
+a terminal; plain lines instead in a log file or a pipe; only rank 0 of a distributed
+run reports."""
 from __future__ import annotations
 
 import sys
 import time
 from typing import Optional
 
-__all__ = ["BatchProgress", "format_throughput", "is_terminal"]
+import torch
+
+from .distributed import rank_and_world_size
+
+__all__ = ["TrainProgress", "BatchProgress", "batch_progress", "format_throughput", "format_duration", "is_terminal"]
 
 
 def is_terminal(stream) -> bool:
@@ -18,17 +24,25 @@ def is_terminal(stream) -> bool:
         return False
 
 
-def format_throughput(images_per_s: float) -> str:
-    """Speed with two or three significant digits; below one image per second as
-    seconds per image (a slow pass must not read "0 img/s")."""
-    if not images_per_s > 0:
-        return "0 img/s"
-    if images_per_s >= 100:
-        return f"{images_per_s:.0f} img/s"
-    if images_per_s >= 1:
-        return f"{images_per_s:.3g} img/s"
-    seconds = 1.0 / images_per_s
-    return f"{seconds:.2g} s/img" if seconds < 10 else f"{seconds:.0f} s/img"
+def batch_progress(batches, loader, enabled: bool, desc: str):
+    """Yields `batches` ((x, ...) tuples) through a BatchProgress: a bar with an ETA on a
+    terminal, a line per tenth of the batches in a log, the speed at the end."""
+    if not enabled or rank_and_world_size()[0] != 0:
+        yield from batches
+        return
+    try:
+        total = len(loader)
+    except TypeError:
+        total = None
+    bar = BatchProgress(desc, total)
+    finished = False
+    try:
+        for batch in batches:
+            yield batch
+            bar.update(batch[0].shape[0])
+        finished = True
+    finally:
+        bar.close(say=finished)
 
 
 def format_duration(seconds: float) -> str:
@@ -43,9 +57,11 @@ def format_duration(seconds: float) -> str:
 
 
 class BatchProgress:
-    """update(images) after each batch; close() prints and returns the closing line,
-    '<desc>: N images in T (S img/s)'. Disabled (enabled=False): silent; close() still
-    returns the line."""
+    """Progress of a pass over batches (`eval`, `analyze`): update(images) after each
+    batch; close() prints and returns the closing line '<desc>: N images in T (S img/s)'.
+    A tqdm bar with an ETA when the stream is a terminal, else one line per stage (about
+    a tenth of the batches) with the time so far and the ETA. Disabled: silent, and
+    close() still returns the line."""
 
     def __init__(self, desc: str, total: Optional[int], enabled: bool = True, stream=None, stages: int = 10):
         self.desc, self.total, self.stream = desc, total, stream or sys.stderr
@@ -93,3 +109,59 @@ class BatchProgress:
         if self.enabled and say:
             print(line, file=self.stream, flush=True)
         return line
+
+
+def format_throughput(images_per_s: float) -> str:
+    """Training speed with two or three significant digits; below one image per
+    second as seconds per image (a slow epoch must not read "0 img/s")."""
+    if not images_per_s > 0:
+        return "0 img/s"
+    if images_per_s >= 100:
+        return f"{images_per_s:.0f} img/s"
+    if images_per_s >= 1:
+        return f"{images_per_s:.3g} img/s"
+    seconds = 1.0 / images_per_s
+    return f"{seconds:.2g} s/img" if seconds < 10 else f"{seconds:.0f} s/img"
+
+
+class TrainProgress:
+    """tqdm when it is installed (else a line every log_every batches): images/s per
+    batch, loss and accuracy every log_every batches (reading them is a host sync).
+    Nothing when stderr is not a terminal: a log gets the one line per epoch of
+    ATLRTrainer, not the bar's redraws."""
+
+    def __init__(self, enabled: bool, total: int, initial: int, desc: str, log_every: int):
+        enabled = enabled and is_terminal(sys.stderr)
+        self.enabled, self.total, self.done, self.desc, self.log_every = enabled, total, initial, desc, log_every
+        self.images, self.start = 0, time.perf_counter()
+        self.bar = None
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", file=sys.stderr,
+                                leave=False, dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+
+    def update(self, images: int, sums: torch.Tensor, seen: int) -> None:
+        if not self.enabled:
+            return
+        self.done += 1
+        self.images += images
+        rate = self.images / max(time.perf_counter() - self.start, 1e-9)
+        report = self.done % self.log_every == 0 or self.done == self.total
+        text = None
+        if report:
+            loss_sum, correct, _ = sums.tolist()
+            text = f"loss {loss_sum / max(seen, 1):.4f}, acc {100.0 * correct / max(seen, 1):.1f}%, {format_throughput(rate)}"
+        if self.bar is not None:
+            self.bar.update(1)
+            if text:
+                self.bar.set_postfix_str(text, refresh=False)
+        elif text:
+            print(f"{self.desc}: batch {self.done}/{self.total}: {text}", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()

@@ -1,7 +1,7 @@
 """Plain-PyTorch implementation of every lsa_fast op: the oracle of the tests and
 the fallback when the compiled extension is missing.
 
-Everything here follows shared/DESIGN.md section 1 literally; speed does not matter.
+Everything here follows docs/DESIGN.md section 1 literally; speed does not matter.
 """
 from __future__ import annotations
 

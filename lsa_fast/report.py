@@ -16,9 +16,11 @@ import os
 import tempfile
 from typing import Dict, List, Optional, Sequence, Union
 
-__all__ = ["LSAReport", "PerturbationResult", "atomic_write_text", "atomic_write_bytes", "REPORT_FORMAT"]
+__all__ = ["LSAReport", "PerturbationResult", "atomic_write_text", "atomic_write_bytes", "LSA_REPORT_FORMAT"]
 
-REPORT_FORMAT = "lsa_fast.LSAReport/1"
+# The format of an LSA report's JSON (LSAReport.load checks it); the report of `lsa-fast
+# reproduce` is another file, with its own lsa_fast.reproduce.REPORT_FORMAT.
+LSA_REPORT_FORMAT = "lsa_fast.LSAReport/1"
 
 PathLike = Union[str, "os.PathLike[str]"]
 # mkstemp creates 0600 files; a report is meant to be shared like any other output.
@@ -128,7 +130,7 @@ class LSAReport:
     # ------------------------------------------------------------------ JSON
 
     def to_dict(self) -> dict:
-        data = {"format": REPORT_FORMAT}
+        data = {"format": LSA_REPORT_FORMAT}
         for field in dataclasses.fields(self):
             data[field.name] = getattr(self, field.name)
         data["perturbations"] = [p.to_dict() for p in self.perturbations]
@@ -143,9 +145,9 @@ class LSAReport:
 
     @classmethod
     def from_dict(cls, data: dict) -> "LSAReport":
-        if not isinstance(data, dict) or data.get("format") != REPORT_FORMAT:
+        if not isinstance(data, dict) or data.get("format") != LSA_REPORT_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"LSAReport: not an LSA report (format {found!r}, expected {REPORT_FORMAT!r})")
+            raise ValueError(f"LSAReport: not an LSA report (format {found!r}, expected {LSA_REPORT_FORMAT!r})")
         fields = {f.name for f in dataclasses.fields(cls)}
         try:
             kwargs = {key: value for key, value in data.items() if key in fields}
@@ -335,6 +337,8 @@ def plot_decision_boundaries(models, x, y, path: PathLike, resolution: int = 200
     Returns the path."""
     import torch
 
+    from .devices import kept_modes, model_device
+
     models = dict(models)
     notes = dict(notes or {})
     figure = new_figure((4.4 * len(models), 5.6), "plot_decision_boundaries")  # a clear error without matplotlib
@@ -357,13 +361,8 @@ def plot_decision_boundaries(models, x, y, path: PathLike, resolution: int = 200
     point_colours = ["#2166ac", "#b2182b"]
     for i, (name, model) in enumerate(models.items()):
         axes = figure.add_subplot(1, len(models), i + 1)
-        parameter = next(model.parameters(), None)
-        device = parameter.device if parameter is not None else torch.device("cpu")
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            logits = model(points.to(device)).reshape(-1).float().cpu()
-        model.train(was_training)
+        with kept_modes(model, "eval"), torch.no_grad():
+            logits = model(points.to(model_device(model))).reshape(-1).float().cpu()
         axes.contourf(ticks_x, ticks_y, (logits > 0).float().reshape(resolution, resolution), levels=[-0.5, 0.5, 1.5],
                       colors=region_colours, alpha=0.8)
         axes.contour(ticks_x, ticks_y, logits.reshape(resolution, resolution), levels=[0.0], colors="k", linewidths=1.0)

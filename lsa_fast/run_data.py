@@ -16,16 +16,30 @@ A complete record (what `record` returns and every run directory's config.json h
 Runs written before the record was complete hold some keys or none; the missing ones
 are the defaults those runs were built with (no standardize: moons coordinates), and
 `describe` says so.
+
+Where the files lie, and what they held: a training run records its data directory as an
+absolute path (TrainConfig.data_dir: a relative --data would point elsewhere from another
+working directory) and a fingerprint of each split it trained and tested on
+(TrainConfig.extra["data_fingerprint"]: samples, per-sample shape, sha256 of the
+tensors). Resuming, evaluating or analysing the run reads the files from --data, else
+$LSA_FAST_DATA, else the recorded directory, and compares what it read with the
+fingerprint: moved data is found, other data is refused.
 """
 from __future__ import annotations
 
-from typing import Any, Dict, Mapping, Optional
+import hashlib
+import os
+from pathlib import Path
+from typing import Any, Dict, Mapping, Optional, Union
 
 from torch.utils.data import TensorDataset
 
-from .data import load_dataset, moons_standardization, moons_unit_map
+from .checks import check_int
+from .data import default_data_dir, load_dataset, moons_standardization, moons_unit_map
 
-__all__ = ["MOONS_DEFAULTS", "MOONS_ONLY", "record", "load_split", "describe", "moons_units"]
+__all__ = ["MOONS_DEFAULTS", "MOONS_ONLY", "record", "load_split", "describe", "moons_units",
+           "FILE_DATASETS", "data_dir_to_record", "data_dir_to_read", "fingerprint", "check_fingerprint",
+           "missing_data_hint"]
 
 # What lsa_fast.data.load_dataset uses when a moons option is not given.
 MOONS_DEFAULTS: Dict[str, Any] = {"n_train": 10000, "n_test": 2000, "noise": 0.2, "seed": 0}
@@ -106,14 +120,14 @@ def describe(dataset: str, options: Optional[Mapping[str, Any]], split: str, cou
 def _check(options: Mapping[str, Any]) -> None:
     for key in ("n_train", "n_test", "limit"):
         value = options.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"--{key.replace('_', '-')} must be a positive number of samples, got {value!r}")
+        if value is not None:
+            check_int(None, f"--{key.replace('_', '-')} (a number of samples)", value, 1)
     noise = options.get("noise")
     if noise is not None and not (isinstance(noise, (int, float)) and 0 <= noise < float("inf")):
         raise ValueError(f"--noise must be a finite number >= 0, got {noise!r}")
     seed = options.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ValueError(f"the data seed must be an integer >= 0, got {seed!r}")
+    if seed is not None:
+        check_int(None, "the data seed", seed, 0)
     standardize = options.get("standardize")
     if standardize is not None and standardize is not True and not (
             isinstance(standardize, dict) and set(standardize) == {"mean", "std"}):
@@ -129,3 +143,72 @@ def moons_units(options: Optional[Mapping[str, Any]]) -> str:
 def _unit_map(units: str = "raw") -> Dict[str, Any]:
     low, scale = moons_unit_map(units)
     return {"low": [float(v) for v in low], "scale": float(scale)}
+
+
+# ------------------------------------------------------------- where the files lie
+
+FILE_DATASETS = ("mnist", "cifar10")  # read from files; moons is generated
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def data_dir_to_record(dataset: str, read_from: Optional[PathLike]) -> Optional[str]:
+    """The absolute directory a run records for `dataset` read from `read_from` (None:
+    the default, $LSA_FAST_DATA or ./data); None for a generated dataset."""
+    if dataset not in FILE_DATASETS:
+        return None
+    directory = Path(read_from).expanduser() if read_from else default_data_dir()
+    return str(directory.resolve())
+
+
+def data_dir_to_read(given: Optional[PathLike], recorded: Optional[str]) -> Optional[Path]:
+    """--data if given, else $LSA_FAST_DATA if set, else the run's recorded directory,
+    else None (the loaders' default, ./data)."""
+    if given:
+        return Path(given).expanduser()
+    if os.environ.get("LSA_FAST_DATA"):
+        return default_data_dir()
+    return Path(recorded) if recorded else None
+
+
+def fingerprint(dataset, samples: Optional[int] = None) -> Dict:
+    """{"samples", "shape", "sha256"} of the first `samples` (default all) items of a
+    TensorDataset (inputs, labels): the bytes of both tensors, hashed."""
+    x, y = dataset.tensors[0], dataset.tensors[1]
+    n = int(x.shape[0]) if samples is None else int(samples)
+    digest = hashlib.sha256()
+    for tensor in (x[:n], y[:n]):
+        array = tensor.detach().cpu().contiguous().numpy()
+        digest.update(str(array.dtype).encode())
+        digest.update(memoryview(array).cast("B"))
+    return {"samples": n, "shape": [int(s) for s in x.shape[1:]], "sha256": digest.hexdigest()}
+
+
+def check_fingerprint(recorded: Optional[Dict], dataset, split: str, source, where: str) -> None:
+    """ValueError unless the first recorded["samples"] items of `dataset` (read from
+    `source`) are those the run recorded; nothing to check for runs without a record."""
+    if not isinstance(recorded, dict) or "sha256" not in recorded:
+        return
+    n = int(recorded["samples"])
+    have = len(dataset)
+    found = fingerprint(dataset, min(n, have))
+    origin = f"read from {source}" if source else "generated"
+    hint = "; give --data DIR where the run's own data lies" if source else ""
+    if have < n:
+        raise ValueError(f"{where}: the {split} split {origin} has {have} samples, fewer than the {n} the run "
+                         f"recorded{hint}")
+    if found["shape"] != list(recorded["shape"]):
+        raise ValueError(f"{where}: the {split} split {origin} holds samples of shape {found['shape']}, the run "
+                         f"recorded {list(recorded['shape'])}{hint}")
+    if found["sha256"] != recorded["sha256"]:
+        raise ValueError(f"{where}: the {split} split {origin} is not the data the run recorded (its first {n} "
+                         f"samples have sha256 {found['sha256'][:12]}..., the run's {recorded['sha256'][:12]}...)"
+                         f"{hint}")
+
+
+def missing_data_hint(error: FileNotFoundError, recorded: Optional[str], given: Optional[PathLike]) -> FileNotFoundError:
+    """The loader's error, plus where the run's data was and how to point elsewhere."""
+    if given or not recorded:
+        return error
+    return FileNotFoundError(f"{error} The run read its data from {recorded}; if the files have moved, "
+                             f"give --data DIR (or set LSA_FAST_DATA).")

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import numbers
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Union
 
+from .checks import is_int, is_number
 from .ops import LR_GRAD_MODES  # the regulariser's gradient paths
 
 __all__ = ["TrainConfig", "BASES", "OPTIMIZERS", "SCHEDULES", "AMP_MODES", "ATTACK_MODES", "COMPILE_MODES",
@@ -47,13 +47,13 @@ class TrainConfig:
     data_options record what the run trained (the CLI rebuilds from them); data_dir: the
     absolute directory its data files were read from (None for generated data; not part
     of the run's identity: a resumed run may read the same data from elsewhere, see
-    lsa_fast.data_record); extra holds free JSON notes.
+    lsa_fast.run_data); extra holds free JSON notes.
 
     compile: "none" (eager), "auto" (True), "inductor", "cudagraphs" (inductor, and the
     whole step of a full batch replayed as one CUDA graph; on CPU the same as
     inductor) or "aot-eager"; see lsa_fast.compiled_step. It does not define the run:
     a run may be resumed with another value. augment: "crop-flip" (random crop with
-    4-pixel padding + horizontal flip, on the device; see lsa_fast.device_data),
+    4-pixel padding + horizontal flip, on the device; see lsa_fast.device_loader),
     "none", or "auto" (crop-flip for cifar10, else none). drop_last: drop each
     epoch's last, smaller batch (every step then has the same shape).
     """
@@ -270,7 +270,7 @@ def _normalise_layers(layers):
             layers = [int(p) for p in parts]
         else:
             return text  # an LSA report; TrainConfig reads its MVL
-    if isinstance(layers, (int, numbers.Integral)) and not isinstance(layers, bool):
+    if is_int(layers):
         layers = [layers]
     if not isinstance(layers, (list, tuple)):
         raise ValueError(f"TrainConfig: lr_layers must be None, 'auto', a report path, or a list of layer "
@@ -279,7 +279,7 @@ def _normalise_layers(layers):
         return None
     out = []
     for layer in layers:
-        if isinstance(layer, bool) or not isinstance(layer, numbers.Integral):
+        if not is_int(layer):
             raise ValueError(f"TrainConfig: lr_layers must hold integer layer indices, got {layer!r}")
         if layer < 0:
             raise ValueError(f"TrainConfig: layer index {layer} in lr_layers is negative; layers are "
@@ -323,7 +323,7 @@ def _choice(name: str, value, choices, aliases=None) -> str:
 
 
 def _real(name: str, value, minimum: Optional[float] = None, strict: bool = False) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+    if not is_number(value):
         raise ValueError(f"TrainConfig: {name} must be a number, got {value!r}")
     value = float(value)
     if not math.isfinite(value):
@@ -335,7 +335,7 @@ def _real(name: str, value, minimum: Optional[float] = None, strict: bool = Fals
 
 
 def _integer(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    if not is_int(value):
         raise ValueError(f"TrainConfig: {name} must be an integer, got {value!r}")
     if value < minimum:
         raise ValueError(f"TrainConfig: {name} must be >= {minimum}, got {value}")

@@ -18,7 +18,7 @@ from lsa_fast.models import build_model
 from lsa_fast.ops import cm_statistics, relative_error
 from lsa_fast.probes import LayerProbe
 from lsa_fast.report import LSAReport
-from lsa_fast.statistics import CMAccumulator
+from lsa_fast.cm_accumulator import CMAccumulator
 
 torch.set_num_threads(1)  # a shared 2-core machine: keep each test on one core
 

@@ -10,14 +10,16 @@ import pytest
 import torch
 from torch import nn
 
-from lsa_fast import cli, training
+from lsa_fast import cli
+from lsa_fast import train_loss as training
 from lsa_fast.analysis import analyze, eps_to_input_units
 from lsa_fast.data import load_dataset, make_loader, moons_standardization
 from lsa_fast.evaluation import constant_prediction, evaluate
 from lsa_fast.models import build_model, model_options
 from lsa_fast.probes import LayerProbe
 from lsa_fast.run_data import load_split, moons_units, record
-from lsa_fast.training import ATLRTrainer, TrainConfig, make_train_loader
+from lsa_fast.training import ATLRTrainer, TrainConfig
+from train_loader import make_train_loader
 
 torch.set_num_threads(1)
 

@@ -18,7 +18,8 @@ from lsa_fast.checkpoint import (
 )
 from lsa_fast.data import load_dataset, make_loader
 from lsa_fast.models import build_model
-from lsa_fast.training import ATLRTrainer, TrainConfig, make_train_loader
+from lsa_fast.training import ATLRTrainer, TrainConfig
+from train_loader import make_train_loader
 
 torch.set_num_threads(1)
 

@@ -195,7 +195,8 @@ def test_one_model_factory_with_model_options(tmp_path, capsys):
 
 def test_reproduce_builds_its_models_with_the_same_factory():
     from lsa_fast.paper import paper_table
-    from lsa_fast.reproduce import ReproduceSettings, _train_config, variants
+    from lsa_fast.reproduce import ReproduceSettings, variants
+    from lsa_fast.reproduce.running import _train_config
 
     table = paper_table("cifar10")
     settings = ReproduceSettings.defaults("cifar10")

@@ -21,9 +21,10 @@ from lsa_fast.attacks import no_value_checks
 from lsa_fast.checkpoint import load_checkpoint
 from lsa_fast.compiled_step import CompiledStep
 from lsa_fast.data import load_dataset
-from lsa_fast.device_data import DeviceLoader
+from lsa_fast.device_loader import DeviceLoader
 from lsa_fast.models import build_model
-from lsa_fast.training import ATLRTrainer, TrainConfig, make_train_loader
+from lsa_fast.training import ATLRTrainer, TrainConfig
+from train_loader import make_train_loader
 
 torch.set_num_threads(1)
 
@@ -256,7 +257,7 @@ def test_cuda_compiled_steps_train_the_eager_weights(compile_mode, monkeypatch):
         assert fast.compiled_step.use_graphs and fast.compiled_step._graphs
     for (name, a), b in zip(eager.module.state_dict().items(), fast.module.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
-    torch.testing.assert_close(fast._epoch_sums, eager._epoch_sums, rtol=1e-3, atol=1e-3)
+    torch.testing.assert_close(fast.epoch_sums, eager.epoch_sums, rtol=1e-3, atol=1e-3)
 
 
 # ------------------------------------------------------------------ end to end

@@ -271,7 +271,7 @@ def figures(monkeypatch):
     """The matplotlib Figure of every plot call, instead of a file."""
     pytest.importorskip("matplotlib")
     import lsa_fast.report
-    import lsa_fast.reproduce_report
+    import lsa_fast.reproduce.figures
 
     drawn = []
 
@@ -280,7 +280,7 @@ def figures(monkeypatch):
         return str(path)
 
     monkeypatch.setattr(lsa_fast.report, "save_figure", keep)
-    monkeypatch.setattr(lsa_fast.reproduce_report, "save_figure", keep)
+    monkeypatch.setattr(lsa_fast.reproduce.figures, "save_figure", keep)
     return drawn
 
 

@@ -15,7 +15,7 @@ import torch
 from lsa_fast.cli import main
 from lsa_fast.evaluation import PAPER_EPS_GRIDS
 from lsa_fast.paper import PAPER_TABLES, TABLE_2, TABLE_3, paper_table, parse_training
-from lsa_fast.paired import paired_difference, t_quantile
+from lsa_fast.reproduce.paired import paired_difference, t_quantile
 from lsa_fast.reproduce import ReproduceSettings, apply_overrides, run_variant, summarise, to_markdown, variants
 
 torch.set_num_threads(1)  # a shared 2-core machine: keep each test on one core

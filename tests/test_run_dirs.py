@@ -3,7 +3,7 @@ directory (a lock, taken over from a killed holder), a kill -9 during any save l
 run that the next start cleans and completes bit for bit, --resume never writes into
 another run, and the data is found again (absolute path, --data, $LSA_FAST_DATA) and
 checked against the run's fingerprint. Kill tests run the real command in a subprocess
-and stop it with SIGKILL inside a save (the test-only hook of lsa_fast.checkpoint)."""
+and stop it with SIGKILL inside a save (tests/held_save.py)."""
 import json
 import os
 import signal
@@ -46,9 +46,10 @@ def start_held(args, hold, tmp_path):
     """The real command in a subprocess, stopped inside the save `hold` (NAME:N) with
     its temporary file written; returns the process once it waits there."""
     marker = tmp_path / f"held-{time.monotonic_ns()}"
-    env = dict(os.environ, OMP_NUM_THREADS="1", _LSA_FAST_TEST_HOLD_SAVE=f"{hold}:{marker}",
+    env = dict(os.environ, OMP_NUM_THREADS="1",
                PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
-    process = subprocess.Popen([sys.executable, "-m", "lsa_fast.cli"] + args, cwd=tmp_path, env=env,
+    held = [sys.executable, str(ROOT / "tests" / "held_save.py"), f"{hold}:{marker}"]
+    process = subprocess.Popen(held + args, cwd=tmp_path, env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 120
     while not marker.exists():

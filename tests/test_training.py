@@ -6,12 +6,14 @@ import json
 import pytest
 import torch
 
-import lsa_fast.training as training
+import lsa_fast.train_loss as training
 from lsa_fast import reference
 from lsa_fast.data import load_dataset, make_loader
 from lsa_fast.models import build_model
+from lsa_fast.schedules import lr_multiplier
 from lsa_fast.analysis import eps_to_input_units
-from lsa_fast.training import ATLRTrainer, TrainConfig, make_train_loader, run_name
+from lsa_fast.training import ATLRTrainer, TrainConfig, run_name
+from train_loader import make_train_loader
 
 torch.set_num_threads(1)
 
@@ -75,7 +77,7 @@ def test_mvl_from_an_lsa_report_file(moons, tmp_path):
     report.unlink()  # read once, when the config was made: checkpoints hold the list
     assert trainer.mvl == [1, 2] and trainer.config.lr_layers == [1, 2]
     assert trainer.config.extra["mvl_report"] == str(report)
-    assert trainer._gammas == pytest.approx([0.1, 0.2])
+    assert trainer.gammas == pytest.approx([0.1, 0.2])
 
 
 def test_bf16_autocast_and_grad_clip_on_cpu(moons):
@@ -97,11 +99,11 @@ def test_channels_last_cnn_with_regulariser():
 
 
 def test_schedules_follow_at_practice():
-    cyclic = training._lr_multiplier("cyclic", 100)
+    cyclic = lr_multiplier("cyclic", 100)
     assert cyclic(0) == 0 and cyclic(40) == pytest.approx(1.0) and cyclic(100) == 0  # Wong et al.
-    piecewise = training._lr_multiplier("piecewise", 100)
+    piecewise = lr_multiplier("piecewise", 100)
     assert [piecewise(s) for s in (0, 49, 50, 74, 75, 99)] == [1, 1, 0.1, 0.1, 0.01, 0.01]
-    cosine = training._lr_multiplier("cosine", 100)
+    cosine = lr_multiplier("cosine", 100)
     assert cosine(0) == 1 and cosine(50) == pytest.approx(0.5)
     assert TrainConfig(base="fast").resolved_schedule() == "cyclic"
     assert TrainConfig(base="pgd").resolved_schedule() == "piecewise"

@@ -1,6 +1,6 @@
 // The per-element and per-(layer, sample) maths of the comparison measure, shared
 // by the CPU and CUDA kernels so that the CPU tests cover the CUDA arithmetic too.
-// shared/DESIGN.md section 1: CM = ||a - b|| / max(||a||, eps).
+// docs/DESIGN.md section 1: CM = ||a - b|| / max(||a||, eps).
 #pragma once
 
 #include <math.h>

@@ -7,7 +7,18 @@ otherwise and restores each submodule's mode afterwards; differentiates w.r.t. t
 input only (no .grad on parameters); draws its randomness from `generator`; works on
 models with one logit (BCE, logit > 0) and with C logits (cross-entropy); checks its
 arguments and the model's first output once, outside its loop."""
-from ._common import MODEL_MODES, correct, dlr_loss, dlr_targeted_loss, no_value_checks, predicted_class
+from ._common import (
+    MODEL_MODES,
+    as_multiclass,
+    attack_mode,
+    correct,
+    dlr_loss,
+    dlr_targeted_loss,
+    no_value_checks,
+    predicted_class,
+    summed_loss,
+    value_checks_enabled,
+)
 from .apgd import apgd
 from .fgsm import fgsm
 from .fgsm_rs import fgsm_rs
@@ -50,4 +61,8 @@ __all__ = [
     "dlr_targeted_loss",
     "MODEL_MODES",
     "no_value_checks",
+    "value_checks_enabled",
+    "as_multiclass",
+    "attack_mode",
+    "summed_loss",
 ]

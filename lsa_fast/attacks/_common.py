@@ -35,11 +35,13 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-import numbers
 from typing import Callable, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
+
+from ..checks import is_int, is_number
+from ..devices import kept_modes
 
 MODEL_MODES = ("eval", "train", "keep")
 NORMS = ("linf", "l2")
@@ -53,7 +55,7 @@ GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 
 def check_eps(fn: str, eps, name: str = "eps") -> float:
     """eps is a finite real number >= 0 (a Python number: a tensor would cost a sync)."""
-    if isinstance(eps, bool) or not isinstance(eps, numbers.Real):
+    if not is_number(eps):
         raise TypeError(f"{fn}: {name} must be a real number, got {type(eps).__name__}")
     eps = float(eps)
     if not math.isfinite(eps) or eps < 0:
@@ -62,7 +64,7 @@ def check_eps(fn: str, eps, name: str = "eps") -> float:
 
 
 def check_steps(fn: str, steps, name: str = "steps") -> int:
-    if isinstance(steps, bool) or not isinstance(steps, numbers.Integral):
+    if not is_int(steps):
         raise TypeError(f"{fn}: {name} must be an integer, got {type(steps).__name__}")
     if steps < 1:
         raise ValueError(f"{fn}: {name} must be >= 1, got {steps}")
@@ -151,6 +153,11 @@ def no_value_checks():
         _VALUE_CHECKS.reset(token)
 
 
+def value_checks_enabled() -> bool:
+    """False inside no_value_checks() (a compiled training step skips its first-batch path then)."""
+    return _VALUE_CHECKS.get()
+
+
 def check_values(fn: str, x: torch.Tensor, logits: Optional[torch.Tensor] = None, y: Optional[torch.Tensor] = None):
     """The value checks, after the first forward: x in [0, 1], finite logits, labels in
     range. One host sync for all of them, outside the attack's loop."""
@@ -191,22 +198,9 @@ def validate(fn: str, model, x: torch.Tensor, y: Optional[torch.Tensor] = None) 
 # ------------------------------------------------------------------------ model mode
 
 
-@contextlib.contextmanager
 def attack_mode(model, model_mode: str = "eval"):
     """Run the attack in eval/train/the caller's mode; restore every submodule's flag."""
-    if not isinstance(model, torch.nn.Module):
-        yield
-        return
-    saved = [(module, module.training) for module in model.modules()]
-    if model_mode == "eval":
-        model.eval()
-    elif model_mode == "train":
-        model.train()
-    try:
-        yield
-    finally:
-        for module, training in saved:
-            module.training = training
+    return kept_modes(model, None if model_mode == "keep" else model_mode)
 
 
 # ---------------------------------------------------------------------------- losses
@@ -214,6 +208,15 @@ def attack_mode(model, model_mode: str = "eval"):
 
 def is_binary(logits: torch.Tensor) -> bool:
     return logits.dim() == 1 or logits.shape[1] == 1
+
+
+def as_multiclass(logits: torch.Tensor) -> torch.Tensor:
+    """A one-logit model's z as the two logits [0, z] (softmax gives the Bernoulli
+    probabilities); C logits unchanged. TRADES' KL reads binary models this way."""
+    if is_binary(logits):
+        z = logits.reshape(-1, 1)
+        return torch.cat([torch.zeros_like(z), z], dim=1)
+    return logits
 
 
 def predicted_class(logits: torch.Tensor) -> torch.Tensor:
@@ -326,8 +329,11 @@ def input_gradient(
     """(d objective / d x_adv, logits, objective value), differentiating w.r.t. the
     input only: torch.autograd.grad never touches the parameters' .grad. `check`
     sees the logits before the loss (an out-of-range label must raise here, not in
-    cross_entropy, which on CUDA is a device-side assert)."""
-    x_adv = x_adv.detach().requires_grad_(True)
+    cross_entropy, which on CUDA is a device-side assert). An x_adv that already is a
+    leaf requiring grad is used as it is: a compiled step makes that leaf outside its
+    graph (dynamo before torch 2.14 cannot trace requires_grad_)."""
+    if not (x_adv.is_leaf and x_adv.requires_grad):
+        x_adv = x_adv.detach().requires_grad_(True)
     with torch.enable_grad():
         logits = check_logits(fn, model(x_adv), x_adv.shape[0])
         if check is not None:

@@ -1,6 +1,8 @@
 """FGSM (Goodfellow, Shlens, Szegedy 2015): one signed-gradient step of size eps."""
 from __future__ import annotations
 
+from typing import Callable, Optional
+
 import torch
 
 from ._common import (
@@ -16,6 +18,15 @@ from ._common import (
     sign_for,
     summed_loss,
 )
+
+
+def fgsm_step(model, x: torch.Tensor, y: torch.Tensor, eps: float, loss: LossArg = None, sign: float = 1.0,
+              check: Optional[Callable[[torch.Tensor], None]] = None) -> torch.Tensor:
+    """FGSM's one step (a per-step function, lsa_fast.attacks.steps): clip_[0,1](x +
+    eps * sign(grad of sign * summed loss)). Pure."""
+    grad, _, _ = input_gradient(model, x, lambda logits: sign * summed_loss(logits, y, loss, "fgsm"), "fgsm",
+                                check=check)
+    return torch.clamp(x.detach() + eps * grad.sign(), min=0, max=1)
 
 
 def fgsm(
@@ -43,11 +54,4 @@ def fgsm(
     check_generator("fgsm", generator, x)
     sign = sign_for(targeted)
     with attack_mode(model, model_mode):
-        grad, _, _ = input_gradient(
-            model,
-            x,
-            lambda logits: sign * summed_loss(logits, y, loss, "fgsm"),
-            "fgsm",
-            check=lambda logits: check_values("fgsm", x, logits, y),
-        )
-    return torch.clamp(x + eps * grad.sign(), min=0, max=1)
+        return fgsm_step(model, x, y, eps, loss, sign, check=lambda logits: check_values("fgsm", x, logits, y))

@@ -7,7 +7,6 @@ from typing import Optional
 
 import torch
 
-from .. import ops
 from ._common import (
     GeneratorArg,
     LossArg,
@@ -19,10 +18,20 @@ from ._common import (
     check_x,
     check_y,
     draw,
-    input_gradient,
     sign_for,
-    summed_loss,
 )
+from .pgd import pgd_iteration
+
+
+def fgsm_rs_default_alpha(eps: float) -> float:
+    """The default step size of FGSM-RS: 1.25 * eps (Wong et al. 2020)."""
+    return 1.25 * eps
+
+
+def fgsm_rs_start(x: torch.Tensor, eps: float, generator: GeneratorArg = None) -> torch.Tensor:
+    """FGSM-RS's random start, clip_[0,1](x + U(-eps, eps)): its only random draw."""
+    start = draw(x, lambda t, g: t.uniform_(-eps, eps, generator=g), generator)
+    return torch.clamp(x + start, min=0, max=1)
 
 
 def fgsm_rs(
@@ -44,20 +53,13 @@ def fgsm_rs(
     start is its own, independent of the batch). Returns x_hat detached, x's dtype
     and shape."""
     eps = check_eps("fgsm_rs", eps)
-    alpha = 1.25 * eps if alpha is None else check_eps("fgsm_rs", alpha, "alpha")
+    alpha = fgsm_rs_default_alpha(eps) if alpha is None else check_eps("fgsm_rs", alpha, "alpha")
     x = check_x("fgsm_rs", x)
     y = check_y("fgsm_rs", x, y)
     check_model_mode("fgsm_rs", model_mode)
     generator = check_generator("fgsm_rs", generator, x)
     sign = sign_for(targeted)
-    start = draw(x, lambda t, g: t.uniform_(-eps, eps, generator=g), generator)
-    x_start = torch.clamp(x + start, min=0, max=1)
+    x_start = fgsm_rs_start(x, eps, generator)
     with attack_mode(model, model_mode):
-        grad, _, _ = input_gradient(
-            model,
-            x_start,
-            lambda logits: sign * summed_loss(logits, y, loss, "fgsm_rs"),
-            "fgsm_rs",
-            check=lambda logits: check_values("fgsm_rs", x, logits, y),
-        )
-    return ops.pgd_step(x_start, grad, x, alpha, eps, norm="linf")
+        return pgd_iteration(model, x_start, x, y, eps, alpha, "linf", loss, sign,
+                             check=lambda logits: check_values("fgsm_rs", x, logits, y), fn="fgsm_rs")

@@ -9,7 +9,7 @@ but not zero (a confidently classified sample in fp32). foolbox's L2PGD takes th
 same steps (its guard is max(||g||, 1e-12))."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -33,6 +33,23 @@ from ._common import (
     sign_for,
     summed_loss,
 )
+
+
+def pgd_default_alpha(eps: float, steps: int) -> float:
+    """The default step size of PGD and TRADES: 2.5 * eps / steps (Madry et al.)."""
+    return 2.5 * eps / steps
+
+
+def pgd_iteration(model, x_adv: torch.Tensor, x: torch.Tensor, y: torch.Tensor, eps: float, alpha: float,
+                  norm: str = "linf", loss: LossArg = None, sign: float = 1.0,
+                  check: Optional[Callable[[torch.Tensor], None]] = None, fn: str = "pgd") -> torch.Tensor:
+    """One PGD iteration (a per-step function, lsa_fast.attacks.steps): x_adv + alpha *
+    (signed or L2-normalised) gradient of sign * summed loss, projected onto the
+    eps-ball around x and [0, 1]. Pure; FGSM-RS's one step is this step too."""
+    grad, _, _ = input_gradient(model, x_adv, lambda logits: sign * summed_loss(logits, y, loss, fn), fn, check=check)
+    if norm == "l2":
+        grad = unit_max_per_sample(grad)
+    return ops.pgd_step(x_adv, grad, x, alpha, eps, norm=norm)
 
 
 def pgd(
@@ -62,17 +79,13 @@ def pgd(
     Returns x_hat detached, x's dtype and shape; no host sync inside the loop."""
     eps = check_eps("pgd", eps)
     steps = check_steps("pgd", steps)
-    alpha = 2.5 * eps / steps if alpha is None else check_eps("pgd", alpha, "alpha")
+    alpha = pgd_default_alpha(eps, steps) if alpha is None else check_eps("pgd", alpha, "alpha")
     check_choice("pgd", "norm", norm, NORMS)
     x = check_x("pgd", x)
     y = check_y("pgd", x, y)
     check_model_mode("pgd", model_mode)
     generator = check_generator("pgd", generator, x)
     sign = sign_for(targeted)
-
-    def objective(logits):
-        return sign * summed_loss(logits, y, loss, "pgd")
-
     if eps == 0:
         # The eps-ball is the point x (and the L2 projection would divide 0 by 0).
         check_values("pgd", x)
@@ -82,10 +95,7 @@ def pgd(
         for step in range(steps):
             # The value checks (x in [0,1], finite logits, labels) cost one sync: do them once.
             check = (lambda logits: check_values("pgd", x, logits, y)) if step == 0 else None
-            grad, _, _ = input_gradient(model, x_adv, objective, "pgd", check=check)
-            if norm == "l2":
-                grad = unit_max_per_sample(grad)
-            x_adv = ops.pgd_step(x_adv, grad, x, alpha, eps, norm=norm)
+            x_adv = pgd_iteration(model, x_adv, x, y, eps, alpha, norm, loss, sign, check)
     return x_adv
 
 

@@ -31,8 +31,8 @@ def _noise(function):
     return adapter
 
 
-# name -> f(model, x, y, eps, **kw) -> x_hat. Defaults (PGD: steps 10, alpha 2.5 eps /
-# steps; APGD: steps 100; FGSM-RS: alpha 1.25 eps) live in the functions themselves.
+# name -> f(model, x, y, eps, **kw) -> x_hat. Defaults (steps, step sizes) live in the
+# attack modules (pgd_default_alpha, fgsm_rs_default_alpha; lsa_fast.attacks.steps).
 ATTACKS: Dict[str, Callable[..., torch.Tensor]] = {
     "fgsm": fgsm,
     "fgsm-rs": fgsm_rs,

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from .. import ops
 from ._common import (
     GeneratorArg,
+    as_multiclass,
     attack_mode,
     check_eps,
     check_generator,
@@ -19,9 +20,32 @@ from ._common import (
     check_x,
     draw,
     input_gradient,
-    is_binary,
     validate,
 )
+from .pgd import pgd_default_alpha
+
+
+def trades_start(x: torch.Tensor, generator: GeneratorArg = None) -> torch.Tensor:
+    """x + 0.001 * N(0, I), TRADES' start (unclipped; the first step projects): its only random draw."""
+    return x + 0.001 * draw(x, lambda t, g: t.normal_(generator=g), generator)
+
+
+def clean_probabilities(clean_logits: torch.Tensor) -> torch.Tensor:
+    """softmax f(x), the fixed side of TRADES' KL (one logit z: the two logits [0, z])."""
+    return F.softmax(as_multiclass(clean_logits), dim=1)
+
+
+def trades_step(model, x_adv: torch.Tensor, x: torch.Tensor, p_clean: torch.Tensor, eps: float,
+                alpha: float) -> torch.Tensor:
+    """One step of the inner maximisation (a per-step function, lsa_fast.attacks.steps):
+    a signed ascent step on sum_m KL(p_clean_m || softmax f(x_adv_m)), projected. Pure."""
+
+    def objective(logits):
+        # KLDivLoss(reduction="sum") as TRADES writes it: KL(p_clean || p_adv).
+        return F.kl_div(F.log_softmax(as_multiclass(logits), dim=1), p_clean, reduction="sum")
+
+    grad, _, _ = input_gradient(model, x_adv, objective, "trades_perturb")
+    return ops.pgd_step(x_adv, grad, x, alpha, eps, norm="linf")
 
 
 def trades_perturb(
@@ -42,7 +66,7 @@ def trades_perturb(
     Returns x' detached, x's dtype and shape."""
     eps = check_eps("trades_perturb", eps)
     steps = check_steps("trades_perturb", steps)
-    alpha = 2.5 * eps / steps if alpha is None else check_eps("trades_perturb", alpha, "alpha")
+    alpha = pgd_default_alpha(eps, steps) if alpha is None else check_eps("trades_perturb", alpha, "alpha")
     x = check_x("trades_perturb", x)
     check_model_mode("trades_perturb", model_mode)
     generator = check_generator("trades_perturb", generator, x)
@@ -50,22 +74,8 @@ def trades_perturb(
         clean_logits = validate("trades_perturb", model, x)
         if eps == 0:
             return x.clone()
-        p_clean = F.softmax(_as_multiclass(clean_logits), dim=1)
-
-        def objective(logits):
-            # KLDivLoss(reduction="sum") as TRADES writes it: KL(p_clean || p_adv).
-            return F.kl_div(F.log_softmax(_as_multiclass(logits), dim=1), p_clean, reduction="sum")
-
-        noise = draw(x, lambda t, g: t.normal_(generator=g), generator)
-        x_adv = x + 0.001 * noise  # TRADES starts here, unclipped; the first step projects
+        p_clean = clean_probabilities(clean_logits)
+        x_adv = trades_start(x, generator)
         for _ in range(steps):
-            grad, _, _ = input_gradient(model, x_adv, objective, "trades_perturb")
-            x_adv = ops.pgd_step(x_adv, grad, x, alpha, eps, norm="linf")
+            x_adv = trades_step(model, x_adv, x, p_clean, eps, alpha)
     return x_adv
-
-
-def _as_multiclass(logits: torch.Tensor) -> torch.Tensor:
-    if is_binary(logits):
-        z = logits.reshape(-1, 1)
-        return torch.cat([torch.zeros_like(z), z], dim=1)
-    return logits

@@ -25,12 +25,12 @@ from ..collapse import collapse_warning
 from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_units
 from ..attacks import make_attack, parse_attack_spec
 from ..data import DATASET_NAMES, make_loader
-from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
-from ..model_fit import check_model_fits, check_model_name, load_weights, paper_dataset
-from ..models import build_model, parse_model_options, recorded_model_options
-from ..report import atomic_write_text
+from ..run_data import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
 from ..run_data import describe, load_split, moons_units
-from ._device import parse_device
+from ..model_fit import check_model_fits, check_model_name, load_weights
+from ..models import build_model, model_dataset, parse_model_options, recorded_model_options
+from ..report import atomic_write_text
+from ..devices import parse_device
 from ._outputs import check_output_dir
 from .arguments import comma_items
 
@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     check_model_name(model_name)  # an unknown name fails here, before anything else
     kwargs = recorded_model_options(model_name, config.get("model"), config.get("model_kwargs"), given)
     model = build_model(model_name, **kwargs)
-    dataset = args.dataset or config.get("dataset") or paper_dataset(model_name)
+    dataset = args.dataset or config.get("dataset") or model_dataset(model_name)
     if dataset is None:
         raise ValueError(f"--dataset is required for model {model_name!r} (one of {', '.join(DATASET_NAMES)})")
     check_model_fits(model, model_name, dataset)  # before the weights and the data are read

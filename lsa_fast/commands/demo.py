@@ -24,7 +24,7 @@ def run(args) -> int:
     import dataclasses
 
     from ..demo import DemoSettings, run_demo
-    from ._device import parse_device
+    from ..devices import parse_device
     from ._outputs import check_output_dir
 
     device = parse_device(args.device)

@@ -24,12 +24,14 @@ from ..attacks import ATTACKS, canonical_name
 from ..attacks.registry import parse_eps
 from ..checkpoint import load_checkpoint
 from ..analysis import eps_to_input_units
-from ..data_record import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
+from ..checks import dataset_key
+from ..run_data import FILE_DATASETS, check_fingerprint, data_dir_to_read, missing_data_hint
+from ..run_data import describe, load_split, moons_units
+from ..devices import parse_device
 from ..model_fit import check_model_fits, check_model_name, load_weights
 from ..models import parse_model_options, recorded_model_options
-from ..run_data import describe, load_split, moons_units
 from ..training import TrainConfig, run_name
-from ._device import parse_device
+
 from ._outputs import check_output_file
 from .arguments import comma_items
 
@@ -79,7 +81,7 @@ def run(args) -> int:
     where = state["path"]
     config = TrainConfig.from_dict(state["config"])
     model_name = args.model or config.model
-    dataset = (args.dataset or config.dataset or "").strip().lower().replace("-", "").replace("_", "")
+    dataset = dataset_key(args.dataset or config.dataset or "")
     if not model_name or not dataset:
         raise ValueError(f"{where}: the checkpoint does not say which model/dataset it holds; give --model and --dataset")
     grid = _parse_grid(args.eps_grid) if args.eps_grid else list(PAPER_EPS_GRIDS.get(dataset, ()))

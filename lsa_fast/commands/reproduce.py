@@ -10,12 +10,9 @@ from __future__ import annotations
 import os
 import sys
 
+from ..devices import parse_device
 from ..paper import PAPER_TABLES
-from ._device import parse_device
 from ._outputs import check_output_dir
-
-# What lsa_fast.reproduce writes into --out.
-REPORT_FILES = ("settings.json", "report.json", "report.md", "runs.jsonl", "rg_scores.png", "cm_layers.png")
 
 
 def register(subparsers, name: str) -> None:
@@ -54,6 +51,7 @@ def run(args) -> int:
     import dataclasses
 
     from ..reproduce import ReproduceSettings, apply_overrides, run_reproduce
+    from ..reproduce.running import REPORT_FILES
     from ..run_lock import RunLock
 
     device = parse_device(args.device)

@@ -30,25 +30,24 @@ import torch
 
 from ..analysis import eps_to_input_units
 from ..checkpoint import (
-    CHECKPOINT_NAME,
-    FINAL_NAME,
     load_checkpoint,
     remove_stray_temporaries,
     resolve_checkpoint,
     save_checkpoint,
 )
-from ..data_record import check_fingerprint, data_dir_to_read, data_dir_to_record, fingerprint, missing_data_hint
-from ..device_data import make_device_loader
+from ..checks import dataset_key
+from ..run_data import check_fingerprint, data_dir_to_read, data_dir_to_record, fingerprint, missing_data_hint
+from ..run_data import describe, load_split, record
+from ..device_loader import make_device_loader
+from ..devices import parse_device
 from ..model_fit import FITS, check_model_fits, check_model_name
 from ..models import MODEL_DATASET, model_options, parse_model_options
 from ..models import model_dataset as implied_dataset
-from ..run_data import describe, load_split, record
 from ..run_data import moons_units as run_data_units
 from ..run_lock import RunLock
 from ..train_config import AUGMENT_MODES, BASES, COMPILE_MODES, LR_GRAD_MODES, OPTIMIZERS, PROBE_PRESETS, SCHEDULES, TrainConfig
+from ..run_files import CHECKPOINT_NAME, FINAL_NAME, METRICS_NAME, RUN_FILES
 from ..training import (
-    CONFIG_NAME,
-    METRICS_NAME,
     ATLRTrainer,
     learning_rate_at,
     run_name,
@@ -57,7 +56,7 @@ from ..training import (
     teardown_distributed,
     write_run_files,
 )
-from ._device import parse_device
+
 from ._outputs import check_output_dir
 from .arguments import comma_items
 
@@ -73,9 +72,6 @@ _RUN_OPTIONS = ("model", "dataset", "base", "lr_layers", "gamma", "epochs", "eps
                 "standardize")
 # The options of the run's data record (lsa_fast.run_data).
 _DATA_OPTIONS = ("n_train", "n_test", "noise", "limit", "standardize")
-
-# What a run directory holds (a new run refuses a directory that has one of the first two).
-_RUN_FILES = (CHECKPOINT_NAME, FINAL_NAME, CONFIG_NAME, METRICS_NAME)
 
 
 # Options whose flag is not their dest with dashes.
@@ -238,7 +234,7 @@ def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path
     last = result.metrics[-1] if result.metrics else {}
     summary = f"test acc {last['test_acc']:.2f}%, " if "test_acc" in last else ""
     _say(rank, f"{run_name(config, result.mvl)}: {summary}weights in {out_dir / FINAL_NAME} "
-               f"(checkpoint {out_dir / CHECKPOINT_NAME}, metrics {out_dir / 'metrics.jsonl'})", final=True)
+               f"(checkpoint {out_dir / CHECKPOINT_NAME}, metrics {out_dir / METRICS_NAME})", final=True)
     return 0
 
 
@@ -253,7 +249,7 @@ def _out_dir(args) -> Path:
         out_dir = Path(args.out)
     else:
         raise ValueError("--out DIR is required (or --resume DIR)")
-    return check_output_dir(out_dir, "--out", files=_RUN_FILES)
+    return check_output_dir(out_dir, "--out", files=RUN_FILES)
 
 
 def _claim(held: contextlib.ExitStack, args, out_dir: Path, rank: int) -> None:
@@ -357,7 +353,7 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
         dataset = implied_dataset(model)
         if dataset is None:
             raise ValueError(f"--dataset is needed for model {model!r} (one of {', '.join(DEFAULT_EPS)}; {FITS})")
-    dataset = dataset.strip().lower().replace("-", "").replace("_", "")
+    dataset = dataset_key(dataset)
     if model is None:
         model = {d: m for m, d in reversed(list(model_dataset.items()))}.get(dataset)
         if model is None:

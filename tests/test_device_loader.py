@@ -1,4 +1,4 @@
-"""Training data on the device (lsa_fast.device_data): the batched crop-flip equals the
+"""Training data on the device (lsa_fast.device_loader): the batched crop-flip equals the
 per-sample definition, every epoch visits every sample once in a seeded order, W
 processes together see the global batches of one, drop_last, CIFAR-10 augments by
 default, and a trainer over a DeviceLoader resumes bit for bit inside an epoch."""
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from lsa_fast.data import load_dataset
-from lsa_fast.device_data import DeviceLoader, make_device_loader, random_crop_flip
+from lsa_fast.device_loader import DeviceLoader, make_device_loader, random_crop_flip
 from lsa_fast.models import build_model
 from lsa_fast.training import ATLRTrainer, TrainConfig
 

@@ -1,6 +1,12 @@
-"""Streaming per-layer statistics of the comparison measure over many batches (and
-DDP ranks): count, mean, M2, min and max per layer, merged with Chan et al.'s
-parallel update, so that the merge of batches equals the one-shot statistics."""
+"""The statistics of Algorithm 1 on the comparison measure: CMStatistics (mu, sigma,
+per-layer means, the MVL mask) and CMAccumulator, which streams them over many batches
+(and DDP ranks): count, mean, M2, min and max per layer, merged with Chan et al.'s
+parallel update, so that the merge of batches equals the one-shot statistics.
+
+CMStatistics is defined in lsa_fast.reference, the bottom layer: the reference maths,
+the fused op (lsa_fast.ops) and this accumulator all return it, and the accumulator is
+built on lsa_fast.ops, so defining the record here would make ops and this module
+import each other. Import it from here."""
 from __future__ import annotations
 
 from typing import Optional
@@ -9,6 +15,8 @@ import torch
 
 from .ops import layer_moments
 from .reference import CMStatistics
+
+__all__ = ["CMStatistics", "CMAccumulator"]
 
 
 class CMAccumulator:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["shorten", "for_the_command_line"]
+__all__ = ["for_the_command_line"]
 
 # Prefixes of the library's messages that name its internals; on the command line the
 # rest of the message says what is wrong.
@@ -20,18 +20,6 @@ _OPTIONS = {
 # TrainConfig fields whose option is the field's name.
 _TRAIN_FIELDS = ("base", "eps", "alpha", "steps", "beta", "eta", "epochs", "optimizer", "momentum", "schedule", "amp",
                  "seed")
-
-
-def shorten(text: str, limit: int = 300) -> str:
-    """`text` on one line: up to its first sentence's end when that comes within `limit`
-    characters, else cut at the last word boundary before `limit`, with ' ...'."""
-    text = " ".join(str(text).split())
-    end = text.find(". ")
-    if 0 < end < limit:
-        return text[: end + 1]
-    if len(text) <= limit:
-        return text
-    return text[:limit].rsplit(" ", 1)[0] + " ..."
 
 
 def for_the_command_line(message: str) -> str:

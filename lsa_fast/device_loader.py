@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
+from .checks import check_int
+
 __all__ = ["AUGMENTATIONS", "DeviceLoader", "make_device_loader", "random_crop_flip", "check_augmentation"]
 
 AUGMENTATIONS = ("none", "crop-flip")
@@ -55,8 +57,7 @@ class DeviceLoader:
             raise ValueError("DeviceLoader: the dataset is empty")
         if not x.is_floating_point():
             raise TypeError(f"DeviceLoader: x must be floating point (values in [0, 1]), got {x.dtype}")
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"DeviceLoader: batch_size must be a positive int, got {batch_size!r}")
+        check_int("DeviceLoader", "batch_size", batch_size, 1)
         if not 0 <= rank < world_size:
             raise ValueError(f"DeviceLoader: rank {rank} outside world size {world_size}")
         if augment not in AUGMENTATIONS:
@@ -167,5 +168,5 @@ def check_augmentation(loader, config) -> Optional[str]:
     done = loader.augment if isinstance(loader, DeviceLoader) else None
     if wanted != "none" and done != wanted:
         return (f"TrainConfig augment={wanted!r}, but the training loader is a {type(loader).__name__} that does "
-                f"not apply it (use lsa_fast.device_data.DeviceLoader(..., augment={wanted!r}) or set augment='none')")
+                f"not apply it (use lsa_fast.device_loader.DeviceLoader(..., augment={wanted!r}) or set augment='none')")
     return None

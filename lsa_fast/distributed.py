@@ -1,0 +1,65 @@
+"""torch.distributed for training and analysis, written once: this process's rank and
+the world size, the process group's setup and teardown under torchrun, and the
+collectives the compiled training step needs (see lsa_fast.compiled_step)."""
+from __future__ import annotations
+
+import os
+from typing import Tuple, Union
+
+import torch
+import torch.distributed as dist
+
+from .devices import parse_device
+
+__all__ = ["rank_and_world_size", "setup_distributed", "teardown_distributed", "average_over_ranks", "on_any_rank"]
+
+
+def rank_and_world_size() -> Tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def setup_distributed(device: Union[str, torch.device, None] = None):
+    """Under torchrun (WORLD_SIZE > 1): init the process group (NCCL on CUDA, gloo on
+    CPU) and pick this rank's device. Returns (rank, world_size, device)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    wanted = parse_device(device, "device")
+    if world_size <= 1:
+        return 0, 1, wanted
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if wanted.type == "cuda":
+        wanted = torch.device("cuda", local_rank)
+        torch.cuda.set_device(wanted)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if wanted.type == "cuda" else "gloo")
+    return dist.get_rank(), dist.get_world_size(), wanted
+
+
+def teardown_distributed() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def average_over_ranks(module, world_size: int) -> None:
+    """What DistributedDataParallel does for the eager step: gradients averaged over
+    the ranks, buffers (BatchNorm statistics) taken from rank 0. Asynchronous on NCCL."""
+    from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+
+    grads = [p.grad for p in module.parameters() if p.grad is not None]
+    if grads:
+        flat = _flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= world_size
+        for grad, averaged in zip(grads, _unflatten_dense_tensors(flat, grads)):
+            grad.copy_(averaged)
+    for buffer in module.buffers():
+        dist.broadcast(buffer, src=0)
+
+
+def on_any_rank(flag: bool, device: torch.device) -> bool:
+    """True on every rank if `flag` is True on one (one collective and one host sync)."""
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
