@@ -8,7 +8,7 @@ from typing import Optional, Tuple
 
 import torch
 
-__all__ = ["majority_share", "collapse_warning", "REMEDY"]
+__all__ = ["majority_share", "collapse_warning", "loader_collapse_warning", "REMEDY"]
 
 # Within this many percentage points of the most frequent class's share (or below it):
 # no better than always answering that class.
@@ -42,3 +42,12 @@ def collapse_warning(accuracy: float, labels: torch.Tensor, what: str = "test",
     return (f"the model looks collapsed: its {what} accuracy {accuracy:.2f}% is at the share of the most frequent "
             f"class ({top}: {share:.2f}% of {len(torch.as_tensor(labels).flatten())} samples); {predicts}, and "
             f"attacks cannot move a constant prediction; {REMEDY}")
+
+
+def loader_collapse_warning(accuracy: Optional[float], loader, split: str) -> Optional[str]:
+    """collapse_warning for an accuracy measured on a loader over a TensorDataset (whose
+    labels are its second tensor); None when either is missing."""
+    labels = getattr(getattr(loader, "dataset", None), "tensors", (None, None))[1]
+    if accuracy is None or labels is None:
+        return None
+    return collapse_warning(accuracy, labels, split)

@@ -66,8 +66,8 @@ DEFAULT_EPS = {"moons": 0.3, "mnist": 0.3, "cifar10": 8 / 255}
 # Options that define the run: with --resume they come from the checkpoint, and
 # giving one with another value is an error (the run would not be the same run).
 _RUN_OPTIONS = ("model", "dataset", "base", "lr_layers", "gamma", "epochs", "eps", "alpha", "steps",
-                "no_random_start", "beta", "attack_mode", "eta", "warmup_epochs", "batch_size", "optimizer",
-                "lr", "momentum", "weight_decay", "schedule", "amp", "channels_last", "grad_clip", "seed",
+                "no_random_start", "beta", "attack_mode", "eta", "warmup_epochs", "eps_warmup_epochs", "batch_size",
+                "optimizer", "lr", "momentum", "weight_decay", "schedule", "amp", "channels_last", "grad_clip", "seed",
                 "n_train", "n_test", "noise", "limit", "model_option", "augment", "drop_last", "probes", "lr_grad",
                 "standardize")
 # The options of the run's data record (lsa_fast.run_data).
@@ -132,6 +132,10 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
                              "(clean features detached), numerator (the denominator ||phi(x)|| detached)")
     attack.add_argument("--eta", type=float, help="MVL threshold of Algorithm 1 for --lr-layers auto (default 1)")
     attack.add_argument("--warmup-epochs", type=int, help="normal epochs before LSA for --lr-layers auto (default 1)")
+    attack.add_argument("--eps-warmup-epochs", type=int, metavar="K",
+                        help="the eps ramp: epoch k (from 0) attacks at eps * min(1, k / K), so the first epoch "
+                             "trains clean and the full eps applies from epoch K + 1; the remedy when adversarial "
+                             "training from scratch at a large eps collapses to one class (default 0: no ramp)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, help="default 10")
@@ -373,6 +377,7 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
     fields = {
         "base": args.base, "steps": args.steps, "beta": args.beta, "attack_mode": args.attack_mode,
         "lr_layers": args.lr_layers, "gammas": args.gamma, "eta": args.eta, "warmup_epochs": args.warmup_epochs,
+        "eps_warmup_epochs": args.eps_warmup_epochs,
         "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
         "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
         "amp": args.amp, "channels_last": args.channels_last, "grad_clip": args.grad_clip, "seed": args.seed,
