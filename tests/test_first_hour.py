@@ -198,3 +198,119 @@ def test_lsa_figure_in_the_runs_units_with_the_pooled_mvl_named_and_curves_apart
     first, second = [line for line in axes.get_lines() if line.get_label().startswith("fgsm")]
     assert list(first.get_ydata()) == list(second.get_ydata())
     assert first.get_marker() != second.get_marker() and list(first.get_xdata()) != list(second.get_xdata())
+
+
+# ------------------------------------------------------------------ the trainer (issue 26, items 2, 3, 5)
+
+
+def _moons_trainer(config, out_dir, n=128):
+    from lsa_fast.data import load_dataset, make_loader
+    from lsa_fast.models import build_model
+    from lsa_fast.training import ATLRTrainer
+
+    torch.manual_seed(0)
+    train = make_loader(load_dataset("moons", n_samples=n), config.batch_size, shuffle=True, seed=0)
+    test = make_loader(load_dataset("moons", train=False, n_samples=64), 64)
+    return ATLRTrainer(build_model("A"), config, train, test, out_dir=out_dir)
+
+
+def test_the_eps_ramp_rises_linearly_from_zero_and_resumes_exactly(tmp_path):
+    import json
+
+    from lsa_fast.training import TrainConfig
+
+    config = TrainConfig(base="pgd", eps=0.06, steps=2, epochs=4, eps_warmup_epochs=2, batch_size=32,
+                         optimizer="adam", lr=0.01)
+    assert [config.eps_at(k) for k in range(4)] == [0.0, 0.03, 0.06, 0.06]
+    assert TrainConfig(eps=0.06).eps_at(0) == 0.06  # no ramp by default
+    with pytest.raises(ValueError, match="eps_warmup_epochs"):
+        TrainConfig(eps_warmup_epochs=-1)
+    full = _moons_trainer(config, tmp_path / "full")
+    full.fit()
+    metrics = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert [m["eps"] for m in metrics] == [0.0, 0.03, 0.06, 0.06]
+    assert [m["base"] for m in metrics] == ["none", "pgd", "pgd", "pgd"]  # eps 0: a clean epoch
+    assert json.loads((tmp_path / "full" / "config.json").read_text())["eps_warmup_epochs"] == 2
+
+    split = _moons_trainer(config, tmp_path / "split")
+    split.fit(stop_after_epoch=2)  # stopped inside the ramp
+    resumed = _moons_trainer(config, tmp_path / "split")
+    resumed.resume(tmp_path / "split")
+    resumed.fit()
+    for name, tensor in full.module.state_dict().items():
+        assert torch.equal(tensor, resumed.module.state_dict()[name]), name
+
+
+def test_the_compiled_step_compiles_once_per_ramp_epoch_not_per_batch(tmp_path, monkeypatch):
+    import lsa_fast.compiled_step as compiled_step
+    from lsa_fast.training import TrainConfig
+
+    built = []
+    original = compiled_step._StepUnits.__init__
+
+    def counting(self, owner, base, layers):
+        built.append((base, owner.trainer.attack_eps))
+        original(self, owner, base, layers)
+
+    monkeypatch.setattr(compiled_step._StepUnits, "__init__", counting)
+    config = TrainConfig(base="fgsm", eps=0.06, epochs=3, eps_warmup_epochs=2, batch_size=32, optimizer="adam",
+                         lr=0.01, compile="aot-eager")
+    trainer = _moons_trainer(config, tmp_path / "run")
+    assert trainer.steps_per_epoch == 4
+    trainer.fit()
+    assert built == [("none", 0.0), ("fgsm", 0.03), ("fgsm", 0.06)]  # one per eps, 12 batches in all
+    assert [m["eps"] for m in trainer.metrics] == [0.0, 0.03, 0.06]
+
+
+def test_each_epoch_line_gives_the_learning_rates_it_used(tmp_path, capsys):
+    from lsa_fast.training import TrainConfig
+
+    config = TrainConfig(base="fgsm", eps=0.06, epochs=2, batch_size=32, optimizer="adam", lr=0.01,
+                         schedule="cosine")
+    trainer = _moons_trainer(config, tmp_path / "run")
+    trainer.fit()
+    first, second = trainer.metrics
+    assert first["learning_rate_used"][0] == pytest.approx(0.01)  # the first step's: the peak
+    assert second["learning_rate_used"][0] == pytest.approx(0.005)  # half-way through the cosine
+    assert second["learning_rate"] == pytest.approx(0.0, abs=1e-12)  # after the epoch, as before
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("epoch 2/2")]
+    last_used = f"{second['learning_rate_used'][1]:.3g}"
+    assert lines and f"learning rate 0.005 to {last_used}," in lines[0] and last_used != "0"
+
+
+def test_train_names_a_collapsed_model_once_per_epoch(tmp_path, capsys):
+    from lsa_fast.training import TrainConfig
+
+    config = TrainConfig(base="fgsm", eps=0.06, epochs=2, batch_size=32, optimizer="sgd", lr=1e-9, momentum=0.0)
+    trainer = _moons_trainer(config, tmp_path / "run")
+    last = [module for module in trainer.module.modules() if isinstance(module, torch.nn.Linear)][-1]
+    with torch.no_grad():  # one class everywhere; a learning rate of 1e-9 keeps it there
+        last.weight.zero_()
+        last.bias.fill_(5.0)
+    trainer.fit()
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if "looks collapsed" in line]
+    assert len(warnings) == 2 and warnings[0].startswith("warning: epoch 1: ")
+    assert "--eps-warmup-epochs" in warnings[0]
+
+
+def test_resume_of_a_finished_run_says_how_to_extend_it_and_touches_no_file(runs, capsys):
+    run, _ = runs
+    before = {path.name: path.stat().st_mtime_ns for path in run.iterdir()}
+    assert cli.main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "already complete (1 epochs)" in out and f"lsa-fast train --resume {run} --epochs 2" in out
+    assert {path.name: path.stat().st_mtime_ns for path in run.iterdir()} == before
+
+
+def test_the_quick_mnist_recipe_learns_on_the_test_subset(mnist_dir, tmp_path, capsys):
+    """The README's quick MNIST recipe (eps 0.3 after an eps ramp, PGD-3, Adam), scaled
+    down to the 2 000 + 1 000 images of tests/data/mnist: clearly above chance (10 %)."""
+    argv = ["train", "--model", "B", "--dataset", "mnist", "--data", str(mnist_dir), "--base", "pgd", "--eps", "0.3",
+            "--eps-warmup-epochs", "1", "--steps", "2", "--epochs", "2", "--limit", "600", "--optimizer", "adam",
+            "--learning-rate", "0.001", "--no-progress", "--out", str(tmp_path / "mnist")]
+    assert cli.main(argv) == 0
+    captured = capsys.readouterr()
+    accuracy = float(captured.out.split("test acc ")[1].split("%")[0])
+    assert accuracy > 30.0, captured.err
+    assert "eps 0 (ramp)" in captured.err and "looks collapsed" not in captured.err
