@@ -314,3 +314,19 @@ def test_the_quick_mnist_recipe_learns_on_the_test_subset(mnist_dir, tmp_path, c
     accuracy = float(captured.out.split("test acc ")[1].split("%")[0])
     assert accuracy > 30.0, captured.err
     assert "eps 0 (ramp)" in captured.err and "looks collapsed" not in captured.err
+
+
+def test_train_help_ends_with_the_readme_mnist_recipes(capsys):
+    from pathlib import Path
+
+    from lsa_fast.commands.recipes import MNIST_QUICK, MNIST_TABLE_3
+
+    with pytest.raises(SystemExit):
+        cli.main(["train", "--help"])
+    text = capsys.readouterr().out
+    readme = Path(__file__).resolve().parents[1] / "README.md"
+    for command in (MNIST_QUICK, MNIST_TABLE_3):
+        assert command in text  # verbatim: the epilog is not re-wrapped
+        if readme.is_file():  # (absent beside an installed wheel)
+            assert command + "\n" in readme.read_text()
+    assert "--eps-warmup-epochs 2" in MNIST_QUICK and "--limit 5000" in MNIST_QUICK

@@ -59,6 +59,7 @@ from ..training import (
 
 from ._outputs import check_output_dir
 from .arguments import comma_items
+from .recipes import TRAIN_EPILOG
 
 # The paper's training eps per dataset, in the dataset's units.
 DEFAULT_EPS = {"moons": 0.3, "mnist": 0.3, "cifar10": 8 / 255}
@@ -81,7 +82,7 @@ _OPTION_NAMES = {"lr": "--learning-rate"}
 def register(subparsers, name: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         name, help="adversarial training with the layer-wise regulariser (AT-LR, Algorithm 3)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     general = parser.add_argument_group("run")
     general.add_argument("--model", help="A (fits moons), B (mnist), C, D, wrn-28-10, wrn-34-10 (cifar10) or "
                                          "package.module:attr (default: the dataset's paper model)")
