@@ -21,6 +21,8 @@ from typing import Union, Callable, Dict, Optional, Sequence, Tuple
 import torch
 from torch import nn
 
+from .checks import dataset_key
+
 __all__ = [
     "MODEL_DATASET",
     "MODEL_NAMES",
@@ -439,7 +441,7 @@ def _accepted_options(key: str) -> Tuple[str, ...]:
 
 def _normalization(value):
     if isinstance(value, str):
-        named = value.strip().lower().replace("-", "")
+        named = dataset_key(value)  # the statistics of a dataset: cifar10, CIFAR-10, ...; or none
         if named not in NORMALIZATIONS:
             raise ValueError(f"--model-option normalize={value}: expected one of {', '.join(NORMALIZATIONS)} or "
                              f"[[mean, ...], [std, ...]]")

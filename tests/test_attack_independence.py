@@ -30,6 +30,11 @@ ATTACKS = {
                                                 generator=g),
     "apgd_restarts": lambda m, x, y, eps, g: A.apgd(m, x, y, eps, steps=4, n_restarts=3, generator=g),
     "trades": lambda m, x, y, eps, g: A.trades_perturb(m, x, eps, steps=4, generator=g),
+    "fab_restarts": lambda m, x, y, eps, g: A.fab(m, x, y, eps, steps=4, n_restarts=2, generator=g),
+    "fab_t_l2": lambda m, x, y, eps, g: A.fab(m, x, y, 4 * eps, steps=4, norm="l2", targeted=True, n_restarts=2,
+                                              n_target_classes=2, generator=g),
+    "square_linf": lambda m, x, y, eps, g: A.square(m, x, y, eps, n_queries=15, generator=g),
+    "square_l2": lambda m, x, y, eps, g: A.square(m, x, y, 4 * eps, n_queries=15, norm="l2", generator=g),
 }
 
 

@@ -464,10 +464,15 @@ def test_make_and_get_attack():
 @pytest.mark.parametrize("name", sorted(A.ATTACKS))
 def test_every_registered_attack_has_the_uniform_convention(name):
     model, (x, y) = linear_model(108, 4), images(classes=4)
-    options = {"steps": 2} if name.startswith(("pgd", "apgd", "trades")) else {}
-    if name == "apgd-t":
+    options = {"steps": 2} if name.startswith(("pgd", "apgd", "trades", "fab")) else {}
+    if name in ("apgd-t", "fab-t"):
         options["n_target_classes"] = 2
-    if name != "fgsm":
+    if name == "square":
+        options["n_queries"] = 5
+    if name == "autoattack":  # seeded by (seed, sample id), not by a generator
+        options["stage_options"] = {"apgd-ce": {"steps": 2}, "apgd-t": {"steps": 2}, "fab-t": {"steps": 2},
+                                    "square": {"n_queries": 5}}
+    elif name != "fgsm":
         options["generator"] = torch.Generator().manual_seed(0)
     x_hat = A.make_attack(name, 0.1, **options)(model, x, y)
     assert x_hat.shape == x.shape and x_hat.dtype == x.dtype

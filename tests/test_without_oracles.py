@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 TESTS = Path(__file__).resolve().parent
-ORACLES = ("torchattacks", "LayerSustainabilityAnalysis", "foolbox", "art", "torchvision", "timm")
+ORACLES = ("torchattacks", "LayerSustainabilityAnalysis", "foolbox", "art", "torchvision", "timm", "autoattack")
 
 BLOCKER = textwrap.dedent(
     f"""

@@ -20,10 +20,13 @@ from ._common import (
     value_checks_enabled,
 )
 from .apgd import apgd
+from .autoattack import AutoAttackResult, AutoAttackWarning, autoattack
+from .fab import fab
 from .fgsm import fgsm
 from .fgsm_rs import fgsm_rs
 from .noise import gaussian_noise, pepper, salt, salt_and_pepper, speckle
 from .pgd import pgd
+from .square import square
 from .registry import (
     ATTACKS,
     STATISTICAL,
@@ -41,6 +44,11 @@ __all__ = [
     "fgsm_rs",
     "pgd",
     "apgd",
+    "fab",
+    "square",
+    "autoattack",
+    "AutoAttackResult",
+    "AutoAttackWarning",
     "trades_perturb",
     "gaussian_noise",
     "salt",

@@ -72,6 +72,7 @@ def apgd(
     *,
     skip_fooled: bool = True,
     model_mode: str = "eval",
+    eot_steps: int = 1,
 ) -> torch.Tensor:
     """APGD with `steps` iterations per run and `n_restarts` random restarts.
 
@@ -83,12 +84,15 @@ def apgd(
     skip_fooled: runs after the first attack only the samples not fooled yet (one
     host sync per run); False: every run on the whole batch, no host sync.
     generator: a torch.Generator, or a list of one per sample (each sample's random
-    starts its own). Returns x_hat detached, x's dtype and shape: a misclassified
+    starts its own). eot_steps > 1 averages the input gradient over that many
+    forward/backward passes (EOT, for randomised models, AutoAttack's "rand" version).
+    Returns x_hat detached, x's dtype and shape: a misclassified
     point where one was found, else the highest-loss point."""
     eps = check_eps("apgd", eps)
     steps = check_steps("apgd", steps)
     n_restarts = check_steps("apgd", n_restarts, "n_restarts")
     n_target_classes = check_steps("apgd", n_target_classes, "n_target_classes")
+    eot_steps = check_steps("apgd", eot_steps, "eot_steps")
     check_choice("apgd", "norm", norm, NORMS)
     if not callable(loss):
         check_choice("apgd", "loss", loss, ("ce", "dlr"))
@@ -118,7 +122,7 @@ def apgd(
                     break
             x_run, fooled, best_loss = _apgd_run(
                 model, _take(x, active), _take(y, active), _take(target, active), _take(start, active),
-                eps, steps, norm, objective, rho,
+                eps, steps, norm, objective, rho, eot_steps,
             )
             # First success wins; among still-robust samples the highest loss wins.
             was_fooled, had_loss = _take(out_fooled, active), _take(out_loss, active)
@@ -165,7 +169,7 @@ def _put(t, active, value):
         t[active] = value
 
 
-def _apgd_run(model, x, y, target, start, eps, steps, norm, objective, rho):
+def _apgd_run(model, x, y, target, start, eps, steps, norm, objective, rho, eot_steps=1):
     """One run of Algorithm 1 from `start`. Returns (x_hat, fooled, best loss), all
     per sample."""
 
@@ -177,14 +181,16 @@ def _apgd_run(model, x, y, target, start, eps, steps, norm, objective, rho):
     window_decrease = max(int(0.03 * steps), 1)
 
     x_adv = _project(start, x, eps, norm)
-    grad, logits, loss = input_gradient(model, x_adv, run_loss, "apgd")
+    grad, logits, loss = _eot_gradient(model, x_adv, run_loss, eot_steps)
     fooled = ~correct(logits, y)
     x_fooled = x_adv.clone()
     x_best, grad_best, loss_best = x_adv.clone(), grad.clone(), loss.clone()
 
     step_size = torch.full(batch_shape(x), 2 * eps, dtype=x.dtype, device=x.device)  # eta^(0) = 2 eps
     x_prev = x_adv
-    loss_prev = loss
+    # The authors' code compares the first step's loss with its loss history's
+    # last row, still 0 then (not with the start's loss): the first window's count.
+    loss_prev = torch.zeros_like(loss)
     increases = torch.zeros_like(loss)  # steps of this window where the loss went up
     since_checkpoint = 0
     reduced_last = torch.ones_like(fooled)  # no condition 2 at the first checkpoint (authors' code)
@@ -196,7 +202,7 @@ def _apgd_run(model, x, y, target, start, eps, steps, norm, objective, rho):
         x_next = _project(x_adv + momentum * (z - x_adv) + (1 - momentum) * (x_adv - x_prev), x, eps, norm)
         x_prev, x_adv = x_adv, x_next
 
-        grad, logits, loss = input_gradient(model, x_adv, run_loss, "apgd")
+        grad, logits, loss = _eot_gradient(model, x_adv, run_loss, eot_steps)
         now_fooled = ~correct(logits, y)
         x_fooled = torch.where(_per_sample(now_fooled & ~fooled, x), x_adv, x_fooled)
         fooled = fooled | now_fooled
@@ -224,6 +230,15 @@ def _apgd_run(model, x, y, target, start, eps, steps, norm, objective, rho):
 
     x_hat = torch.where(_per_sample(fooled, x), x_fooled, x_best)
     return x_hat, fooled, loss_best
+
+
+def _eot_gradient(model, x_adv, run_loss, eot_steps):
+    """input_gradient averaged over eot_steps passes; the last pass's logits and loss."""
+    grad, logits, loss = input_gradient(model, x_adv, run_loss, "apgd")
+    for _ in range(eot_steps - 1):
+        more, logits, loss = input_gradient(model, x_adv, run_loss, "apgd")
+        grad = grad + more
+    return (grad / eot_steps if eot_steps > 1 else grad), logits, loss
 
 
 def _random_start(x, eps, norm, generator):

@@ -12,15 +12,22 @@ from typing import Any, Callable, Dict, NamedTuple, Optional
 import torch
 
 from .apgd import apgd
+from .autoattack import autoattack
+from .fab import fab
 from .fgsm import fgsm
 from .fgsm_rs import fgsm_rs
 from .noise import gaussian_noise, pepper, salt, salt_and_pepper, speckle
 from .pgd import pgd
+from .square import square
 from .trades import trades_perturb
 
 
 def _trades(model, x, y, eps, **kw):
     return trades_perturb(model, x, eps, **kw)
+
+
+def _autoattack(model, x, y, eps, **kw):
+    return autoattack(model, x, y, eps, **kw).adversarial
 
 
 def _noise(function):
@@ -42,6 +49,10 @@ ATTACKS: Dict[str, Callable[..., torch.Tensor]] = {
     "apgd-ce": functools.partial(apgd, loss="ce"),
     "apgd-dlr": functools.partial(apgd, loss="dlr"),
     "apgd-t": functools.partial(apgd, loss="dlr", targeted=True),
+    "fab": fab,
+    "fab-t": functools.partial(fab, targeted=True),
+    "square": square,
+    "autoattack": _autoattack,
     "trades": _trades,
     "gaussian": _noise(gaussian_noise),
     "salt": _noise(salt),
@@ -59,6 +70,9 @@ _ALIASES = {
     "apgdt": "apgd-t",
     "apgd-dlr-t": "apgd-t",
     "trades-perturb": "trades",
+    "fabt": "fab-t",
+    "aa": "autoattack",
+    "square-attack": "square",
     "gaussian-noise": "gaussian",
     "gn": "gaussian",
     "s&p": "salt-and-pepper",

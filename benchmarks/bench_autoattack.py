@@ -1,0 +1,151 @@
+"""AutoAttack benchmark (issue 23, item 6): the standard version (APGD-CE, APGD-T with 9
+targets, FAB-T with 9 targets, Square with 5000 queries; the authors' settings
+throughout), lsa_fast.attacks.autoattack against the reference implementation
+(pyautoattack, the fra31/auto-attack code) on the same points in the same run.
+Prints images/s of each and the ratio, and the robust accuracy after every stage of
+each (the parity at full settings), and writes
+benchmarks/results/<device>-autoattack.json.
+
+  python benchmarks/bench_autoattack.py [--device cpu|cuda] [--points 500] [--cifar-points 100]
+                                        [--quick] [--threads 1]
+
+Models:
+- mnist: lsa_fast model B adversarially trained on 2 000 real MNIST digits
+  (tests/data/autoattack/model_b_mnist.pt, made by scripts/make_autoattack_models.py),
+  the first --points test digits of tests/data/mnist, eps 0.3;
+- cifar: a CIFAR-size model, lsa_fast model C (VGG-19) untrained (torch.manual_seed(0)),
+  eval mode, --cifar-points images torch.rand in [0, 1] with the model's own clean
+  predictions as labels (so every point starts correctly classified), eps 8/255.
+--quick: 100 MNIST points and 4 CIFAR-size points (for a loaded machine).
+
+Each side runs once per model (a whole AutoAttack takes minutes); ours runs first on
+one model and second on the other, so a load change on a shared machine does not
+favour one side. The reference's FAB imports torch.autograd.gradcheck.zero_gradients,
+which torch >= 1.9 removed: a two-line stand-in is put there first."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(ROOT / "tests"))
+import harness  # noqa: E402
+
+from lsa_fast.attacks import autoattack  # noqa: E402
+from lsa_fast.models import build_model  # noqa: E402
+
+STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def _zero_gradients(x):
+    if x.grad is not None:
+        x.grad.detach_()
+        x.grad.zero_()
+
+
+def reference_module():
+    gradcheck = sys.modules["torch.autograd.gradcheck"]
+    if not hasattr(gradcheck, "zero_gradients"):
+        gradcheck.zero_gradients = _zero_gradients
+    import autoattack as reference
+
+    return reference
+
+
+def run_reference(reference, model, x, y, eps, device):
+    """The reference's run_standard_evaluation, timed; robust accuracy after each
+    stage read from the adversarials it returns (its stages, in order, on the
+    points still robust, as its own loop does)."""
+    adversary = reference.AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=0, verbose=False,
+                                     device=device)
+    after = []
+    robust = _correct(model, x, y)
+    start = time.perf_counter()
+    for stage in adversary.attacks_to_run:  # its own loop, one stage at a time, to read the per-stage figures
+        adversary.attacks_to_run = [stage]
+        idx = robust.nonzero().squeeze(1)
+        if idx.numel():
+            x_adv = adversary.run_standard_evaluation(x[idx], y[idx], bs=250)
+            robust[idx] = _correct(model, x_adv, y[idx])
+        after.append(robust.double().mean().item())
+    _sync(device)
+    return time.perf_counter() - start, after
+
+
+def run_ours(model, x, y, eps, device):
+    start = time.perf_counter()
+    result = autoattack(model, x, y, eps, version="standard", seed=0, batch_size=500)
+    _sync(device)
+    seconds = time.perf_counter() - start
+    return seconds, [result.robust_accuracy(after=k) for k in range(1, len(result.stages) + 1)], result.warnings
+
+
+def _correct(model, x, y):
+    with torch.no_grad():
+        return model(x).argmax(1) == y
+
+
+def _sync(device):
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def models(args):
+    from aa_models import mnist_model_b
+
+    model_b, x, y = mnist_model_b()
+    n = 100 if args.quick else args.points
+    yield "mnist (model B, adv. trained)", model_b.to(args.device), x[:n].to(args.device), y[:n].to(args.device), 0.3
+    torch.manual_seed(0)
+    vgg = build_model("C").eval().to(args.device)
+    n = 4 if args.quick else args.cifar_points
+    x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(args.device)
+    with torch.no_grad():
+        y = vgg(x).argmax(1)
+    yield "cifar-size (model C, VGG-19, untrained)", vgg, x, y, 8 / 255
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--points", type=int, default=500)
+    parser.add_argument("--cifar-points", type=int, default=100)
+    parser.add_argument("--quick", action="store_true")
+    harness.add_common_arguments(parser, "-autoattack")
+    args = harness.parse_common(parser)
+    reference = reference_module()
+    info = harness.environment(args.device)
+    rows, stage_rows = [], []
+    for turn, (name, model, x, y, eps) in enumerate(models(args)):
+        if turn % 2 == 0:
+            ours_s, ours_after, found = run_ours(model, x, y, eps, args.device)
+            ref_s, ref_after = run_reference(reference, model, x, y, eps, args.device)
+        else:
+            ref_s, ref_after = run_reference(reference, model, x, y, eps, args.device)
+            ours_s, ours_after, found = run_ours(model, x, y, eps, args.device)
+        n = x.shape[0]
+        rows.append({"model": name, "points": n, "eps": round(eps, 5), "ours s": f"{ours_s:.1f}",
+                     "reference s": f"{ref_s:.1f}", "ours img/s": f"{n / ours_s:.2f}",
+                     "reference img/s": f"{n / ref_s:.2f}", "speed-up": f"{ref_s / ours_s:.2f}x",
+                     "clean": f"{_correct(model, x, y).double().mean().item():.3f}", "warnings": found})
+        for stage, a, b in zip(STAGES, ours_after, ref_after):
+            stage_rows.append({"model": name, "after": stage, "ours": f"{a:.3f}", "reference": f"{b:.3f}",
+                               "difference (points)": f"{100 * (a - b):+.1f}"})
+        print(f"done: {name}", flush=True)
+    harness.print_table("standard AutoAttack, ours vs pyautoattack (same points, same run)", rows,
+                        ["model", "points", "eps", "clean", "ours s", "reference s", "ours img/s", "reference img/s",
+                         "speed-up"])
+    harness.print_table("robust accuracy after each stage", stage_rows,
+                        ["model", "after", "ours", "reference", "difference (points)"])
+    payload = {"benchmark": "autoattack", "command": " ".join(["python"] + sys.argv), "environment": info,
+               "quick": args.quick, "rows": rows, "stages": stage_rows}
+    path = harness.write_results(args.out or harness.device_slug(info, args.device) + "-autoattack", payload)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
