@@ -259,7 +259,8 @@ class ATLRTrainer:
 
     @property
     def regulariser_active(self) -> bool:
-        return bool(self.mvl)
+        # Not in a clean epoch of the eps ramp: x_hat = x, the term is 0.
+        return bool(self.mvl) and self.active_base != "none"
 
     def request_stop(self) -> None:
         """Ask fit() to checkpoint and return after the current batch (what SIGTERM does)."""
