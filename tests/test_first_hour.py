@@ -307,12 +307,12 @@ def test_the_quick_mnist_recipe_learns_on_the_test_subset(mnist_dir, tmp_path, c
     """The README's quick MNIST recipe (eps 0.3 after an eps ramp, PGD-3, Adam), scaled
     down to the 2 000 + 1 000 images of tests/data/mnist: clearly above chance (10 %)."""
     argv = ["train", "--model", "B", "--dataset", "mnist", "--data", str(mnist_dir), "--base", "pgd", "--eps", "0.3",
-            "--eps-warmup-epochs", "1", "--steps", "2", "--epochs", "2", "--limit", "600", "--optimizer", "adam",
+            "--eps-warmup-epochs", "2", "--steps", "2", "--epochs", "3", "--limit", "1000", "--optimizer", "adam",
             "--learning-rate", "0.001", "--no-progress", "--out", str(tmp_path / "mnist")]
     assert cli.main(argv) == 0
     captured = capsys.readouterr()
     accuracy = float(captured.out.split("test acc ")[1].split("%")[0])
-    assert accuracy > 30.0, captured.err
+    assert accuracy > 40.0, captured.err  # 60.9 % here
     assert "eps 0 (ramp)" in captured.err and "looks collapsed" not in captured.err
 
 
