@@ -330,3 +330,23 @@ def test_train_help_ends_with_the_readme_mnist_recipes(capsys):
         if readme.is_file():  # (absent beside an installed wheel)
             assert command + "\n" in readme.read_text()
     assert "--eps-warmup-epochs 2" in MNIST_QUICK and "--limit 5000" in MNIST_QUICK
+
+
+def test_the_demo_says_which_layer_it_regularises_without_contradicting_itself():
+    from lsa_fast.analysis import analyze
+    from lsa_fast.attacks import make_attack
+    from lsa_fast.data import load_dataset
+    from lsa_fast.demo import _layers_to_regularise
+    from lsa_fast.models import build_model
+
+    torch.manual_seed(0)
+    x, y = load_dataset("moons", train=False, n_samples=64).tensors
+    attacks = {"fgsm:0.3": make_attack("fgsm", 0.06), "pgd:0.3": make_attack("pgd", 0.06)}
+    empty = analyze(build_model("A"), (x, y), attacks, eta=100.0, dataset="moons", progress=False)
+    layers, why = _layers_to_regularise(empty, 100.0)
+    means = empty.combined.layer_mean
+    assert empty.mvl == [] and layers == [means.index(max(means))]
+    assert why.startswith("No most vulnerable layer at eta = 100") and "largest mean CM" in why
+    found = analyze(build_model("A"), (x, y), attacks, eta=-100.0, dataset="moons", progress=False)
+    layers, why = _layers_to_regularise(found, -100.0)
+    assert layers == found.mvl == [0, 1, 2] and why.startswith("Most vulnerable layers (pooled adversarial CM")
