@@ -186,7 +186,11 @@ def analyze(
     notes = []
     for result, fraction in zip(results, unmoved):
         result.unmoved = fraction
-        if result.kind == "adversarial" and fraction > UNMOVED_WARNING:
+        if result.kind == "adversarial" and fraction > UNMOVED_WARNING and result.attack == "autoattack":
+            notes.append(f"{result.name} left {100 * fraction:.0f}% of the {total} samples unchanged: AutoAttack "
+                         f"returns the clean input wherever it breaks nothing (points misclassified clean, or "
+                         f"robust), so its CM values average the broken points' with zeros")
+        elif result.kind == "adversarial" and fraction > UNMOVED_WARNING:
             notes.append(f"{result.name} left the input or the logits of {100 * fraction:.0f}% of the {total} "
                          f"samples exactly unchanged, so its CM values say nothing about the layers (an input "
                          f"gradient of exactly 0, e.g. a collapsed model, or eps 0?)")

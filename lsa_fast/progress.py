@@ -1,8 +1,9 @@
 """Progress on stderr, written once: the training bar (TrainProgress: images/s, loss and
-accuracy) and the progress of a pass over batches (BatchProgress, batch_progress: `eval`,
-`analyze`) with an ETA and the speed at the end. tqdm when it is installed and stderr is
-a terminal; plain lines instead in a log file or a pipe; only rank 0 of a distributed
-run reports."""
+accuracy), the progress of a pass over batches (BatchProgress, batch_progress: `eval`,
+`analyze`: a bar with an ETA, or a line per tenth of the batches, and the speed at the
+end) and the chunk progress of a resumable evaluation with its ETA (ChunkProgress). tqdm
+when it is installed and stderr is a terminal; plain lines instead in a log file or a
+pipe; only rank 0 of a distributed run reports."""
 from __future__ import annotations
 
 import sys
@@ -13,7 +14,8 @@ import torch
 
 from .distributed import rank_and_world_size
 
-__all__ = ["TrainProgress", "BatchProgress", "batch_progress", "format_throughput", "format_duration", "is_terminal"]
+__all__ = ["BatchProgress", "ChunkProgress", "TrainProgress", "batch_progress", "format_throughput", "format_duration",
+           "is_terminal"]
 
 
 def is_terminal(stream) -> bool:
@@ -43,17 +45,6 @@ def batch_progress(batches, loader, enabled: bool, desc: str):
         finished = True
     finally:
         bar.close(say=finished)
-
-
-def format_duration(seconds: float) -> str:
-    seconds = max(0.0, seconds)
-    if seconds < 60:
-        return f"{seconds:.1f} s"
-    minutes, seconds = divmod(int(round(seconds)), 60)
-    if minutes < 60:
-        return f"{minutes} min {seconds:02d} s"
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours} h {minutes:02d} min"
 
 
 class BatchProgress:
@@ -165,3 +156,57 @@ class TrainProgress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+
+
+class ChunkProgress:
+    """The progress of an evaluation in chunks of points that may resume from a state
+    file (lsa_fast.robust_eval's progress and stage_progress): the run's header line
+    once the state is read (and what it held), then the points done, images/s and the
+    ETA: a tqdm bar in a terminal, else one line per chunk and stage (a log gets no
+    redraws); only the header with shown=False."""
+
+    def __init__(self, header: str, shown: bool, desc: str = "autoattack"):
+        self.header, self.shown, self.desc, self.bar = header, shown, desc, None
+
+    def __call__(self, done: int, total: int, done_now: int, seconds: float) -> None:
+        if done_now == 0:  # the start
+            print(self.header + (f"; {done} points done before, read from the state file" if done else ""),
+                  file=sys.stderr, flush=True)
+            if self.shown and is_terminal(sys.stderr):
+                try:
+                    from tqdm import tqdm
+
+                    self.bar = tqdm(total=total, initial=done, desc=self.desc, unit="img", file=sys.stderr,
+                                    leave=False, dynamic_ncols=True)
+                except ImportError:
+                    pass
+            return
+        if self.bar is not None:  # tqdm shows the rate and the time left itself
+            self.bar.update(done - self.bar.n)
+            return
+        rate = done_now / seconds if seconds > 0 else 0.0
+        eta = f"ETA {format_duration((total - done) / rate)}" if rate > 0 and done < total else "done"
+        if self.shown:
+            print(f"{self.desc}: {done}/{total} points ({100.0 * done / total:.0f}%), {format_throughput(rate)}, "
+                  f"{eta}", file=sys.stderr, flush=True)
+
+    def stage(self, chunk: int, stage: str, done: int, total: int) -> None:
+        """Within a chunk: the stage on the bar, or a line when a stage ends."""
+        if self.bar is not None:
+            self.bar.set_description_str(f"{self.desc} [{stage} {done}/{total}]")
+        elif self.shown and done == total:
+            print(f"{self.desc}: chunk {chunk + 1}: {stage} attacked {total} points", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def format_duration(seconds: float) -> str:
+    """12s, 3m05s, 2h10m: an ETA's length."""
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"

@@ -56,6 +56,10 @@ def test_unusable_outputs_are_one_line_before_any_work(tmp_path, capsys, run):
         (["demo", "--out", str(a_file)], "exists and is not a directory"),
         (["eval", "--checkpoint", str(run), "--out", str(tmp_path)] + nowhere, "is a directory; --out names a file"),
         (["eval", "--checkpoint", str(run), "--out", str(a_file / "t.json")] + nowhere, "is a file"),
+        (["eval", "--checkpoint", str(run), "--attack", "autoattack", "--eps", "0.3", "--out", str(tmp_path)]
+         + nowhere, "is a directory; --out names a file"),
+        (["eval", "--checkpoint", str(run), "--attack", "autoattack", "--eps", "0.3", "--out",
+          str(a_file / "t.json")] + nowhere, "is a file"),
     ]
     for argv, message in cases:
         one_error(capsys, cli.main(argv), message, f"lsa-fast {argv[0]}: error: --out")
@@ -72,6 +76,7 @@ def test_unusable_outputs_are_one_line_before_any_work(tmp_path, capsys, run):
 def test_device_is_checked_the_same_way_by_every_command(tmp_path, capsys, run):
     commands = [TRAIN + ["--out", str(tmp_path / "t")],
                 ["eval", "--checkpoint", str(run)],
+                ["eval", "--checkpoint", str(run), "--attack", "autoattack", "--eps", "0.3"],
                 ["analyze", "--model", "A", "--out", str(tmp_path / "a")],
                 ["reproduce", "moons", "--quick", "--out", str(tmp_path / "r")],
                 ["demo", "--quick", "--out", str(tmp_path / "d")]]
@@ -96,6 +101,11 @@ def test_eval_table_is_0644_whatever_the_umask(tmp_path, capsys, run):
         os.umask(previous)
     assert stat.S_IMODE((tmp_path / "sub" / "table.json").stat().st_mode) == 0o644
     assert json.loads((tmp_path / "sub" / "table.json").read_text())["eps_grid"] == [0.0, 0.1]
+
+
+def test_eval_refuses_more_samples_than_the_test_set_holds(capsys, run):
+    one_error(capsys, cli.main(["eval", "--checkpoint", str(run), "--eps-grid", "0", "--limit", "65"]),
+              "--n-examples 65: more than the 64 samples of the test set")
 
 
 def test_a_file_that_is_not_a_checkpoint_is_named_for_what_it_is(tmp_path, capsys, run):

@@ -11,7 +11,7 @@ import torch
 from lsa_fast import cli
 from lsa_fast.checkpoint import load_checkpoint, save_checkpoint
 from lsa_fast.collapse import collapse_warning, majority_share
-from lsa_fast.progress import BatchProgress, format_duration
+from lsa_fast.progress import BatchProgress
 
 torch.set_num_threads(1)
 
@@ -101,12 +101,6 @@ def test_a_terminal_gets_a_bar_with_an_eta():
     text = stream.getvalue()
     assert "\r" in text and "<" in text and "batch" in text  # tqdm's [elapsed<remaining] is the ETA
     assert line.startswith("eval: 32 images in ") and line in text
-
-
-def test_durations_read_as_people_write_them():
-    assert format_duration(3.25) == "3.2 s"
-    assert format_duration(125) == "2 min 05 s"
-    assert format_duration(7300) == "2 h 01 min"
 
 
 # ------------------------------------------------------------------ help texts
