@@ -2,14 +2,17 @@
 layers, forward and the regulariser's backward, against the eager reference,
 torch.compile of the reference, torch._foreach_norm (batch mode) and the pure-Python
 LayersSustainabilityAnalysis package, on the ReLU activations of paper model B (MNIST
-CNN, batch 256) and of model C (VGG-19, batch 128). Prints a table of ratios and
-writes benchmarks/results/<device>.json.
+CNN, batch 256) and of model C (VGG-19, batch 128); and the fixed cost of one call
+("small": 16 layers of [2, 8], the public call with check_finite=True against
+torch._foreach_norm over the same list). Prints a table of ratios and writes
+benchmarks/results/<device>.json.
 
-  python benchmarks/bench_relative_error.py [--device cpu|cuda] [--quick] [--no-compile]
+  python benchmarks/bench_relative_error.py [--device cpu|cuda] [--quick] [--no-compile] [--only small]
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import warnings
 from pathlib import Path
@@ -130,6 +133,41 @@ def bench_cm_statistics(device, quick):
             {"workload": name, "implementation": "eager reference", "ms": round(eager * 1e3, 3)}]
 
 
+def bench_small_call(device, quick, rounds=9):
+    """The fixed cost of one call: 16 tiny layers, where checks, the wrapper and the
+    launch are all there is. The baseline is one torch._foreach_norm over the clean
+    list (what any per-layer norm costs); the public call computes two sums of squares
+    per layer and checks the result for NaN/Inf (check_finite=True, the default).
+    Timed in `rounds` alternating rounds (the order reverses every round), so that a
+    change of the machine's load hits every implementation alike; a time is the median
+    over the rounds and a ratio the median of the per-round ratios."""
+    torch.manual_seed(0)
+    clean = [torch.randn(2, 8, device=device) for _ in range(16)]
+    perturbed = [c + 0.1 * torch.randn_like(c) for c in clean]
+    baseline = "torch._foreach_norm(clean)"
+    calls = {
+        baseline: lambda: torch._foreach_norm(clean),
+        "relative_error (check_finite=True)": lambda: lsa_fast.relative_error(clean, perturbed),
+        "relative_error (check_finite=False)": lambda: lsa_fast.relative_error(clean, perturbed, check_finite=False),
+        "torch.ops.lsa_fast.relative_error (the op alone)": (
+            lambda: torch.ops.lsa_fast.relative_error(clean, perturbed, False, 1e-12)),
+    }
+    per_round = {label: [] for label in calls}
+    for r in range(rounds):
+        for label in (list(calls) if r % 2 == 0 else list(reversed(calls))):
+            per_round[label].append(harness.time_it(calls[label], device, min_run_time=0.1 if quick else 0.25))
+    times = {label: statistics.median(t) for label, t in per_round.items()}
+    rows = [{"workload": "small: 16 layers x [2, 8]", "implementation": k, "ms": round(v * 1e3, 4)}
+            for k, v in times.items()]
+    ratios = {}
+    for label in calls:
+        if label != baseline:
+            name = f"{label} / foreach_norm" + (" (target <= 2)" if "True" in label else "")
+            ratios[name] = statistics.median(t / b for t, b in zip(per_round[label], per_round[baseline]))
+    return {"layers": 16, "rounds": rounds, "times_ms": {k: v * 1e3 for k, v in times.items()},
+            "per_round_ms": {k: [t * 1e3 for t in v] for k, v in per_round.items()}, "ratios": ratios}, rows
+
+
 def _reference_call(reference_class, model, x, x_hat):
     """The reference's first call: its hooks go on the model and are never removed,
     so they are cleared after each call (else every repetition runs all the earlier
@@ -151,26 +189,34 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter timings")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on CPU)")
+    parser.add_argument("--only", choices=("small",), default=None,
+                        help="only the small-call workload (the op's fixed cost)")
     harness.add_common_arguments(parser, "")
     args = harness.parse_common(parser)
     info = harness.environment(args.device)
     print(f"lsa_fast relative_error benchmark on {info['device']} ({info['threads']} threads), torch {info['torch']}")
     print(f"backend: {lsa_fast.backend()}")
-    bandwidth = harness.copy_bandwidth(args.device)
-    print(f"copy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s")
-    results, table = {}, []
-    for name, (model_name, shape, batch) in WORKLOADS.items():
-        print(f"\n{name} ...", flush=True)
-        results[name], rows = bench_workload(
-            name, model_name, shape, batch, args.device, not args.no_compile, bandwidth, args.quick)
-        table += rows
-    table += bench_cm_statistics(args.device, args.quick)
+    results, table, bandwidth = {}, [], None
+    if args.only is None:
+        bandwidth = harness.copy_bandwidth(args.device)
+        print(f"copy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s")
+        for name, (model_name, shape, batch) in WORKLOADS.items():
+            print(f"\n{name} ...", flush=True)
+            results[name], rows = bench_workload(
+                name, model_name, shape, batch, args.device, not args.no_compile, bandwidth, args.quick)
+            table += rows
+        table += bench_cm_statistics(args.device, args.quick)
+    print("\nsmall: 16 layers x [2, 8] ...", flush=True)
+    results["small"], rows = bench_small_call(args.device, args.quick)
+    table += rows
     harness.print_table("times", table, ["workload", "implementation", "ms", "GB/s", "% of copy bw"])
     ratio_rows = [{"workload": w, "ratio": k, "value": f"{v:.2f}"} for w, r in results.items() for k, v in r["ratios"].items()]
-    harness.print_table("ratios (baseline time / fused time; bandwidth in %)", ratio_rows, ["workload", "ratio", "value"])
-    path = harness.write_results(args.out or harness.device_slug(info, args.device),
-                                 {"benchmark": "relative_error", "environment": info,
-                                  "copy_bandwidth_GBps": bandwidth / 1e9, "results": results})
+    harness.print_table("ratios ('A vs B': B's time / A's; 'A / B': A's time / B's; bandwidth in %)", ratio_rows, ["workload", "ratio", "value"])
+    default_name = harness.device_slug(info, args.device) + ("-small" if args.only else "")
+    path = harness.write_results(args.out or default_name,
+                                 {"benchmark": "relative_error", "environment": info, "command": " ".join(sys.argv),
+                                  "note": "timings on a machine shared with other jobs are noisy",
+                                  "copy_bandwidth_GBps": bandwidth and bandwidth / 1e9, "results": results})
     print(f"\nresults written to {path}")
 
 

@@ -7,12 +7,15 @@ way a user would without lsa_fast: forward hooks collecting the regularised laye
 outputs, the eager regulariser of lsa_fast/reference.py, torchattacks.PGD for the
 attack, an SGD step. Tables of ms/step and ratios.
 
-Part "epoch" (issue 15): images/s of an AT-PGD-10-LR epoch slice (`--slice` batches
-through the whole training loop: data, attack, regulariser, optimiser) in four
-variants: the plain loop (a host DataLoader, .to(device), hooks + eager regulariser +
-torchattacks, SGD); ours eager (ATLRTrainer.fit over a DeviceLoader); ours --compile
-(TrainConfig.compile="inductor"); ours compiled + CUDA graphs (compile="cudagraphs",
-CUDA only). Each variant first runs one slice as warm-up (compilation, CUDA-graph
+Part "epoch" (issues 15, 24): images/s of AT-PGD-10-LR and AT-APGD-10-LR epoch slices
+(`--slice` batches through the whole training loop: data, attack, regulariser,
+optimiser) in four variants: the plain loop (a host DataLoader, .to(device), hooks +
+eager regulariser + torchattacks PGD / APGD, SGD); ours eager (ATLRTrainer.fit over a
+DeviceLoader); ours --compile (TrainConfig.compile="inductor"); ours compiled + CUDA
+graphs (compile="cudagraphs", CUDA only). Each in precisions fp32, bf16 (autocast:
+TrainConfig.amp="bf16"; the plain loop runs its attack and loss under
+torch.autocast(bfloat16)) and channels_last (fp32; model and batches in channels_last
+memory format, TrainConfig.channels_last), chosen by --attacks, --precisions, --models. Each variant first runs one slice as warm-up (compilation, CUDA-graph
 capture: reported as warm-up seconds), then `--rounds` timed slices in alternating
 order; ours trains with drop_last (a static batch shape). Model C's "ours" variants
 augment (crop-flip on the device, the CIFAR-10 protocol); the plain loop does not
@@ -21,24 +24,30 @@ plain loop's attack is an eager PGD loop in torchattacks' order.
 
   python benchmarks/bench_training.py [--device cpu|cuda] [--part steps|epoch|all] [--quick]
                                       [--c-batch N] [--slice N] [--rounds N] [--threads N]
+                                      [--models B,C] [--attacks pgd,apgd] [--precisions fp32,bf16,channels_last]
 
 Writes benchmarks/results/<device>-training.json (<device>-training-<part>.json for
 one part).
 
 Workloads: paper model B (MNIST CNN) at batch 256, and model C (VGG-19, CIFAR-10
 shapes) at a small batch on CPU (32; 8 with --quick) so that a CPU run stays
-bearable, 128 on CUDA. Random weights, x = torch.rand, random labels. PGD-10, L-inf,
-random start: eps 0.3 / alpha 0.01 on B, 8/255 / 2/255 on C. Both sides generate
+bearable, 128 on CUDA. Random weights, x = torch.rand, random labels (the epoch part:
+the labels the model predicts at the start, since torchattacks' APGD attacks only the
+samples classified correctly: with random labels it would skip about 90%). PGD-10, L-inf,
+random start: eps 0.3 / alpha 0.01 on B, 8/255 / 2/255 on C; APGD-10 (cross-entropy,
+L-inf, one run) at the same eps. Both sides generate
 the attack in train mode (the trainer's default for PGD; torchattacks is told
 set_model_training_mode(model_training=True)), use SGD (lr 0.01, momentum 0.9,
 weight decay 5e-4) and start from the same weights. Layers are the trainer's
-probe indices (LayerProbe(select="hidden"): the hidden Conv/Linear outputs).
+probe indices (PROBES, the trainer's default "activations": the activation modules'
+outputs); the plain loop hooks the same modules, so both do the same work.
 
 Targets: LR step <= 1.10 x the AT step (ours, CPU and GPU); plain eager AT-LR >=
 1.2 x ours on GPU (reported on CPU as measured); no host sync inside a step (checked
-on CUDA with torch.cuda.set_sync_debug_mode). Epoch slices: on CPU, --compile ahead
-of eager for model B; on GPU, compiled + CUDA graphs >= 2x the plain loop for model
-B and >= 1.3x for model C.
+on CUDA with torch.cuda.set_sync_debug_mode). Epoch slices: ours eager >= the plain
+loop everywhere; on CPU, --compile ahead of eager for model B (>= 1.1x for APGD); on
+GPU, compiled + CUDA graphs >= 2x the plain loop for model B and >= 1.3x for model C,
+and compiled + graphs + bf16 >= 3x the plain fp32 loop for model C.
 
 Every step time is harness.time_it's median, taken in alternating rounds (--rounds, 3 by
 default; the order reverses every round); a step time is the median over the rounds
@@ -80,11 +89,20 @@ LR, MOMENTUM, WEIGHT_DECAY = 0.01, 0.9, 5e-4
 LR_STEP_TARGET = 1.10
 PLAIN_TARGET = 1.2
 # Epoch slices: (model, this variant / that variant) >= target, on the device named.
-SLICE_TARGETS = {
-    ("B", "ours --compile", "ours eager", "cpu"): 1.0,
-    ("B", "ours compiled + CUDA graphs", "plain", "cuda"): 2.0,
-    ("C", "ours compiled + CUDA graphs", "plain", "cuda"): 1.3,
-}
+# A target applies to the workloads it names (None: any). "plain fp32": the plain loop of
+# the same workload in fp32.
+SLICE_TARGETS = [
+    # (model, attack, precision, numerator, denominator, device, target)
+    (None, None, None, "ours eager", "plain", None, 1.0),
+    ("B", "pgd", "fp32", "ours --compile", "ours eager", "cpu", 1.0),
+    ("B", "apgd", None, "ours --compile", "ours eager", "cpu", 1.1),
+    ("B", "pgd", "fp32", "ours compiled + CUDA graphs", "plain", "cuda", 2.0),
+    ("C", "pgd", "fp32", "ours compiled + CUDA graphs", "plain", "cuda", 1.3),
+    ("C", None, "bf16", "ours compiled + CUDA graphs", "plain fp32", "cuda", 3.0),
+]
+ATTACK_LABELS = {"pgd": "AT-PGD-10-LR", "apgd": "AT-APGD-10-LR"}
+PRECISIONS = ("fp32", "bf16", "channels_last")
+PROBES = "activations"  # the trainer's default probe points; the plain loop hooks the same
 
 # name: (model, input shape per sample, eps, alpha, one regularised layer, two layers)
 MODELS = {
@@ -104,6 +122,10 @@ def main():
     parser.add_argument("--slice", type=int, default=None,
                         help="batches per epoch slice (default: 20 CUDA, 4 CPU, 2 quick CPU)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating timing rounds (default: 3)")
+    parser.add_argument("--models", default="B,C", help="epoch part: models, comma-separated (default: B,C)")
+    parser.add_argument("--attacks", default="pgd,apgd", help="epoch part: base attacks (default: pgd,apgd)")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS),
+                        help=f"epoch part: any of {','.join(PRECISIONS)} (default: all)")
     harness.add_common_arguments(parser, "-training")
     args = harness.parse_common(parser)
     info = harness.environment(args.device)
@@ -136,10 +158,25 @@ def main():
             payload["results"] = "skipped: torchattacks not installed"
     if args.part in ("epoch", "all"):
         batches = args.slice or (20 if args.device == "cuda" else (2 if args.quick else 4))
-        payload["epoch_slices"] = run_epoch_part(workloads, args.device, batches, rounds)
+        models, attacks, precisions = _names(parser, args)
+        payload["epoch_slices"] = run_epoch_part([w for w in workloads if w[0] in models], args.device, batches,
+                                                 rounds, attacks, precisions)
+        payload["command"] = " ".join(sys.argv)
     suffix = "-training" if args.part == "all" else f"-training-{args.part}"
     path = harness.write_results(args.out or harness.device_slug(info, args.device) + suffix, payload)
     print(f"\nresults written to {path}")
+
+
+def _names(parser, args):
+    """--models, --attacks, --precisions as lists, each name checked."""
+    chosen = []
+    for option, allowed in (("models", MODELS), ("attacks", ATTACK_LABELS), ("precisions", PRECISIONS)):
+        names = [n.strip() for n in getattr(args, option).split(",") if n.strip()]
+        unknown = [n for n in names if n not in allowed]
+        if unknown or not names:
+            parser.error(f"--{option}: {unknown or 'none given'}; choose from {', '.join(allowed)}")
+        chosen.append(names)
+    return chosen
 
 
 def run_steps_part(workloads, device, quick, rounds, min_run_time):
@@ -228,30 +265,27 @@ def bench_workload(model_name, batch, device, quick, rounds, min_run_time):
     }
 
 
-def run_epoch_part(workloads, device, batches, rounds):
-    """Images/s of AT-PGD-10-LR epoch slices, four variants per model."""
+def run_epoch_part(workloads, device, batches, rounds, attacks=("pgd",), precisions=("fp32",)):
+    """Images/s of AT-(A)PGD-10-LR epoch slices, four variants per model, attack and precision."""
     results, rows, ratio_rows = {}, [], []
     for model_name, batch in workloads:
-        name = f"model {model_name} ({'MNIST CNN' if model_name == 'B' else 'VGG-19'}) b{batch}"
-        print(f"\nepoch slices: {name}, {batches} batches ...", flush=True)
-        result = bench_epoch_slices(model_name, batch, device, batches, rounds)
-        results[name] = result
-        for label, entry in result["variants"].items():
-            row = {"workload": name, "variant": label}
-            if "error" in entry:
-                row["images/s"] = "failed: " + entry["error"][:60]
-            else:
-                rate = entry["images_per_s"]
-                row.update({"images/s": f"{rate:.0f}" if rate >= 100 else f"{rate:.2f}",
-                            "warm-up s": f"{entry['warmup_s']:.1f}",
-                            "vs plain": f"{entry['vs_plain']:.2f}x" if "vs_plain" in entry else ""})
-                if "steady_ms_per_batch" in entry:
-                    row["ms/batch after the 1st"] = f"{entry['steady_ms_per_batch']:.1f}"
-            rows.append(row)
-        for ratio, value in result["targets"].items():
-            ratio_rows.append({"workload": name, "ratio": ratio, "value": f"{value['value']:.3f}",
-                               "target": value["target"]})
-    harness.print_table(f"AT-PGD-10-LR epoch slices of {batches} batches (images/s: median of {rounds} rounds; "
+        for attack in attacks:
+            for precision in precisions:
+                name = (f"model {model_name} ({'MNIST CNN' if model_name == 'B' else 'VGG-19'}) b{batch}, "
+                        f"{ATTACK_LABELS[attack]}, {precision}")
+                print(f"\nepoch slices: {name}, {batches} batches ...", flush=True)
+                result = bench_epoch_slices(model_name, batch, device, batches, rounds, attack, precision)
+                results[name] = result
+                for label, entry in result["variants"].items():
+                    rows.append(_slice_row(name, label, entry))
+        for name, result in results.items():
+            if not name.startswith(f"model {model_name} "):
+                continue
+            targets = _slice_targets(result, results, device)
+            result["targets"] = targets
+            ratio_rows += [{"workload": name, "ratio": ratio, "value": f"{value['value']:.3f}",
+                            "target": value["target"]} for ratio, value in targets.items()]
+    harness.print_table(f"epoch slices of {batches} batches (images/s: median of {rounds} rounds; "
                         "vs plain: per-round ratio, median; ms/batch: median loop time of the batches after "
                         "each slice's first, whose step ours runs eagerly with the value checks)", rows,
                         ["workload", "variant", "images/s", "vs plain", "ms/batch after the 1st", "warm-up s"])
@@ -260,22 +294,62 @@ def run_epoch_part(workloads, device, batches, rounds):
     return results
 
 
-def bench_epoch_slices(model_name, batch, device, batches, rounds):
+def _slice_row(name, label, entry):
+    row = {"workload": name, "variant": label}
+    if "error" in entry:
+        row["images/s"] = "failed: " + entry["error"][:60]
+        return row
+    rate = entry["images_per_s"]
+    row.update({"images/s": f"{rate:.0f}" if rate >= 100 else f"{rate:.2f}",
+                "warm-up s": f"{entry['warmup_s']:.1f}",
+                "vs plain": f"{entry['vs_plain']:.2f}x" if "vs_plain" in entry else ""})
+    if "steady_ms_per_batch" in entry:
+        row["ms/batch after the 1st"] = f"{entry['steady_ms_per_batch']:.1f}"
+    return row
+
+
+def _slice_targets(result, results, device):
+    """The SLICE_TARGETS that apply to this workload, from its per-round slice times
+    (the plain fp32 loop of the same model and attack for "plain fp32")."""
+    targets = {}
+    times = result["slice_times"]
+    for model, attack, precision, numerator, denominator, target_device, target in SLICE_TARGETS:
+        if any(want is not None and want != have for want, have in (
+                (model, result["model"]), (attack, result["attack"]), (precision, result["precision"]),
+                (target_device, device))):
+            continue
+        if denominator == "plain fp32":
+            fp32 = [r for r in results.values() if (r["model"], r["attack"], r["precision"]) ==
+                    (result["model"], result["attack"], "fp32")]
+            baseline = fp32[0]["slice_times"].get("plain") if fp32 else None
+        else:
+            baseline = times.get(denominator)
+        if numerator not in times or not baseline:
+            continue
+        value = statistics.median(d / t for d, t in zip(baseline, times[numerator]))
+        targets[f"{numerator} / {denominator}"] = {"value": value, "target": _verdict(value >= target, f">= {target}")}
+    return targets
+
+
+def bench_epoch_slices(model_name, batch, device, batches, rounds, attack="pgd", precision="fp32"):
     shape, eps, alpha, one, _ = MODELS[model_name]
     n = batch * batches
     generator = torch.Generator().manual_seed(0)
     x = torch.rand(n, *shape, generator=generator)
-    y = torch.randint(0, 10, (n,), generator=generator)
     torch.manual_seed(0)
     model = build_model(model_name)
+    with torch.no_grad():  # labels the model predicts: torchattacks' APGD attacks only the samples it
+        y = model.eval()(x).argmax(1)  # classifies correctly, so with random labels it would skip ~90%
+    model.train()
     augment = "crop-flip" if model_name == "C" else "none"
-    builders = {"plain": lambda: PlainEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one)}
+    builders = {"plain": lambda: PlainEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one, attack,
+                                            precision)}
     modes = {"ours eager": "none", "ours --compile": "inductor"}
     if device == "cuda":
         modes["ours compiled + CUDA graphs"] = "cudagraphs"
     for label, mode in modes.items():
         builders[label] = (lambda mode=mode: OursEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one,
-                                                       mode, augment))
+                                                       mode, augment, attack, precision))
     runners, variants = {}, {}
     for label, build in builders.items():
         # Warm-up slice: compilation and CUDA-graph capture happen here; a variant that fails is reported.
@@ -307,13 +381,8 @@ def bench_epoch_slices(model_name, batch, device, batches, rounds):
         if fast is not None and fast.compiled_step is not None:
             entry["compile_fell_back_to_eager"] = fast.compiled_step.failed
             entry["cuda_graphs"] = bool(fast.compiled_step._graphs) and fast.compiled_step.use_graphs
-    targets = {}
-    for (target_model, numerator, denominator, target_device), target in SLICE_TARGETS.items():
-        if target_model == model_name and target_device == device and numerator in times and denominator in times:
-            value = statistics.median(d / t for d, t in zip(times[denominator], times[numerator]))
-            targets[f"{numerator} / {denominator}"] = {"value": value, "target": _verdict(value >= target, f">= {target}")}
-    return {"model": model_name, "batch": batch, "batches": batches, "augment_ours": augment,
-            "augment_plain": "none", "variants": variants, "targets": targets}
+    return {"model": model_name, "attack": attack, "precision": precision, "batch": batch, "batches": batches,
+            "augment_ours": augment, "augment_plain": "none", "variants": variants, "slice_times": times}
 
 
 class OursEpoch:
@@ -321,11 +390,13 @@ class OursEpoch:
     clock.batch_seconds: the loop time of each batch but the epoch's first (which runs
     the eager, value-checked step), from marks at the start of every step."""
 
-    def __init__(self, model, x, y, batch, device, eps, alpha, layers, mode, augment):
-        config = TrainConfig(base="pgd", eps=eps, alpha=alpha, steps=STEPS, random_start=True, lr_layers=layers,
-                             gammas=1.0, epochs=1000, batch_size=batch, optimizer="sgd", lr=LR, momentum=MOMENTUM,
-                             weight_decay=WEIGHT_DECAY, schedule="constant", augment=augment, compile=mode,
-                             drop_last=True)
+    def __init__(self, model, x, y, batch, device, eps, alpha, layers, mode, augment, attack="pgd", precision="fp32"):
+        config = TrainConfig(base=attack, eps=eps, alpha=alpha if attack == "pgd" else None, steps=STEPS,
+                             random_start=True, lr_layers=layers, gammas=1.0, epochs=1000, batch_size=batch,
+                             optimizer="sgd", lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY,
+                             schedule="constant", augment=augment, compile=mode, drop_last=True, probes=PROBES,
+                             amp="bf16" if precision == "bf16" else "none",
+                             channels_last=precision == "channels_last")
         loader = DeviceLoader(x, y, batch, device=device, seed=0, augment=augment, drop_last=True)
         self.trainer = ATLRTrainer(model, config, loader, device=device)
         self.clock = _BatchClock(device)
@@ -346,10 +417,14 @@ class OursEpoch:
 class PlainEpoch:
     """The loop a user writes: a shuffling host DataLoader, .to(device), PlainATLR."""
 
-    def __init__(self, model, x, y, batch, device, eps, alpha, layers):
+    def __init__(self, model, x, y, batch, device, eps, alpha, layers, attack="pgd", precision="fp32"):
         from torch.utils.data import DataLoader, TensorDataset
 
-        self.step = PlainATLR(model.to(device).train(), eps, alpha, layers)
+        self.channels_last = precision == "channels_last"
+        model = model.to(device).train()
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.step = PlainATLR(model, eps, alpha, layers, attack, precision == "bf16")
         self.loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True,
                                  pin_memory=device == "cuda", generator=torch.Generator().manual_seed(0))
         self.device = device
@@ -359,7 +434,10 @@ class PlainEpoch:
         self.clock.start()
         for xb, yb in self.loader:
             self.clock.mark()
-            self.step(xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True))
+            xb = xb.to(self.device, non_blocking=True)
+            if self.channels_last:
+                xb = xb.contiguous(memory_format=torch.channels_last)
+            self.step(xb, yb.to(self.device, non_blocking=True))
         return self.clock.stop()
 
 
@@ -399,30 +477,42 @@ class _BatchClock:
 
 
 class PlainATLR:
-    """AT(-LR) as a user writes it without lsa_fast: torchattacks PGD, forward hooks on
-    the regularised layers (recording only around the two training forwards), the
-    eager regulariser of lsa_fast/reference.py, cross-entropy, SGD. layers=None: AT."""
+    """AT(-LR) as a user writes it without lsa_fast: torchattacks PGD or APGD, forward
+    hooks on the regularised layers (recording only around the two training forwards),
+    the eager regulariser of lsa_fast/reference.py, cross-entropy, SGD; bf16: attack
+    and loss under torch.autocast. layers=None: AT."""
 
-    def __init__(self, model, eps, alpha, layers):
+    def __init__(self, model, eps, alpha, layers, attack="pgd", bf16=False):
         self.model = model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
-        if torchattacks is not None:
+        self.autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=bf16)
+        if attack == "apgd":
+            if torchattacks is not None:
+                self.attack = torchattacks.APGD(model, norm="Linf", eps=eps, steps=STEPS, n_restarts=1, loss="ce")
+            else:  # no torchattacks: lsa_fast's eager APGD stands in
+                self.attack = lambda x, y: lsa_fast.attacks.apgd(model, x, y, eps, steps=STEPS, model_mode="train")
+        elif torchattacks is not None:
             self.attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=STEPS, random_start=True)
-            self.attack.set_model_training_mode(model_training=True)
         else:
             self.attack = _EagerPGD(model, eps, alpha)
+        if hasattr(self.attack, "set_model_training_mode"):
+            self.attack.set_model_training_mode(model_training=True)
         self.layers = layers
         self.recorded = None
         if layers:
-            hidden = LayerProbe(model, select="hidden").selected
+            points = LayerProbe(model, select=PROBES).selected
             for index in layers:
-                hidden[index][1].register_forward_hook(self._record)
+                points[index][1].register_forward_hook(self._record)
 
     def _record(self, module, inputs, output):
         if self.recorded is not None:
             self.recorded.append(output)
 
     def __call__(self, x, y):
+        with self.autocast:
+            return self._step(x, y)
+
+    def _step(self, x, y):
         x_hat = self.attack(x, y)
         self.model.train()
         if self.layers:
@@ -463,7 +553,7 @@ class _EagerPGD:
 def _trainer(model, x, y, eps, alpha, layers):
     config = TrainConfig(base="pgd", eps=eps, alpha=alpha, steps=STEPS, random_start=True, lr_layers=layers,
                          gammas=1.0, epochs=1, batch_size=x.shape[0], optimizer="sgd", lr=LR, momentum=MOMENTUM,
-                         weight_decay=WEIGHT_DECAY, schedule="constant")
+                         weight_decay=WEIGHT_DECAY, schedule="constant", probes=PROBES)
     loader = DataLoader(TensorDataset(x.cpu(), y.cpu()), batch_size=x.shape[0])
     trainer = ATLRTrainer(model, config, loader, device=x.device)
     trainer.module.train()  # what fit() does before its steps

@@ -7,7 +7,7 @@ per-step functions (lsa_fast.attacks.steps: pgd_iteration, fgsm_step, trades_ste
 the loss of lsa_fast.train_loss (atlr_loss), which the eager trainer calls too.
 
 What runs where:
-- Random draws (PGD's random start, FGSM-RS's start, TRADES' initial noise) come
+- Random draws (PGD's and APGD's random starts, FGSM-RS's start, TRADES' initial noise) come
   from the trainer's attack generator eagerly, before the compiled code, in the
   order the eager attacks draw them: the same numbers as an eager run.
 - One attack iteration (forward, input gradient, the fused projection step: the
@@ -26,7 +26,8 @@ What runs where:
   (inputs copied into static buffers; the graph writes the gradients into buffers
   that become the parameters' .grad). Only the first batch shape is graphed; the
   last, smaller batch of an epoch runs compiled without a graph (TrainConfig.drop_last
-  drops it). fp16 (GradScaler) and APGD, whose step is not static, run without graphs.
+  drops it). fp16 (GradScaler) runs without graphs. APGD is graphed too: its step is
+  a fixed-shape, sync-free iteration (lsa_fast/compiled_apgd.py).
   On CPU "cudagraphs" is the same as "inductor".
 - No host sync: nothing reads a tensor's value; the first batch of every epoch runs
   the eager step instead, with the attacks' value checks (x in [0, 1], labels).
@@ -70,6 +71,7 @@ from .attacks.steps import (
     trades_start,
     trades_step,
 )
+from .compiled_apgd import CompiledAPGD
 from .distributed import average_over_ranks, on_any_rank
 from .probes import LayerProbe, snapshot
 from .train_loss import atlr_loss
@@ -166,7 +168,7 @@ class CompiledStep:
     def _run(self, units: "_StepUnits", key: tuple, x, y, x_start, real) -> torch.Tensor:
         # A graph replays the step of one batch shape (and one count of real samples).
         shape = (tuple(x.shape), x.dtype, tuple(y.shape), y.dtype, real)
-        if not (self.use_graphs and units.graphable):
+        if not self.use_graphs:
             return units.run(x, y, x_start, real)
         if self._graph_shape is None:
             self._graph_shape = shape
@@ -201,7 +203,6 @@ class _StepUnits:
         self.attack_mode = config.resolved_attack_mode()
         self.eps, self.steps = trainer.attack_eps, config.steps
         self.random_start = config.random_start
-        self.graphable = base != "apgd"
         self._shapes = set()
         compile_fn = _compiler(owner.backend, trainer.device)
         autocast = _autocast_factory(trainer, cache=not owner.use_graphs)
@@ -214,6 +215,9 @@ class _StepUnits:
             alpha = default if config.alpha is None else config.alpha
             self.iteration = compile_fn(_under(autocast, lambda x_adv, x, y: pgd_iteration(module, x_adv, x, y, eps,
                                                                                            alpha)))
+        elif base == "apgd":
+            self.apgd = CompiledAPGD(module, eps, config.steps, self.generator, compile_fn, autocast,
+                                     mixed_precision=config.amp != "none")
         elif base == "trades":
             alpha = pgd_default_alpha(eps, config.steps) if config.alpha is None else config.alpha
             self.clean_probabilities = compile_fn(_clean_probabilities_fn(module, autocast))
@@ -243,6 +247,8 @@ class _StepUnits:
             return random_start_point(x, eps, "linf", self.generator)
         if base == "trades" and eps > 0:
             return trades_start(x, self.generator)
+        if base == "apgd":
+            return self.apgd.draw_start(x)
         return None
 
     def run(self, x: torch.Tensor, y: torch.Tensor, x_start: Optional[torch.Tensor],
@@ -256,11 +262,11 @@ class _StepUnits:
         base = self.base
         if base == "none":
             return x
-        if base == "apgd":
-            return self.trainer.perturb(x, y)
         if base in ("pgd", "trades") and self.eps == 0:
             return x.clone()  # the eps-ball is the point x: the eager attacks return without a forward
         with attack_mode(self.module, self.attack_mode):
+            if base == "apgd":
+                return self.apgd(x, y, x_start)
             if base == "fgsm":
                 return self.fgsm(_leaf(x), y)
             if base == "fast":

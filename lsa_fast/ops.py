@@ -3,6 +3,7 @@ that name the layer and the problem, autograd and fake (meta) registrations, and
 the fallback to lsa_fast/reference.py when the extension is missing."""
 from __future__ import annotations
 
+import math
 from typing import Sequence, Union
 
 import torch
@@ -48,21 +49,57 @@ def relative_error(
     Autograd: first and second derivatives (create_graph=True gives a differentiable
     gradient). torch.func transforms (grad, vmap, jacrev, ...) are not supported and
     raise a clear error."""
-    clean, perturbed = _check_layer_pairs("relative_error", clean, perturbed)
-    _refuse_functorch("relative_error", clean + perturbed)
     if mode not in _MODES:
         raise ValueError(f"relative_error: mode must be one of {_MODES}, got {mode!r}")
     if not eps > 0:
         raise ValueError(f"relative_error: eps must be > 0, got {eps}")
-    eps = norm_floor(eps, clean[0].dtype)
     if not EXTENSION_LOADED:
+        clean, perturbed = _check_layer_pairs("relative_error", clean, perturbed)
+        _refuse_functorch("relative_error", clean + perturbed)
+        eps = norm_floor(eps, clean[0].dtype)
         if check_finite:
             _check_finite_inputs(clean, perturbed)
         return reference.relative_error(clean, perturbed, mode, eps)
-    cm, norms = torch.ops.lsa_fast.relative_error(clean, perturbed, mode == "batch", float(eps))
-    if check_finite and not torch.compiler.is_compiling():
-        _check_finite_norms(norms, clean, perturbed)
+    return _fused_relative_error("relative_error", clean, perturbed, mode == "batch", eps, check_finite, False)
+
+
+def _fused_relative_error(op, clean, perturbed, batch_mode, eps, check_finite, numerator_only):
+    """The compiled op with its checks done once, in C++: the Python checks (which say
+    more: the shapes, the device, the dtype) run only to explain a call that failed."""
+    if isinstance(clean, torch.Tensor) or isinstance(perturbed, torch.Tensor):
+        raise TypeError(f"{op}: clean and perturbed must be lists of tensors, one per layer")
+    clean, perturbed = list(clean), list(perturbed)
+    compiling = torch.compiler.is_compiling()
+    if not compiling and torch._C._functorch.peek_interpreter_stack() is not None:
+        _refuse_functorch(op, clean + perturbed)
+    try:
+        eps = norm_floor(eps, clean[0].dtype)
+        if numerator_only or (not compiling and _any_requires_grad(clean, perturbed)):
+            # a flat autograd.Function: the op's registered autograd costs a pytree walk per call
+            cm, norms = _FusedRelativeError.apply(batch_mode, eps, numerator_only, len(clean), *clean, *perturbed)
+        elif compiling:
+            cm, norms = torch.ops.lsa_fast.relative_error(clean, perturbed, batch_mode, eps)
+        else:
+            cm, norms = _forward_without_graph(clean, perturbed, batch_mode, eps)
+    except (RuntimeError, TypeError, IndexError, AttributeError):
+        _check_layer_pairs(op, clean, perturbed)  # raises the error that names the layer
+        raise
+    if check_finite and not compiling and not math.isfinite(float(norms.sum())):
+        _explain_non_finite_norms(op, norms, clean, perturbed)  # one host read when all is well
     return cm
+
+
+def _forward_without_graph(clean, perturbed, batch_mode, eps):
+    """The op below its registered (Python) autograd kernel, which would cost more than
+    the op itself on small inputs: for calls that record no graph."""
+    with torch._C._AutoDispatchBelowAutograd():
+        return torch.ops.lsa_fast.relative_error(clean, perturbed, batch_mode, eps)
+
+
+def _any_requires_grad(clean, perturbed) -> bool:
+    if not torch.is_grad_enabled():
+        return False
+    return any(t.requires_grad for t in clean) or any(t.requires_grad for t in perturbed)
 
 
 def norm_floor(eps: float, dtype: torch.dtype) -> float:
@@ -169,32 +206,38 @@ def _numerator_only_relative_error(clean, perturbed, mode, check_finite):
             diff = torch.linalg.vector_norm((a - b).to(acc), dim=dims)
             columns.append(diff / torch.linalg.vector_norm(a.detach().to(acc), dim=dims).clamp_min(eps))
         return torch.stack(columns, dim=-1)
-    _check_layer_pairs("layerwise_regularizer", clean, perturbed)
-    _refuse_functorch("layerwise_regularizer", list(clean) + list(perturbed))
-    if check_finite and not torch.compiler.is_compiling():
-        _check_finite_inputs(clean, perturbed)
-    eps = norm_floor(DEFAULT_EPS, clean[0].dtype)
-    cm = _NumeratorOnly.apply(mode == "batch", eps, len(clean), *clean, *perturbed)
-    return cm
+    return _fused_relative_error("layerwise_regularizer", clean, perturbed, mode == "batch", DEFAULT_EPS,
+                                 check_finite, True)
 
 
-class _NumeratorOnly(torch.autograd.Function):
+class _FusedRelativeError(torch.autograd.Function):
+    """The fused forward and backward with the tensors passed flat. numerator_only:
+    the denominator ||phi(x)|| is a constant of the gradient (lr_grad="numerator")."""
+
     @staticmethod
-    def forward(ctx, batch_mode, eps, num_layers, *tensors):
+    def forward(ctx, batch_mode, eps, numerator_only, num_layers, *tensors):
         clean, perturbed = list(tensors[:num_layers]), list(tensors[num_layers:])
-        cm, norms = torch.ops.lsa_fast.relative_error(clean, perturbed, batch_mode, eps)
+        if torch.compiler.is_compiling():
+            cm, norms = torch.ops.lsa_fast.relative_error(clean, perturbed, batch_mode, eps)
+        else:
+            cm, norms = _forward_without_graph(clean, perturbed, batch_mode, eps)
         ctx.save_for_backward(*tensors, norms)
-        ctx.batch_mode, ctx.eps, ctx.num_layers = batch_mode, eps, num_layers
-        return cm
+        ctx.batch_mode, ctx.eps, ctx.numerator_only, ctx.num_layers = batch_mode, eps, numerator_only, num_layers
+        ctx.mark_non_differentiable(norms)
+        return cm, norms
 
     @staticmethod
-    def backward(ctx, grad_cm):
+    def backward(ctx, grad_cm, _grad_norms):
         *tensors, norms = ctx.saved_tensors
         n = ctx.num_layers
-        grads = torch.ops.lsa_fast.relative_error_backward(
-            grad_cm.contiguous(), tensors[:n], tensors[n:], norms, ctx.batch_mode, ctx.eps)
-        perturbed_grads = list(grads[n:])
-        return (None, None, None, *[-g for g in perturbed_grads], *perturbed_grads)
+        clean, perturbed = list(tensors[:n]), list(tensors[n:])
+        if ctx.numerator_only:
+            grads = torch.ops.lsa_fast.relative_error_backward(
+                grad_cm.contiguous(), clean, perturbed, norms, ctx.batch_mode, ctx.eps)
+            perturbed_grads = list(grads[n:])
+            return (None, None, None, None, *[-g for g in perturbed_grads], *perturbed_grads)
+        grad_clean, grad_perturbed, _, _ = _relative_error_backward(ctx, grad_cm, None, clean, perturbed, norms)
+        return (None, None, None, None, *grad_clean, *grad_perturbed)
 
 
 def pgd_step(
@@ -268,27 +311,26 @@ def _refuse_functorch(op: str, tensors):
         )
 
 
-def _check_finite_inputs(clean, perturbed):
+def _check_finite_inputs(clean, perturbed, op: str = "relative_error"):
     for i, (a, b) in enumerate(zip(clean, perturbed)):
         for side, t in (("clean", a), ("perturbed", b)):
             if not torch.isfinite(t).all():
-                raise ValueError(f"relative_error: layer {i} ({side}) contains NaN or Inf")
+                raise ValueError(f"{op}: layer {i} ({side}) contains NaN or Inf")
 
 
-def _check_finite_norms(norms: torch.Tensor, clean, perturbed):
-    """norms[0] holds ||a-b||^2 sums, norms[1] ||a||^2: a non-finite entry means a
-    NaN/Inf input or a sum of squares past the accumulator's range; say which layer
-    and which of the two."""
+def _explain_non_finite_norms(op: str, norms: torch.Tensor, clean, perturbed):
+    """norms[0] holds ||a-b||^2 sums, norms[1] ||a||^2, and their total was not finite:
+    a NaN/Inf input or a sum of squares past the accumulator's range; say which layer
+    and which of the two. (Finite sums whose total overflows are no error.)"""
     num_layers = len(clean)
-    per_layer = norms.reshape(2, -1, num_layers)
-    finite = torch.isfinite(per_layer).all(dim=1)  # [2, L]
+    finite = torch.isfinite(norms.reshape(2, -1, num_layers)).all(dim=1)  # [2, L]
     if bool(finite.all()):
         return
-    _check_finite_inputs(clean, perturbed)  # names a NaN/Inf input first
+    _check_finite_inputs(clean, perturbed, op)  # names a NaN/Inf input first
     layer = int(torch.nonzero(~finite.all(dim=0))[0])
     largest = max(clean[layer].detach().abs().max().item(), perturbed[layer].detach().abs().max().item())
     raise ValueError(
-        f"relative_error: layer {layer}: the sum of squares overflows {str(norms.dtype).replace('torch.', '')} "
+        f"{op}: layer {layer}: the sum of squares overflows {str(norms.dtype).replace('torch.', '')} "
         f"(largest |value| {largest:.3g}); scale the layer's values down"
     )
 
@@ -320,10 +362,11 @@ def _relative_error_setup_context(ctx, inputs, output):
     ctx.save_for_backward(*clean, *perturbed, norms)
 
 
-def _relative_error_backward(ctx, grad_cm, grad_norms):
-    saved = ctx.saved_tensors
-    n = ctx.num_layers
-    clean, perturbed, norms = list(saved[:n]), list(saved[n : 2 * n]), saved[2 * n]
+def _relative_error_backward(ctx, grad_cm, grad_norms, clean=None, perturbed=None, norms=None):
+    if clean is None:  # the registered autograd of torch.ops.lsa_fast.relative_error
+        saved = ctx.saved_tensors
+        n = ctx.num_layers
+        clean, perturbed, norms = list(saved[:n]), list(saved[n : 2 * n]), saved[2 * n]
     if grad_cm is None:
         return None, None, None, None
     if torch.is_grad_enabled():  # create_graph=True: a gradient that is itself differentiable
@@ -331,6 +374,7 @@ def _relative_error_backward(ctx, grad_cm, grad_norms):
     grads = torch.ops.lsa_fast.relative_error_backward(
         grad_cm, clean, perturbed, norms, ctx.batch_mode, ctx.eps
     )
+    n = len(clean)
     return list(grads[:n]), list(grads[n:]), None, None
 
 
@@ -355,6 +399,8 @@ def _register():
 
     @torch.library.register_fake("lsa_fast::relative_error")
     def _relative_error_fake(clean, perturbed, batch_mode, eps):
+        # Also the kernel of meta tensors, which skip the C++ checks: check here (once per trace).
+        _check_layer_pairs("relative_error", clean, perturbed)
         acc = accumulation_dtype(clean[0].dtype)
         shape = (len(clean),) if batch_mode else (clean[0].shape[0], len(clean))
         return clean[0].new_empty(shape, dtype=acc), clean[0].new_empty((2, *shape), dtype=acc)

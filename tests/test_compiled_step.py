@@ -89,6 +89,14 @@ def test_the_compiled_steps_code_is_the_eager_step(moons, base, layers):
     assert not fast.compiled_step.failed
 
 
+def test_the_compiled_apgd_step_is_the_eager_step_under_bf16_autocast(moons):
+    """The losses' dtype (fp32 under autocast) and the autocast around the whole APGD step."""
+    x, y = moons.tensors[0][:64], moons.tensors[1][:64]
+    eager = make_trainer(moons, None, "apgd", (0, 2), amp="bf16")
+    fast = make_trainer(moons, "eager", "apgd", (0, 2), amp="bf16")
+    assert_same_training(eager, fast, run_steps(eager, x, y), run_steps(fast, x, y), exact=True)
+
+
 def test_stats_count_only_the_real_samples(moons):
     # real < batch: the last samples are an epoch's padding (DDP); they train but are not counted.
     x, y = moons.tensors[0][:64], moons.tensors[1][:64]
@@ -102,7 +110,7 @@ def test_stats_count_only_the_real_samples(moons):
 
 
 @pytest.mark.parametrize("model_name,base,layers", [("A", "pgd", (0, 2)), ("A", "trades", (1,)), ("A", "fast", (2,)),
-                                                    ("B", "pgd", (1,))])
+                                                    ("B", "pgd", (1,)), ("A", "apgd", (0, 2)), ("B", "apgd", (1,))])
 def test_aot_eager_compiled_step_trains_the_eager_weights(moons, digits, model_name, base, layers):
     data = moons if model_name == "A" else digits
     x, y = data.tensors[0][:8], data.tensors[1][:8]
@@ -183,19 +191,19 @@ def counting_syncs(calls):
             setattr(torch.Tensor, name, original)
 
 
-def image_trainer(compile_mode, device="cpu", batches=5):
+def image_trainer(compile_mode, device="cpu", batches=5, base="pgd"):
     generator = torch.Generator().manual_seed(2)
     x, y = torch.rand(8 * batches, 1, 28, 28, generator=generator), torch.randint(0, 10, (8 * batches,), generator=generator)
-    config = TrainConfig(base="pgd", eps=0.1, steps=2, lr_layers=[1], gammas=0.5, epochs=1, batch_size=8,
+    config = TrainConfig(base=base, eps=0.1, steps=2, lr_layers=[1], gammas=0.5, epochs=1, batch_size=8,
                          optimizer="sgd", lr=0.05, augment="crop-flip", compile=compile_mode)
     torch.manual_seed(0)
     loader = DeviceLoader(x, y, 8, device=device, augment="crop-flip")
     return ATLRTrainer(build_model("B"), config, loader, device=device)
 
 
-@pytest.mark.parametrize("compile_mode", ["none", "aot-eager"])
-def test_no_step_after_the_first_reads_a_tensor_value(compile_mode):
-    trainer = image_trainer(compile_mode)
+@pytest.mark.parametrize("compile_mode,base", [("none", "pgd"), ("aot-eager", "pgd"), ("aot-eager", "apgd")])
+def test_no_step_after_the_first_reads_a_tensor_value(compile_mode, base):
+    trainer = image_trainer(compile_mode, base=base)
     # Steps 1 (value checks) and 2 (compilation) may read values; from step 3 on nothing may,
     # neither in the step nor in drawing and augmenting the next batch.
     calls = {"on": False}
@@ -243,12 +251,13 @@ def test_cuda_steps_do_not_synchronise(compile_mode):
 
 
 @pytest.mark.cuda
-@pytest.mark.parametrize("compile_mode", ["inductor", "cudagraphs"])
-def test_cuda_compiled_steps_train_the_eager_weights(compile_mode, monkeypatch):
+@pytest.mark.parametrize("compile_mode,base", [("inductor", "pgd"), ("cudagraphs", "pgd"), ("cudagraphs", "apgd")])
+def test_cuda_compiled_steps_train_the_eager_weights(compile_mode, base, monkeypatch):
     # TF32 off: compiled and eager code may pick different convolution algorithms.
     monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
-    eager, fast = image_trainer("none", device="cuda", batches=7), image_trainer(compile_mode, device="cuda", batches=7)
+    eager = image_trainer("none", device="cuda", batches=7, base=base)
+    fast = image_trainer(compile_mode, device="cuda", batches=7, base=base)
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # neither fallback: compiled, and graphed where asked
         for trainer in (eager, fast):
@@ -258,6 +267,25 @@ def test_cuda_compiled_steps_train_the_eager_weights(compile_mode, monkeypatch):
     for (name, a), b in zip(eager.module.state_dict().items(), fast.module.state_dict().values()):
         torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=name)
     torch.testing.assert_close(fast.epoch_sums, eager.epoch_sums, rtol=1e-3, atol=1e-3)
+
+
+def test_inductor_compiled_apgd_step_trains_the_eager_weights(moons):
+    """AT-APGD-LR compiled by inductor on CPU: one graph serves all of APGD's steps (its
+    checkpoints are read from the schedule inside the graph), and it trains the eager weights."""
+    x, y = moons.tensors[0][:64], moons.tensors[1][:64]
+    eager = make_trainer(moons, None, "apgd", (0, 2), steps=5)
+    torch._dynamo.reset()
+    fast = make_trainer(moons, "inductor", "apgd", (0, 2), steps=5)
+    before = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to eager
+        stats = run_steps(fast, x, y, 2)
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs - before <= 3  # the clean forward, the APGD step, the loss + backward: not one per APGD step
+    assert not fast.compiled_step.failed
+    stats += run_steps(fast, x, y, 1)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs  # no recompilation
+    assert_same_training(eager, fast, run_steps(eager, x, y, 3), stats, exact=False)
 
 
 # ------------------------------------------------------------------ end to end
@@ -298,3 +326,20 @@ def test_two_gloo_processes_with_the_compiled_step_match_one_process(tmp_path, c
     assert cli.main(TRAIN + ["--base", "fgsm", "--out", str(tmp_path / "single")]) == 0
     capsys.readouterr()
     assert_close_runs(tmp_path / "single", tmp_path / "ddp")
+
+
+def test_reproduce_trains_with_the_compiled_step_when_asked():
+    """`lsa-fast reproduce ... --set compile=auto`: every row's TrainConfig compiles (the
+    APGD rows of Tables 3 and 4 included); the default stays eager."""
+    from lsa_fast.paper import paper_table
+    from lsa_fast.reproduce import ReproduceSettings, apply_overrides, variants
+    from lsa_fast.reproduce.running import _train_config
+
+    table = paper_table("mnist")
+    eager = ReproduceSettings.defaults("mnist")
+    compiled = apply_overrides(eager, ["compile=auto"])
+    rows = variants(table, compiled)
+    assert any(row.base == "apgd" for row in rows)
+    for row in rows:
+        assert _train_config(table, row, 0, compiled, {}).compile == "auto"
+        assert _train_config(table, row, 0, eager, {}).compile == "none"

@@ -26,6 +26,17 @@ struct Accumulate<double> {
 template <typename scalar_t>
 using acc_type = typename Accumulate<scalar_t>::type;
 
+// Elements per chunk of one (layer, sample) row: the CPU's work items and the CUDA
+// kernels' blocks split a row at the same boundaries, which depend only on the
+// shapes (never on the thread count), so the two-stage sums give the same bits on
+// every run.
+constexpr int64_t kChunkElements = 16384;
+
+// Chunks of a row of sample_numel elements; an empty row still has one (it writes 0).
+LSA_HOST_DEVICE inline int64_t chunks_per_sample(int64_t sample_numel) {
+  return sample_numel > 0 ? (sample_numel + kChunkElements - 1) / kChunkElements : 1;
+}
+
 LSA_HOST_DEVICE inline float square_root(float x) { return sqrtf(x); }
 LSA_HOST_DEVICE inline double square_root(double x) { return sqrt(x); }
 

@@ -86,13 +86,6 @@ inline LayerPairs prepare_layer_pairs(
   return pairs;
 }
 
-// A chunk of one sample of one layer: elements [begin, begin + length) of the
-// layer's memory. Chunk boundaries depend only on the shapes, never on the thread
-// count, so the two-stage sums give the same bits on every run.
-inline int64_t chunks_per_sample(int64_t sample_numel, int64_t chunk) {
-  return std::max<int64_t>(1, (sample_numel + chunk - 1) / chunk);
-}
-
 // The forward's outputs: cm [M, L] (or [L]) and the sums of squares [2, M, L]
 // (or [2, L]), in the accumulation dtype.
 inline std::pair<Tensor, Tensor> allocate_forward_outputs(const LayerPairs& pairs, const Tensor& like, bool batch_mode) {

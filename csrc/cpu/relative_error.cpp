@@ -21,7 +21,6 @@ namespace lsa_fast {
 namespace cpu {
 namespace {
 
-constexpr int64_t kChunk = 16384;        // elements per work item
 constexpr int64_t kGrainElements = 65536;  // below this, one thread does it all
 
 struct WorkItem {
@@ -41,11 +40,11 @@ WorkList make_work_list(const LayerPairs& pairs) {
   WorkList work;
   for (size_t l = 0; l < pairs.layers.size(); ++l) {
     const int64_t numel = pairs.layers[l].sample_numel;
-    const int64_t chunks = chunks_per_sample(numel, kChunk);
+    const int64_t chunks = chunks_per_sample(numel);
     for (int64_t m = 0; m < pairs.batch; ++m) {
       for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t length = std::max<int64_t>(0, std::min(kChunk, numel - c * kChunk));
-        work.items.push_back({static_cast<int64_t>(l), m, m * numel + c * kChunk, length});
+        const int64_t length = std::max<int64_t>(0, std::min(kChunkElements, numel - c * kChunkElements));
+        work.items.push_back({static_cast<int64_t>(l), m, m * numel + c * kChunkElements, length});
         work.weight_start.push_back(work.total_weight);
         work.total_weight += std::max<int64_t>(length, 1);
       }
@@ -121,7 +120,7 @@ void forward_kernel(const LayerPairs& pairs, bool batch_mode, double eps, Tensor
   const int64_t plane = batch_mode ? layers : batch * layers;  // norms is [2, plane]
   size_t i = 0;
   for (int64_t l = 0; l < layers; ++l) {
-    const int64_t chunks = chunks_per_sample(pairs.layers[l].sample_numel, kChunk);
+    const int64_t chunks = chunks_per_sample(pairs.layers[l].sample_numel);
     acc_t layer_diff = 0, layer_clean = 0;
     for (int64_t m = 0; m < batch; ++m) {
       acc_t diff = 0, clean = 0;

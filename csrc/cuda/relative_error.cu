@@ -27,7 +27,6 @@ namespace {
 
 constexpr int kThreads = 256;
 constexpr int kWarps = kThreads / 32;
-constexpr int64_t kChunk = 16384;     // elements per block of stage 1 and of the backward
 constexpr int64_t kShortRow = 2048;   // rows up to this long get a warp each, not a block
 constexpr int kMaxLayers = 64;        // per launch: keeps the table under 4 KB of parameters
 
@@ -49,10 +48,8 @@ struct LayerTable {
 
 __host__ __device__ inline bool is_short_row(int64_t numel) { return numel <= kShortRow; }
 
-__host__ __device__ inline int64_t chunks_of(int64_t numel) { return numel > 0 ? (numel + kChunk - 1) / kChunk : 1; }
-
 __host__ __device__ inline int64_t items_of(int64_t numel, int64_t batch) {
-  return is_short_row(numel) ? (batch + kWarps - 1) / kWarps : batch * chunks_of(numel);
+  return is_short_row(numel) ? (batch + kWarps - 1) / kWarps : batch * chunks_per_sample(numel);
 }
 
 // What the calling thread works on: one row span, and its place among the threads
@@ -86,11 +83,11 @@ __device__ inline ThreadSpan locate(const LayerTable& table, int64_t item, int64
     span.tid = threadIdx.x % 32;
     span.threads = 32;
   } else {
-    const int64_t chunks = chunks_of(numel);
+    const int64_t chunks = chunks_per_sample(numel);
     span.sample = local / chunks;
     const int64_t chunk = local - span.sample * chunks;
-    span.begin = span.sample * numel + chunk * kChunk;
-    span.length = max(int64_t(0), min(kChunk, numel - chunk * kChunk));
+    span.begin = span.sample * numel + chunk * kChunkElements;
+    span.length = max(int64_t(0), min(kChunkElements, numel - chunk * kChunkElements));
     span.partial = table.first_partial[lo] + local;
     span.tid = threadIdx.x;
     span.threads = kThreads;
@@ -175,7 +172,7 @@ __global__ void __launch_bounds__(kThreads) finalize_kernel(
     acc_t* cm, acc_t* norms) {
   const int layer = blockIdx.x;
   const int64_t column = table.first_layer + layer;
-  const int64_t chunks = chunks_of(table.sample_numel[layer]);
+  const int64_t chunks = chunks_per_sample(table.sample_numel[layer]);
   const int64_t plane = batch_mode ? total_layers : batch * total_layers;
   double layer_diff = 0, layer_clean = 0;
   for (int64_t m = threadIdx.x; m < batch; m += kThreads) {
@@ -274,7 +271,7 @@ void for_each_table(const LayerPairs& pairs, std::vector<Tensor>* grad_clean, st
       table.first_item[i] = items;
       table.first_partial[i] = partials;
       items += items_of(pair.sample_numel, pairs.batch);
-      partials += pairs.batch * chunks_of(pair.sample_numel);
+      partials += pairs.batch * chunks_per_sample(pair.sample_numel);
     }
     table.first_item[table.num_layers] = items;
     STD_TORCH_CHECK(items < (int64_t(1) << 31), "relative_error: too many work items for one launch");

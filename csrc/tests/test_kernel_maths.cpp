@@ -54,6 +54,15 @@ static void relative_error_value_and_edges() {
   CHECK(close(relative_error_value<double>(1.0, 0.0, 1e-6), 1e6, 1e-12));      // ||diff|| / eps
 }
 
+// The chunking that the CPU and CUDA kernels share: boundaries depend only on the row.
+static void chunks_split_rows_at_fixed_boundaries() {
+  CHECK(chunks_per_sample(0) == 1);  // an empty row still writes its zero
+  CHECK(chunks_per_sample(1) == 1);
+  CHECK(chunks_per_sample(kChunkElements) == 1);
+  CHECK(chunks_per_sample(kChunkElements + 1) == 2);
+  CHECK(chunks_per_sample(3 * kChunkElements) == 3);
+}
+
 // dCM/da and dCM/db from the coefficients equal central finite differences.
 static void gradient_coefficients_match_finite_differences() {
   const std::vector<double> a = {0.3, -1.2, 0.8, 2.0}, b = {0.1, -1.0, 1.1, 1.7};
@@ -152,6 +161,7 @@ static void pgd_steps() {
 int main() {
   sum_squares_matches_naive_sums();
   relative_error_value_and_edges();
+  chunks_split_rows_at_fixed_boundaries();
   gradient_coefficients_match_finite_differences();
   nan_propagating_min_max();
   merged_moments_equal_two_pass();

@@ -241,7 +241,7 @@ def _train_config(table: PaperTable, variant: Variant, seed: int, settings: Repr
         gammas=settings.gamma if variant.gamma is None else variant.gamma, probes=settings.probes,
         lr_grad=variant.lr_grad or settings.lr_grad, epochs=settings.epochs, batch_size=settings.batch_size,
         optimizer=settings.optimizer, lr=settings.lr, schedule=settings.schedule, weight_decay=settings.weight_decay,
-        amp=settings.amp, seed=seed, model=variant.model, model_kwargs=model_options(variant.model, given),
+        amp=settings.amp, compile=settings.compile, seed=seed, model=variant.model, model_kwargs=model_options(variant.model, given),
         dataset=table.dataset, data_options=data_options, extra={"paper_row": variant.paper_row, "row": variant.name},
     )
 

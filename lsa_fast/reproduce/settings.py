@@ -52,6 +52,7 @@ class ReproduceSettings:
     lr_grad: str = "both"
     probes: str = "activations"
     amp: str = "none"
+    compile: str = "none"  # TrainConfig.compile of every training run ("auto": compiled, CUDA graphs on GPU)
     eval_pgd_steps: int = 20
     eta: float = 0.5  # Algorithm 1's threshold, for the MVL of each model reported beside
     cm_eps: float = 0.3
