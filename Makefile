@@ -1,6 +1,8 @@
 # The two commands of the README: `make demo` and `make test`. Both set up a virtual
 # environment in .venv (torch, cmake, then lsa_fast built against that torch) the first
-# time. Needed beforehand: Python >= 3.10 with venv, a C++17 compiler, make.
+# time; `make test` adds the test extras (pytest and the peer libraries used as oracles),
+# which the demo does not need. Needed beforehand: Python >= 3.10 with venv, a C++17
+# compiler, make.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -9,9 +11,13 @@ SOURCES := setup.py pyproject.toml $(shell find csrc -type f 2>/dev/null)
 CMAKE ?= $(if $(wildcard $(BIN)/cmake),$(BIN)/cmake,cmake)
 CTEST ?= $(if $(wildcard $(BIN)/ctest),$(BIN)/ctest,ctest)
 
-.PHONY: setup demo test cpp-test bench clean
+.PHONY: setup setup-test demo test cpp-test bench clean
 
+# Two stamps: .installed (the runtime dependencies, the build tools and lsa_fast) and
+# .installed-test (the test extras on top), so `make demo` stays light and a later
+# `make test` installs what it adds.
 setup: $(VENV)/.installed
+setup-test: $(VENV)/.installed-test
 
 # cmake (>= 3.18, for the C++ tests of `make test`) comes from PyPI: no system package needed.
 $(VENV)/.installed: $(SOURCES)
@@ -21,13 +27,22 @@ $(VENV)/.installed: $(SOURCES)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "torch>=2.10" numpy setuptools wheel ninja "cmake>=3.18"
-	$(BIN)/python -m pip install -q --no-build-isolation -e ".[test]"
+	$(BIN)/python -m pip install -q --no-build-isolation -e .
+	touch $@
+
+# The test extras as pyproject.toml lists them (read back from the installed metadata:
+# one list), installed without rebuilding the extension.
+$(VENV)/.installed-test: $(VENV)/.installed
+	$(BIN)/python -c 'from importlib.metadata import requires; from re import split; \
+	  print("\n".join(split(r"\s*;", r)[0] for r in requires("lsa_fast") if "extra == \"test\"" in r))' \
+	  > $(VENV)/test-requirements.txt
+	$(BIN)/python -m pip install -q -r $(VENV)/test-requirements.txt
 	touch $@
 
 demo: setup
 	$(BIN)/lsa-fast demo
 
-test: setup cpp-test
+test: setup-test cpp-test
 	$(BIN)/python -m pytest -q -p no:cacheprovider
 
 # nvcc, when there is one: the CMake build then compiles the CUDA kernels too (no GPU needed).

@@ -217,6 +217,7 @@ def analyze(
         model_name=model_name,
         model_class=type(model).__name__,
         dataset=dataset,
+        eps_units=_units_name(dataset, moons_units),
         world_size=world_size,
         warnings=notes,
     )
@@ -397,6 +398,13 @@ def _batches(loader, device, fn: str):
         if x.shape[0] == 0:
             continue
         yield x.to(device), y.to(device)
+
+
+def _units_name(dataset: Optional[str], moons_units: str) -> Optional[str]:
+    """What eps in the dataset's units counts in, as the report's labels say it."""
+    if dataset == "moons":
+        return "z units" if moons_units == "standardized" else "moons units"
+    return None if dataset is None else "pixel units"
 
 
 def _scale(dataset: str, attack: Optional[str], moons_units: str = "raw") -> float:

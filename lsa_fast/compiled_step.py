@@ -130,8 +130,11 @@ class CompiledStep:
         trainer = self.trainer
         base = trainer.active_base
         layers = tuple(trainer.mvl) if trainer.regulariser_active else ()
-        key = (base, layers)
+        key = (base, layers, trainer.attack_eps)  # a new eps (the eps ramp: once per epoch) compiles anew
         units = self._units.get(key)
+        if units is None:  # what an earlier eps compiled is not used again
+            self._units = {k: v for k, v in self._units.items() if k[2] == key[2]}
+            self._graphs = {k: v for k, v in self._graphs.items() if k[2] == key[2]}
         first_call = units is None
         if first_call:
             units = self._units[key] = _StepUnits(self, base, layers)
@@ -198,7 +201,7 @@ class _StepUnits:
         self.module = trainer.module
         self.generator = trainer.attack_generator
         self.attack_mode = config.resolved_attack_mode()
-        self.eps, self.steps = config.eps, config.steps
+        self.eps, self.steps = trainer.attack_eps, config.steps
         self.random_start = config.random_start
         self._shapes = set()
         compile_fn = _compiler(owner.backend, trainer.device)

@@ -96,12 +96,8 @@ def _run_demo(out_dir, settings: DemoSettings, device, progress: bool, log) -> D
     report = analyze(normal, test_loader, perturbations, eta=settings.eta, dataset="moons",
                      model_name="A", progress=progress, moons_units=units)
     log(report.to_markdown())
-    mvl = report.mvl
-    if not mvl:  # nothing stands out at this eta: regularise the layer that moves most
-        means = report.combined.layer_mean
-        mvl = [max(range(len(means)), key=means.__getitem__)]
-        log(f"MVL at eta={settings.eta} is empty; regularising the layer with the largest mean CM: {mvl}")
-    log(f"Most vulnerable layers (eta = {settings.eta}): {mvl}  ({', '.join(report.layer_names[l] for l in mvl)})")
+    mvl, why = _layers_to_regularise(report, settings.eta)
+    log(f"{why}: regularising {mvl}  ({', '.join(report.layer_names[l] for l in mvl)})")
 
     log("\n[3/4] adversarial training: AT-PGD and AT-PGD-LR on the MVL")
     at_pgd = _train(settings, "pgd", None, train_loader, device, progress, out / "at-pgd")
@@ -173,6 +169,17 @@ def _train(settings: DemoSettings, base: str, layers: Optional[List[int]], loade
     return model.eval()
 
 
+def _layers_to_regularise(report, eta: float):
+    """(layers, why): the pooled adversarial MVL at eta, or, when nothing stands out at
+    that eta, the layer with the largest pooled mean CM (the one that moves most)."""
+    if report.mvl:
+        return report.mvl, f"Most vulnerable layers (pooled adversarial CM, eta = {eta:g})"
+    means = report.combined.layer_mean
+    layer = max(range(len(means)), key=means.__getitem__)
+    return [layer], (f"No most vulnerable layer at eta = {eta:g} (pooled adversarial CM); the layer with the "
+                     f"largest mean CM instead")
+
+
 def _data_options(settings: DemoSettings) -> Dict:
     """The demo's Moons, as every run directory records them (lsa_fast.run_data)."""
     return record("moons", {"n_train": settings.n_train, "n_test": settings.n_test, "noise": settings.noise,
@@ -193,7 +200,7 @@ def _markdown(settings, report, mvl, table) -> str:
         "",
         report.to_markdown(),
         "",
-        f"Most vulnerable layers: {mvl}",
+        f"{_layers_to_regularise(report, settings.eta)[1]}: AT-PGD-LR regularises {mvl}",
         "",
         f"## FGSM accuracy (%) over eps ({'z units of the standardized moons' if settings.standardize else 'moons units'}) "
         "and R&G score",

@@ -19,6 +19,7 @@ import torch
 from .attacks import attack_mode, make_attack, predicted_class
 from .devices import model_device
 from .paper import PAPER_TABLES
+from .progress import BatchProgress
 
 # The eps grids of the paper's Tables 2-4, by dataset.
 PAPER_EPS_GRIDS: Dict[str, Tuple[float, ...]] = {dataset: table.eps_grid for dataset, table in PAPER_TABLES.items()}
@@ -43,13 +44,16 @@ def evaluate(
     attack: AttackArg = "fgsm",
     eps_grid: Sequence[float] = PAPER_EPS_GRIDS["moons"],
     row: Optional[str] = None,
+    progress: bool = False,
     **attack_kw,
 ) -> "EvaluationTable":
     """Accuracy in % under `attack` at each eps of the grid (eps 0 = clean accuracy),
     as a one-row EvaluationTable named `row` (default: the model's class name).
 
     attack: a name of lsa_fast.attacks.ATTACKS ("fgsm", "pgd", "apgd-ce", ...) with
-    attack_kw passed to it (steps=, generator=, ...), or a callable(model, x, y, eps)."""
+    attack_kw passed to it (steps=, generator=, ...), or a callable(model, x, y, eps).
+    progress: a bar with an ETA on a terminal (a line per tenth of the batches in a
+    log) on stderr, and the speed at the end (lsa_fast.progress)."""
     eps_grid = tuple(float(eps) for eps in eps_grid)
     if not eps_grid:
         raise ValueError("evaluate: eps_grid is empty")
@@ -66,13 +70,20 @@ def evaluate(
 
     correct = [_zero_counts(model) for _ in eps_grid]
     total = 0
-    with attack_mode(model, "eval"):
-        for x, y in _batches(model, data):
-            for i, (eps, bound) in enumerate(zip(eps_grid, attacks)):
-                x_eval = x if eps == 0 else bound(model, x, y)
-                with torch.no_grad():
-                    correct[i] = correct[i] + _count_correct(model, x_eval, y)
-            total += y.shape[0]
+    bar = BatchProgress(f"eval {attack_name} ({len(eps_grid)} eps)", _length(data), enabled=progress)
+    finished = False
+    try:
+        with attack_mode(model, "eval"):
+            for x, y in _batches(model, data):
+                for i, (eps, bound) in enumerate(zip(eps_grid, attacks)):
+                    x_eval = x if eps == 0 else bound(model, x, y)
+                    with torch.no_grad():
+                        correct[i] = correct[i] + _count_correct(model, x_eval, y)
+                total += y.shape[0]
+                bar.update(y.shape[0])
+        finished = True
+    finally:
+        bar.close(say=finished)
     accuracies = _percents("evaluate", correct, total)
     table = EvaluationTable(eps_grid=eps_grid, attack=attack_name)
     table.add_row(row if row is not None else type(model).__name__, accuracies)
@@ -239,6 +250,16 @@ def _batches(model, data: Data):
         if device is not None:
             x, y = x.to(device), y.to(device)
         yield x, y
+
+
+def _length(data: Data) -> Optional[int]:
+    """The number of batches of `data`, when it says (a loader), else None."""
+    if isinstance(data, (tuple, list)) and len(data) == 2 and all(isinstance(t, torch.Tensor) for t in data):
+        return 1
+    try:
+        return len(data)
+    except TypeError:
+        return None
 
 
 def _zero_counts(model) -> torch.Tensor:

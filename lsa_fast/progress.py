@@ -1,18 +1,21 @@
 """Progress on stderr, written once: the training bar (TrainProgress: images/s, loss and
-accuracy), the batch progress of an analysis (batch_progress) and the chunk progress of
-a resumable evaluation with its ETA (ChunkProgress). tqdm when it is
-installed; plain lines instead in a log file or a pipe; only rank 0 of a distributed run
-reports."""
+accuracy), the progress of a pass over batches (BatchProgress, batch_progress: `eval`,
+`analyze`: a bar with an ETA, or a line per tenth of the batches, and the speed at the
+end) and the chunk progress of a resumable evaluation with its ETA (ChunkProgress). tqdm
+when it is installed and stderr is a terminal; plain lines instead in a log file or a
+pipe; only rank 0 of a distributed run reports."""
 from __future__ import annotations
 
 import sys
 import time
+from typing import Optional
 
 import torch
 
 from .distributed import rank_and_world_size
 
-__all__ = ["ChunkProgress", "TrainProgress", "batch_progress", "format_throughput", "format_duration", "is_terminal"]
+__all__ = ["BatchProgress", "ChunkProgress", "TrainProgress", "batch_progress", "format_throughput", "format_duration",
+           "is_terminal"]
 
 
 def is_terminal(stream) -> bool:
@@ -24,8 +27,8 @@ def is_terminal(stream) -> bool:
 
 
 def batch_progress(batches, loader, enabled: bool, desc: str):
-    """Yields `batches`, with tqdm on stderr when it is installed and stderr is a terminal,
-    else a plain line every ~10% of the batches."""
+    """Yields `batches` ((x, ...) tuples) through a BatchProgress: a bar with an ETA on a
+    terminal, a line per tenth of the batches in a log, the speed at the end."""
     if not enabled or rank_and_world_size()[0] != 0:
         yield from batches
         return
@@ -33,23 +36,70 @@ def batch_progress(batches, loader, enabled: bool, desc: str):
         total = len(loader)
     except TypeError:
         total = None
+    bar = BatchProgress(desc, total)
+    finished = False
     try:
-        from tqdm import tqdm
-    except ImportError:
-        tqdm = None
-    if not is_terminal(sys.stderr):
-        tqdm = None  # a log file: a few plain lines, not the bar's redraws
-    if tqdm is not None:
-        yield from tqdm(batches, total=total, desc=desc, unit="batch", file=sys.stderr, leave=False)
-        return
-    every = max(1, (total or 100) // 10)
-    start = time.monotonic()
-    done = 0
-    for done, batch in enumerate(batches, 1):
-        yield batch
-        if done % every == 0 or done == total:
-            of = f"/{total}" if total else ""
-            print(f"{desc}: batch {done}{of} ({time.monotonic() - start:.1f} s)", file=sys.stderr, flush=True)
+        for batch in batches:
+            yield batch
+            bar.update(batch[0].shape[0])
+        finished = True
+    finally:
+        bar.close(say=finished)
+
+
+class BatchProgress:
+    """Progress of a pass over batches (`eval`, `analyze`): update(images) after each
+    batch; close() prints and returns the closing line '<desc>: N images in T (S img/s)'.
+    A tqdm bar with an ETA when the stream is a terminal, else one line per stage (about
+    a tenth of the batches) with the time so far and the ETA. Disabled: silent, and
+    close() still returns the line."""
+
+    def __init__(self, desc: str, total: Optional[int], enabled: bool = True, stream=None, stages: int = 10):
+        self.desc, self.total, self.stream = desc, total, stream or sys.stderr
+        self.enabled = enabled
+        self.every = max(1, (total or 100) // stages)
+        self.done = self.images = 0
+        self.start = time.perf_counter()
+        self.bar = None
+        if enabled and is_terminal(self.stream):
+            try:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=total, desc=desc, unit="batch", file=self.stream, leave=False,
+                                dynamic_ncols=True)
+            except ImportError:
+                self.bar = None
+
+    def update(self, images: int) -> None:
+        self.done += 1
+        self.images += int(images)
+        if not self.enabled:
+            return
+        elapsed = time.perf_counter() - self.start
+        rate = format_throughput(self.images / max(elapsed, 1e-9))
+        if self.bar is not None:
+            self.bar.set_postfix_str(rate, refresh=False)
+            self.bar.update(1)
+        elif self.done % self.every == 0 or self.done == self.total:
+            of = f"/{self.total}" if self.total else ""
+            eta = ""
+            if self.total and self.done < self.total:
+                eta = f", ETA {format_duration(elapsed / self.done * (self.total - self.done))}"
+            print(f"{self.desc}: batch {self.done}{of}, {format_duration(elapsed)}{eta}, {rate}", file=self.stream,
+                  flush=True)
+
+    def close(self, say: bool = True) -> str:
+        """Ends the bar; with say (and enabled) prints the closing line. An interrupted
+        pass closes with say=False: no speed line for work that did not finish."""
+        elapsed = time.perf_counter() - self.start
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+        line = (f"{self.desc}: {self.images} images in {format_duration(elapsed)} "
+                f"({format_throughput(self.images / max(elapsed, 1e-9))})")
+        if self.enabled and say:
+            print(line, file=self.stream, flush=True)
+        return line
 
 
 def format_throughput(images_per_s: float) -> str:

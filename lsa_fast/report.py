@@ -97,6 +97,7 @@ class LSAReport:
     model_name: Optional[str] = None
     model_class: Optional[str] = None
     dataset: Optional[str] = None
+    eps_units: Optional[str] = None  # what eps_dataset counts in, e.g. "z units" for standardized moons
     world_size: int = 1
     warnings: List[str] = dataclasses.field(default_factory=list)  # what makes the results doubtful
 
@@ -242,22 +243,28 @@ class LSAReport:
 
     def plot(self, path: PathLike, title: Optional[str] = None, dpi: int = 120) -> str:
         """One figure: mean CM per layer for each perturbation (adversarial solid,
-        noise dashed), each perturbation's MVL layers ringed, the pooled adversarial MVL
-        shaded; written atomically to
-        path (format from its suffix, PNG by default). Returns the path."""
+        noise dashed; each its own marker, drawn a little apart so that equal curves
+        stay visible), each perturbation's MVL layers ringed, the pooled adversarial MVL
+        shaded; written atomically to path (format from its suffix, PNG by default).
+        Returns the path."""
         figure = new_figure((min(24.0, max(6.0, 0.6 * len(self.layer_names) + 3.0)) + 4.5, 4.5), "LSAReport.plot")
         axes = figure.add_subplot(1, 1, 1)
         xs = list(range(len(self.layer_names)))
+        units = self.eps_units or f"{self.dataset} units"
         ringed = False
-        for p in self.perturbations:
+        count = len(self.perturbations)
+        for i, p in enumerate(self.perturbations):
             adversarial = p.kind != "noise"
             label = f"{p.name} ({p.kind})"
             if p.eps_dataset is not None and p.eps_input is not None and p.eps_dataset != p.eps_input:
-                label = f"{p.name} ({p.kind}; eps {p.eps_dataset:g} in {self.dataset} units)"
-            line = axes.plot(xs, p.layer_mean, marker="o" if adversarial else "s", linestyle="-" if adversarial else "--",
-                             linewidth=2.0 if adversarial else 1.5, label=label)[0]
+                label = f"{p.name} ({p.kind}; eps {p.eps_dataset:g} in {units})"
+            shift = 0.06 * (i - (count - 1) / 2) if count > 1 else 0.0  # curves that coincide stay apart
+            shifted = [x + shift for x in xs]
+            line = axes.plot(shifted, p.layer_mean, marker=_MARKERS[i % len(_MARKERS)],
+                             linestyle="-" if adversarial else "--", linewidth=2.0 if adversarial else 1.5,
+                             markersize=7, alpha=0.9, label=label)[0]
             if p.mvl:
-                axes.scatter([xs[l] for l in p.mvl], [p.layer_mean[l] for l in p.mvl], s=220, facecolors="none",
+                axes.scatter([shifted[l] for l in p.mvl], [p.layer_mean[l] for l in p.mvl], s=220, facecolors="none",
                              edgecolors=line.get_color(), linewidths=2.0, zorder=3)
                 ringed = True
         if ringed:  # one neutral legend entry for the rings of every colour
@@ -278,8 +285,10 @@ class LSAReport:
         if self.dataset:
             default += f" on {self.dataset}"
         if self.combined is not None:
-            found = f"MVL {_layers(self.combined.mvl)} (shaded)" if self.combined.mvl else "no MVL"
-            default += f", eta={self.eta:g}: {found}"
+            pooled = " + ".join(self.combined.members) or "the adversarial perturbations"
+            found = f"{_layers(self.combined.mvl)} (shaded)" if self.combined.mvl else "none"
+            default += (f"\nMVL of the pooled adversarial CM ({pooled}), eta={self.eta:g}: {found}"
+                        + ("; rings: each perturbation's own MVL" if ringed else ""))
         axes.set_title(title or default, fontsize=10)
         # Outside the axes: the curves of a deep model fill the whole plot area.
         axes.legend(fontsize=9, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
@@ -332,7 +341,7 @@ def plot_decision_boundaries(models, x, y, path: PathLike, resolution: int = 200
 
     models = dict(models)
     notes = dict(notes or {})
-    figure = new_figure((4.4 * len(models), 5.0), "plot_decision_boundaries")  # a clear error without matplotlib
+    figure = new_figure((4.4 * len(models), 5.6), "plot_decision_boundaries")  # a clear error without matplotlib
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -375,8 +384,13 @@ def plot_decision_boundaries(models, x, y, path: PathLike, resolution: int = 200
         Patch(color=region_colours[1], label="predicted class 1"),
         Line2D([], [], color="k", linewidth=1.0, label="decision boundary (logit = 0)"),
     ]
-    figure.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False)
-    figure.tight_layout(rect=(0, 0.09, 1, 0.97))
+    # Room above the panels for titles of up to three lines, and below the x labels for the
+    # legend (tight_layout misplaces titles of equal-aspect panels).
+    lines = 1 + max((notes.get(name, "").count("\n") + 1 if name in notes else 0) for name in models)
+    figure.subplots_adjust(left=0.07 if len(models) > 1 else 0.15, right=0.98, bottom=0.2,
+                           top=1.0 - (0.06 + 0.045 * lines), wspace=0.25)
+    figure.legend(handles=handles, loc="lower center", ncol=min(len(handles), 2 + len(models)), fontsize=9,
+                  frameon=False, bbox_to_anchor=(0.5, 0.0))
     return save_figure(figure, path, dpi)
 
 
@@ -406,6 +420,9 @@ def atomic_write_bytes(path: PathLike, data: bytes) -> None:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+_MARKERS = ("o", "^", "s", "D", "v", "P", "X", "<", ">", "h")
 
 
 def _layers(mvl: Sequence[int]) -> str:

@@ -34,8 +34,17 @@ def write_run_files(out_dir: Union[str, os.PathLike], config: TrainConfig, metri
     have come between writing the checkpoint and appending its line)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out_dir / CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n")
-    atomic_write_text(out_dir / METRICS_NAME, "".join(json.dumps(m) + "\n" for m in metrics))
+    for name, text in ((CONFIG_NAME, json.dumps(config.to_dict(), indent=2) + "\n"),
+                       (METRICS_NAME, "".join(json.dumps(m) + "\n" for m in metrics))):
+        if not _holds(out_dir / name, text):  # a file that says it already is left alone (its mtime too)
+            atomic_write_text(out_dir / name, text)
+
+
+def _holds(path: Path, text: str) -> bool:
+    try:
+        return path.read_text() == text
+    except (OSError, UnicodeDecodeError):
+        return False
 
 
 def append_metrics(out_dir: Union[str, os.PathLike], record: Dict[str, Any]) -> None:

@@ -13,7 +13,8 @@ from torch import nn
 
 from .train_config import TrainConfig
 
-__all__ = ["lr_multiplier", "learning_rate_at", "build_optimizer", "seed_everything", "stream_seed"]
+__all__ = ["lr_multiplier", "learning_rate_at", "epoch_learning_rates", "build_optimizer", "seed_everything",
+           "stream_seed"]
 
 
 def lr_multiplier(schedule: str, total_steps: int):
@@ -31,6 +32,13 @@ def lr_multiplier(schedule: str, total_steps: int):
         return 1.0
 
     return multiplier
+
+
+def epoch_learning_rates(scheduler, epoch: int, steps_per_epoch: int):
+    """[first, last]: the learning rates that the first and the last step of `epoch`
+    (from 0) use under a LambdaLR stepped once per batch (step k uses multiplier(k))."""
+    return [float(scheduler.base_lrs[0] * scheduler.lr_lambdas[0](step))
+            for step in (epoch * steps_per_epoch, (epoch + 1) * steps_per_epoch - 1)]
 
 
 def learning_rate_at(config: TrainConfig, epochs_done: float) -> float:

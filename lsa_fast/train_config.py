@@ -58,6 +58,10 @@ class TrainConfig:
     "none", or "auto" (crop-flip for cifar10, else none). drop_last: drop each
     epoch's last, smaller batch (every step then has the same shape).
 
+    eps_warmup_epochs K: the eps ramp, the usual remedy for adversarial training from
+    scratch at a large eps (a model that collapses to one class): epoch k (from 0) of
+    the run attacks at eps * min(1, k / K), so the first epoch trains clean and the
+    full eps applies from epoch K + 1 on (eps_at). 0: no ramp.
     val_size: training samples held out for validation (lsa_fast.validation; 0: none);
     keep_best: "robust" / "clean" writes best.pt at the best validation accuracy under
     PGD-10 / clean (lsa_fast.best_checkpoint; needs val_size > 0), "none" does not.
@@ -77,6 +81,7 @@ class TrainConfig:
     lr_grad: str = "both"
     eta: float = 1.0
     warmup_epochs: int = 1
+    eps_warmup_epochs: int = 0
     lsa_samples: int = 2048
     val_size: int = 0
     keep_best: str = "none"
@@ -120,6 +125,7 @@ class TrainConfig:
         self.lr_grad = _choice("lr_grad", self.lr_grad, LR_GRAD_MODES)
         self.eta = _real("eta", self.eta)
         self.warmup_epochs = _integer("warmup_epochs", self.warmup_epochs, minimum=0)
+        self.eps_warmup_epochs = _integer("eps_warmup_epochs", self.eps_warmup_epochs, minimum=0)
         self.lsa_samples = _integer("lsa_samples", self.lsa_samples, minimum=1)
         self.val_size = _integer("val_size", self.val_size, minimum=0)
         self.keep_best = _choice("keep_best", self.keep_best, KEEP_BEST_MODES)
@@ -205,6 +211,12 @@ class TrainConfig:
         meaning then (_OLD_MEANING), else its plain default."""
         defaults = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
         return {**defaults, **_OLD_MEANING}
+
+    def eps_at(self, epoch: int) -> float:
+        """The attack's eps in epoch `epoch` (counted from 0), after the eps ramp."""
+        if self.eps_warmup_epochs == 0:
+            return self.eps
+        return self.eps * min(1.0, int(epoch) / self.eps_warmup_epochs)
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any]) -> "TrainConfig":

@@ -48,6 +48,7 @@ from .analysis import analyze
 from .best_checkpoint import BEST_NAME
 from .attacks import make_attack, no_value_checks
 from .checkpoint import load_checkpoint, save_checkpoint
+from .collapse import loader_collapse_warning
 from .compiled_step import make_compiled_step
 from .device_loader import check_augmentation
 from .checks import check_int
@@ -57,7 +58,8 @@ from .evaluation import accuracy
 from .probes import LayerProbe
 from .progress import TrainProgress, format_throughput
 from .run_files import CHECKPOINT_NAME, CONFIG_NAME, FINAL_NAME, METRICS_NAME, append_metrics, run_name, write_run_files
-from .schedules import build_optimizer, learning_rate_at, lr_multiplier, seed_everything, stream_seed
+from .schedules import (build_optimizer, epoch_learning_rates, learning_rate_at, lr_multiplier, seed_everything,
+                        stream_seed)
 from .train_config import BASES, TrainConfig
 from .train_loss import StepLoss, atlr_loss
 from .train_state import load_trainer_state, trainer_state
@@ -154,6 +156,7 @@ class ATLRTrainer:
             self.model = DistributedDataParallel(self.module, device_ids=ids)
         self.attack_generator = torch.Generator(device=self.device)
         self.attack_generator.manual_seed(stream_seed(config.seed, self.rank, 1))
+        self.attack_eps = config.eps_at(0)  # the eps of the epoch under way (the eps ramp)
         self.attack = self._bound_attack()  # None for base 'none'
 
         self.epoch = 0  # completed epochs
@@ -191,6 +194,7 @@ class ATLRTrainer:
             while self.epoch < last:
                 if config.lr_layers == "auto" and self.mvl is None and self.epoch >= config.warmup_epochs:
                     self._find_mvl()
+                self._set_epoch_eps()
                 if not self._train_epoch(progress):
                     self._checkpoint(final=False)
                     by = {"SIGINT": "SIGINT (Ctrl-C)", None: "request_stop()"}.get(self._stop_signal, self._stop_signal)
@@ -250,14 +254,18 @@ class ATLRTrainer:
 
     @property
     def active_base(self) -> str:
-        """The base attack now: 'none' during the warm-up of lr_layers='auto'."""
+        """The base attack now: 'none' during the warm-up of lr_layers='auto' and in an
+        epoch of the eps ramp at eps 0."""
         if self.config.lr_layers == "auto" and self.mvl is None:
+            return "none"
+        if self.attack_eps == 0 and self.config.eps_warmup_epochs:
             return "none"
         return self.config.base
 
     @property
     def regulariser_active(self) -> bool:
-        return bool(self.mvl)
+        # Not in a clean epoch of the eps ramp: x_hat = x, the term is 0.
+        return bool(self.mvl) and self.active_base != "none"
 
     def request_stop(self) -> None:
         """Ask fit() to checkpoint and return after the current batch (what SIGTERM does)."""
@@ -356,6 +364,8 @@ class ATLRTrainer:
             "regularizer": reg_sum / seen,
             "train_acc": 100.0 * correct / seen,
             "learning_rate": float(self.scheduler.get_last_lr()[0]),  # the optimiser's, after this epoch
+            "learning_rate_used": epoch_learning_rates(self.scheduler, self.epoch, self.steps_per_epoch),
+            "eps": self.attack_eps,  # the attack's, in input units (the eps ramp's value in its epochs)
             "time_s": self.epoch_time,
             "images_per_s": seen / self.epoch_time if self.epoch_time > 0 else None,
             "samples": int(seen),
@@ -373,10 +383,15 @@ class ATLRTrainer:
             append_metrics(self.out_dir, record)
         test = f", test acc {record['test_acc']:.2f}%" if "test_acc" in record else ""
         speed = f", {format_throughput(record['images_per_s'])}" if record["images_per_s"] else ""
+        first, last = (f"{rate:.3g}" for rate in record["learning_rate_used"])
+        ramp = f", eps {record['eps']:.3g} (ramp)" if self.config.eps_at(self.epoch - 1) != self.config.eps else ""
         # "regulariser", never "LR": the paper's LR is the regulariser, and lr the learning rate.
         self._say(f"epoch {record['epoch']}/{self.config.epochs}: task loss {record['loss']:.4f}, "
                   f"regulariser {record['regularizer']:.4f}, train acc {record['train_acc']:.2f}%{test}, "
-                  f"learning rate {record['learning_rate']:.3g}{speed}")
+                  f"learning rate {first if first == last else f'{first} to {last}'}{ramp}{speed}")
+        collapsed = loader_collapse_warning(record.get("test_acc"), self.test_loader, "test")
+        if collapsed:
+            self._say(f"warning: epoch {record['epoch']}: {collapsed}")
 
     def _checkpoint(self, final: bool) -> None:
         if self.out_dir is None:
@@ -496,7 +511,15 @@ class ATLRTrainer:
             options["steps"] = config.steps
         if config.base == "pgd":
             options["random_start"] = config.random_start
-        return make_attack(ATTACK_NAMES[config.base], config.eps, **options)
+        return make_attack(ATTACK_NAMES[config.base], self.attack_eps, **options)
+
+    def _set_epoch_eps(self) -> None:
+        """The eps ramp (TrainConfig.eps_warmup_epochs): the attack of epoch self.epoch,
+        rebound once per epoch (a compiled step compiles once per eps, never per batch)."""
+        eps = self.config.eps_at(self.epoch)
+        if eps != self.attack_eps:
+            self.attack_eps = eps
+            self.attack = self._bound_attack()
 
     def _forward(self, x: torch.Tensor, record: bool, stop_after: Optional[int], adversarial: bool):
         """lsa_fast.train_loss.Forward: the bare model for x, the DDP-wrapped one for x_hat

@@ -142,12 +142,13 @@ def test_analyze_warns_when_the_attack_leaves_the_inputs_unchanged(tmp_path, cap
         assert (f"lsa-fast analyze: warning: {attack} left the input or the logits of 100% of the 64 "
                 f"samples exactly unchanged, so its CM values say nothing about the layers") in err
     assert "gaussian:0.1 left" not in err  # noise is not an attack that could have moved it
+    assert err.count("the model looks collapsed") == 1  # a constant classifier, named once
     report = json.loads((tmp_path / "dead" / "report.json").read_text())
     assert len(report["warnings"]) == 2 and report["perturbations"][0]["unmoved"] == 1.0
     assert "**Warning**: fgsm:0.1 left the input" in (tmp_path / "dead" / "report.md").read_text()
 
     assert cli.main(argv + ["--checkpoint", str(tmp_path / "alive.pt"), "--out", str(tmp_path / "alive")]) == 0
-    assert "warning" not in capsys.readouterr().err
+    assert "left the input" not in capsys.readouterr().err
     report = json.loads((tmp_path / "alive" / "report.json").read_text())
     assert report["warnings"] == [] and report["perturbations"][0]["unmoved"] == 0.0
 

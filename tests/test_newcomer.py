@@ -118,10 +118,15 @@ def test_mistakes_are_one_line_errors(demo, tmp_path):
         ("train", "--model", "A", "--dataset", "mnist", "--data", tmp_path, "--out", tmp_path / "a"):
             "model A does not fit dataset mnist",
         ("train", "--model", "Z", "--out", tmp_path / "z"): "unknown model 'Z'",
-        ("eval", "--checkpoint", out / "normal", "--eps", "-0.1,0.2"): "eps must be a finite number >= 0, got -0.1",
+        ("eval", "--checkpoint", out / "normal", "--eps", "-0.1,0.2"): "--eps: eps must be a finite number >= 0, got -0.1",
         ("eval", "--checkpoint", out / "normal", "--eps", "0.1,,0.2"): "empty item in '0.1,,0.2'",
         ("eval", "--checkpoint", truncated): "truncated checkpoint (4000 bytes on disk; the zip archive is incomplete)",
-        ("eval", "--checkpoint", out / "normal", "--model", "B"): "3 tensor(s) of another shape (first: fc1.weight",
+        # The model/dataset check comes before the weights (not a weights-mismatch hint).
+        ("eval", "--checkpoint", out / "normal", "--model", "B"): "model B does not fit dataset moons",
+        ("analyze", "--checkpoint", out / "normal", "--model", "B", "--out", tmp_path / "d"):
+            "model B does not fit dataset moons",
+        ("eval", "--checkpoint", out / "normal", "--model-option", "hidden=7"):
+            "tensor(s) of another shape (first: fc1.weight",
         ("train", "--model", "A", "--momentum", "1.5", "--out", tmp_path / "m"): "--momentum must lie in [0, 1)",
         ("analyze", "--model", "Q", "--out", tmp_path / "q"): "unknown model 'Q'",
         ("train", "--model", "B", "--data", tmp_path, "--out", tmp_path / "mnist"): "MNIST (train split): missing",
@@ -139,7 +144,7 @@ def test_mistakes_are_one_line_errors(demo, tmp_path):
         for internal in ("TrainConfig", "build_model", "ATLRTrainer", "was transferred", "size mismatch fo"):
             assert internal not in line, (argv, line)
         assert len(line) < 700, (argv, len(line))
-    for name in ("b", "c", "a", "z", "m", "q", "mnist"):
+    for name in ("b", "c", "a", "z", "m", "q", "mnist", "d"):
         assert not (tmp_path / name).exists()  # nothing written before the check
 
 

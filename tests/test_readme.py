@@ -108,3 +108,27 @@ def test_make_installs_cmake_and_says_so_when_it_is_missing(tmp_path):
     assert done.returncode != 0
     assert "cmake not found" in done.stderr and "pip install cmake" in done.stderr
     assert "Error 127" not in done.stderr
+
+
+@needs_make
+def test_make_demo_installs_the_runtime_only_and_make_test_adds_the_extras(tmp_path):
+    venv = tmp_path / "venv"
+    demo = make("-n", "demo", f"VENV={venv}").stdout
+    assert 'pip install -q --no-build-isolation -e .\n' in demo and "[test]" not in demo
+    assert "test-requirements" not in demo
+    # After `make demo` (its stamp written), `make test` installs the test extras.
+    (venv / "bin").mkdir(parents=True)
+    pip_log = tmp_path / "pip.log"
+    fake = venv / "bin" / "python"  # the real Python, except that pip only logs what it would install
+    fake.write_text(f'#!/bin/sh\nif [ "$1" = -m ] && [ "$2" = pip ]; then shift 2; echo "$@" >> {pip_log}; '
+                    f'cat "$(echo "$@" | sed -n "s/.*-r //p")" >> {pip_log} 2>/dev/null; exit 0; fi\n'
+                    f'exec {sys.executable} "$@"\n')
+    fake.chmod(0o755)
+    (venv / ".installed").touch()  # newer than the sources: no reinstall
+    done = make("setup-test", f"VENV={venv}")
+    assert done.returncode == 0, done.stderr
+    installed = pip_log.read_text().split()
+    assert {"pytest", "hypothesis", "torchattacks", "timm"} <= set(installed), installed
+    assert "torch>=2.10" not in installed and "--no-build-isolation" not in installed  # no rebuild
+    assert (venv / ".installed-test").is_file()
+    assert "test-requirements" not in make("-n", "test", f"VENV={venv}").stdout  # both stamps there: nothing to do

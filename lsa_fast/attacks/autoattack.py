@@ -161,7 +161,7 @@ def autoattack(
             total = robust.numel()
             for first in range(0, total, batch_size):
                 idx = robust[first : first + batch_size]
-                gens = _generators(seed, sample_ids[idx], name, x.device)
+                gens = _generators(seed, sample_ids[idx.cpu()], name, x.device)
                 x_stage = STAGES[name](model, x[idx], y[idx], eps, norm, gens, **options)
                 with torch.no_grad():
                     fooled = ~correct(model(x_stage), y[idx])
@@ -208,7 +208,8 @@ def _applicable(fn, plan, logits, x, found):
     kept = []
     for name, options in plan:
         if classes < needs.get(name, 1):
-            _warn(found, f"{fn}: skipping {name}: it needs a model with at least {needs[name]} classes, this one has {classes}")
+            _warn(found, f"{fn}: skipping {name}: it needs a model with at least {needs[name]} classes, "
+                         f"this one has {classes}")
         elif name == "square" and x.dim() != 4:
             _warn(found, f"{fn}: skipping square: it needs images [N, C, H, W], got shape {tuple(x.shape)}")
         else:

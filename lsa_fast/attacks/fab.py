@@ -91,7 +91,7 @@ def fab(
     with attack_mode(model, model_mode):
         clean_logits = validate("fab", model, x, y)
         if is_binary(clean_logits):
-            raise ValueError("fab: needs a model with C >= 2 logits (one-logit models have no class boundary to compare)")
+            raise ValueError("fab: needs a model with C >= 2 logits (a one-logit model has no class boundary)")
         if eps == 0:
             return x.clone()
         runs = _runs(clean_logits, targeted, n_target_classes, n_restarts)

@@ -22,6 +22,7 @@ from torch.utils.data import TensorDataset
 
 from ..best_checkpoint import WEIGHTS, weights_file
 from ..checkpoint import why_unreadable
+from ..collapse import collapse_warning
 from ..analysis import DEFAULT_ETA_SWEEP, ShardSampler, analyze, eps_to_input_units
 from ..attacks import make_attack, parse_attack_spec
 from ..data import DATASET_NAMES, make_loader
@@ -43,8 +44,11 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
         help="find a model's most vulnerable layers (LSA) and write a report",
         description=(
             "Layer Sustainability Analysis (Khalooei et al., arXiv:2202.02626, Algorithms 1 and 2): perturb "
-            "the test set, measure the relative error of every learnable layer, list the most vulnerable "
-            "layers (MVL) and write report.json, report.md and lsa.png."
+            "the test set, measure the relative error at every probe point (by default the activation outputs, "
+            "the authors' L0, L1, ...; see --select), list the most vulnerable layers (MVL) and write "
+            "report.json, report.md and lsa.png. Progress on stderr: a bar with an ETA on a terminal, a line per "
+            "tenth of the batches in a log, the speed (img/s) at the end. A model whose clean accuracy is the "
+            "share of the most frequent class (collapsed) is named as such before the table."
         ),
     )
     parser.add_argument("--model", default=None,
@@ -54,7 +58,9 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
                         help="a constructor option of the model (repeatable), e.g. depth=16 or normalize=none "
                              "(default: the checkpoint's record, else the paper's)")
     parser.add_argument("--checkpoint", default=None, metavar="PATH",
-                        help="weights: a state_dict file, or a trainer checkpoint (a dict with 'model')")
+                        help="weights: a run directory of `lsa-fast train` (its final.pt, else checkpoint.pt), a "
+                             "trainer checkpoint file (a dict with 'model'), or a state_dict file (default: none, "
+                             "a randomly initialised model)")
     parser.add_argument("--weights", default="final", choices=WEIGHTS,
                         help="of a run directory: final (final.pt, else checkpoint.pt; default) or best (best.pt, "
                              "written by lsa-fast train --keep-best)")
@@ -66,7 +72,8 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", choices=("test", "train"), help="which split to analyse (test)")
     parser.add_argument("--perturbations", default="fgsm:0.1,pgd:0.1,gaussian:0.1", metavar="SPECS",
                         help="comma-separated name:eps, eps in the dataset's units "
-                             "(fgsm, fgsm-rs, pgd, pgd-l2, apgd, trades, gaussian, salt, pepper, salt-and-pepper, speckle)")
+                             "(fgsm, fgsm-rs, pgd, pgd-l2, apgd, trades, gaussian, salt, pepper, salt-and-pepper, "
+                             "speckle; default fgsm:0.1,pgd:0.1,gaussian:0.1)")
     parser.add_argument("--eta", type=float, default=1.0, help="MVL threshold: layer mean - mu > eta * sigma (1.0)")
     parser.add_argument("--eta-sweep", default=",".join(f"{e:g}" for e in DEFAULT_ETA_SWEEP), metavar="ETAS",
                         help="comma-separated etas whose MVL lists the report also gives")
@@ -75,7 +82,7 @@ def register(subparsers, name: str = "analyze") -> argparse.ArgumentParser:
                              "authors' L0, L1, ...), hidden (Conv/Linear outputs but the last, before the "
                              "activation), learnable, or a module name / glob pattern (default: the preset the "
                              "checkpoint's run recorded for its --lr-layers, else activations)")
-    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=256, help="samples per batch (default 256)")
     parser.add_argument("--limit", type=int, default=None, metavar="N",
                         help="analyse only the first N samples (default: the split the run recorded, in full)")
     parser.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda if available)")
@@ -102,12 +109,12 @@ def run(args: argparse.Namespace) -> int:
     check_model_name(model_name)  # an unknown name fails here, before anything else
     kwargs = recorded_model_options(model_name, config.get("model"), config.get("model_kwargs"), given)
     model = build_model(model_name, **kwargs)
-    if state is not None:
-        load_weights(model, state, f"--checkpoint {args.checkpoint}", model_name)
     dataset = args.dataset or config.get("dataset") or model_dataset(model_name)
     if dataset is None:
         raise ValueError(f"--dataset is required for model {model_name!r} (one of {', '.join(DATASET_NAMES)})")
-    check_model_fits(model, model_name, dataset)  # before the data is read
+    check_model_fits(model, model_name, dataset)  # before the weights and the data are read
+    if state is not None:
+        load_weights(model, state, f"--checkpoint {args.checkpoint}", model_name)
     recorded_data = config.get("data_options") if config.get("dataset") == dataset else None
     units = moons_units(recorded_data) if dataset == "moons" and isinstance(recorded_data, dict) else "raw"
     perturbations = _perturbations(args.perturbations, dataset, units)
@@ -133,8 +140,8 @@ def run(args: argparse.Namespace) -> int:
                              model_name=model_name, moons_units=units)
         if distributed and torch.distributed.get_rank() != 0:
             return 0
-        for warning in caught:
-            text = str(warning.message)
+        collapsed = collapse_warning(report.clean_accuracy, data.tensors[1], f"clean {args.split}")
+        for text in ([collapsed] if collapsed else []) + [str(warning.message) for warning in caught]:
             text = text[len("analyze: "):] if text.startswith("analyze: ") else text
             print(f"lsa-fast analyze: warning: {text}", file=sys.stderr, flush=True)
         return _write(report, args.out)

@@ -1,11 +1,14 @@
 """`lsa-fast eval`: accuracy of a trained checkpoint under an attack over an eps grid,
 as a row of the paper's tables with its R&G score (the sum of the accuracies).
 
-    lsa-fast eval --checkpoint runs/x --attack fgsm --eps-grid 0,0.1,0.2,0.3,0.4,0.5
+    lsa-fast eval --checkpoint runs/x --attack fgsm --eps 0,0.1,0.2,0.3,0.4,0.5
 
 The model and dataset come from the checkpoint's config; eps values are in the
 dataset's own units (moons coordinates, z units for standardized moons, pixel fractions
 for images), like the paper's tables, and the default grid is the paper's for the dataset.
+A model that predicts one class for everything (collapsed) is named as such before the
+table. Progress on stderr: a bar with an ETA on a terminal, a line per tenth of the
+batches in a log; the last line gives the speed (img/s).
 
     lsa-fast eval --checkpoint runs/x --attack autoattack --eps 0.3 --out aa.json
 
@@ -52,7 +55,8 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
                              "written by lsa-fast train --keep-best)")
     parser.add_argument("--attack", default="fgsm",
                         help="attack name (fgsm, fgsm-rs, pgd, apgd-ce, ..., or autoattack at one --eps; default fgsm)")
-    parser.add_argument("--eps-grid", "--eps", dest="eps_grid", help="comma-separated eps in dataset units (default: the paper's grid)")
+    parser.add_argument("--eps", "--eps-grid", dest="eps_grid", metavar="EPS,...",
+                        help="comma-separated eps in dataset units (default: the paper's grid for the dataset)")
     parser.add_argument("--steps", type=int, help="steps of iterative attacks (their default otherwise)")
     parser.add_argument("--model", help="override the checkpoint's model name (A fits moons, B mnist, C, D, "
                                         "wrn-28-10, wrn-34-10 cifar10)")
@@ -70,7 +74,7 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
     parser.add_argument("--name", help="row name (default: the paper's name of the run, e.g. AT-PGD-LR-L2)")
     parser.add_argument("--out", metavar="FILE.json", help="also write the table as JSON (autoattack: the results, "
                                                            "and FILE.json.state while it runs)")
-    evaluate_autoattack.add_arguments(parser)
+    evaluate_autoattack.add_arguments(parser)  # --no-progress too
     parser.set_defaults(run=run)
     return parser
 
@@ -91,7 +95,7 @@ def run(args) -> int:
     dataset, config = loaded.dataset, loaded.config
     grid = grid or list(PAPER_EPS_GRIDS.get(dataset, ()))
     if not grid:
-        raise ValueError(f"no paper eps grid for dataset {dataset!r}; give --eps-grid")
+        raise ValueError(f"no paper eps grid for dataset {dataset!r}; give --eps")
     loader = make_loader(loaded.test_set, args.batch_size, shuffle=False)
 
     attack_kw = {}
@@ -105,7 +109,9 @@ def run(args) -> int:
     attack_kw["generator"] = generator
     row = args.name or run_name(config, loaded.mvl)
     input_grid = [eps_to_input_units(dataset, eps, args.attack, moons_units=loaded.units) for eps in grid]
-    measured = evaluate(loaded.model, loader, attack=args.attack, eps_grid=input_grid, row=row, **attack_kw)
+    _warn_if_collapsed(loaded.model, loader, loaded.test_set.tensors[1])
+    measured = evaluate(loaded.model, loader, attack=args.attack, eps_grid=input_grid, row=row,
+                        progress=not args.no_progress, **attack_kw)
     # The same row, labelled with the eps in dataset units as the paper prints them.
     table = EvaluationTable(eps_grid=tuple(grid), attack=measured.attack, rows=dict(measured.rows))
     print(table.to_markdown())
@@ -143,8 +149,8 @@ def _load_run(args, device: torch.device) -> LoadedRun:
 
     check_model_name(model_name)
     model = build_model(model_name, **recorded_model_options(model_name, config.model, config.model_kwargs, given))
+    check_model_fits(model, model_name, dataset)  # before the weights and the data are read
     load_weights(model, state["model"], where, model_name)
-    check_model_fits(model, model_name, dataset)  # before the data is read
     model.to(device).eval()
 
     # The test set the run was evaluated on, as its config records it (lsa_fast.run_data).
@@ -177,4 +183,15 @@ def _load_run(args, device: torch.device) -> LoadedRun:
 
 
 def _parse_grid(text: str):
-    return [parse_eps(part, "--eps-grid") for part in comma_items(text, "--eps-grid")]
+    return [parse_eps(part, "--eps") for part in comma_items(text, "--eps")]
+
+
+def _warn_if_collapsed(model, loader, labels) -> None:
+    """One line before the table when the model's clean accuracy is the share of the
+    most frequent class (a forward pass: cheap beside the attacks)."""
+    from ..collapse import collapse_warning
+    from ..evaluation import accuracy, constant_prediction
+
+    warning = collapse_warning(accuracy(model, loader), labels, "clean test", constant_prediction(model, loader))
+    if warning:
+        print(f"lsa-fast eval: warning: {warning}", file=sys.stderr, flush=True)

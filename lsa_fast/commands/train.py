@@ -61,6 +61,7 @@ from ..training import (
 
 from ._outputs import check_output_dir
 from .arguments import comma_items
+from .recipes import TRAIN_EPILOG
 
 # The paper's training eps per dataset, in the dataset's units.
 DEFAULT_EPS = {"moons": 0.3, "mnist": 0.3, "cifar10": 8 / 255}
@@ -68,8 +69,8 @@ DEFAULT_EPS = {"moons": 0.3, "mnist": 0.3, "cifar10": 8 / 255}
 # Options that define the run: with --resume they come from the checkpoint, and
 # giving one with another value is an error (the run would not be the same run).
 _RUN_OPTIONS = ("model", "dataset", "base", "lr_layers", "gamma", "epochs", "eps", "alpha", "steps",
-                "no_random_start", "beta", "attack_mode", "eta", "warmup_epochs", "batch_size", "optimizer",
-                "lr", "momentum", "weight_decay", "schedule", "amp", "channels_last", "grad_clip", "seed",
+                "no_random_start", "beta", "attack_mode", "eta", "warmup_epochs", "eps_warmup_epochs", "batch_size",
+                "optimizer", "lr", "momentum", "weight_decay", "schedule", "amp", "channels_last", "grad_clip", "seed",
                 "n_train", "n_test", "noise", "limit", "model_option", "augment", "drop_last", "probes", "lr_grad",
                 "standardize", "val_size", "keep_best", "lsa_every")
 # The options of the run's data record (lsa_fast.run_data).
@@ -83,7 +84,7 @@ _OPTION_NAMES = {"lr": "--learning-rate"}
 def register(subparsers, name: str) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         name, help="adversarial training with the layer-wise regulariser (AT-LR, Algorithm 3)",
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+        description=__doc__, epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     general = parser.add_argument_group("run")
     general.add_argument("--model", help="A (fits moons), B (mnist), C, D, wrn-28-10, wrn-34-10 (cifar10) or "
                                          "package.module:attr (default: the dataset's paper model)")
@@ -134,6 +135,10 @@ def register(subparsers, name: str) -> argparse.ArgumentParser:
                              "(clean features detached), numerator (the denominator ||phi(x)|| detached)")
     attack.add_argument("--eta", type=float, help="MVL threshold of Algorithm 1 for --lr-layers auto (default 1)")
     attack.add_argument("--warmup-epochs", type=int, help="normal epochs before LSA for --lr-layers auto (default 1)")
+    attack.add_argument("--eps-warmup-epochs", type=int, metavar="K",
+                        help="the eps ramp: epoch k (from 0) attacks at eps * min(1, k / K), so the first epoch "
+                             "trains clean and the full eps applies from epoch K + 1; the remedy when adversarial "
+                             "training from scratch at a large eps collapses to one class (default 0: no ramp)")
 
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int, help="default 10")
@@ -213,7 +218,9 @@ def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path
         done = _on_rank0(rank, world_size, lambda: _complete(state, config, out_dir))
         undone = f" (finished what the interrupted run left undone: wrote {', '.join(done)})" if done else ""
         _say(rank, f"the run in {out_dir} is already complete ({config.epochs} epochs); "
-                   f"weights in {out_dir / FINAL_NAME}{undone}", final=True)
+                   f"weights in {out_dir / FINAL_NAME}{undone}; to train it on, raise its epochs: lsa-fast train "
+                   f"--resume {out_dir} --epochs {config.epochs + max(1, config.epochs // 2)} (the learning-rate "
+                   f"schedule is stretched over the new total)", final=True)
         return 0
 
     seed_everything(config.seed)  # the same initial weights on every rank
@@ -420,6 +427,7 @@ def _config_from_args(args, model_dataset) -> TrainConfig:
     fields = {
         "base": args.base, "steps": args.steps, "beta": args.beta, "attack_mode": args.attack_mode,
         "lr_layers": args.lr_layers, "gammas": args.gamma, "eta": args.eta, "warmup_epochs": args.warmup_epochs,
+        "eps_warmup_epochs": args.eps_warmup_epochs,
         "epochs": args.epochs, "batch_size": args.batch_size, "optimizer": args.optimizer, "lr": args.lr,
         "momentum": args.momentum, "weight_decay": args.weight_decay, "schedule": args.schedule,
         "amp": args.amp, "channels_last": args.channels_last, "grad_clip": args.grad_clip, "seed": args.seed,
