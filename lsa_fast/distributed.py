@@ -8,10 +8,12 @@ from typing import Tuple, Union
 
 import torch
 import torch.distributed as dist
+from torch.utils.data.distributed import DistributedSampler
 
 from .devices import parse_device
 
-__all__ = ["rank_and_world_size", "setup_distributed", "teardown_distributed", "average_over_ranks", "on_any_rank"]
+__all__ = ["rank_and_world_size", "setup_distributed", "teardown_distributed", "average_over_ranks", "on_any_rank",
+           "real_samples"]
 
 
 def rank_and_world_size() -> Tuple[int, int]:
@@ -63,3 +65,20 @@ def on_any_rank(flag: bool, device: torch.device) -> bool:
     value = torch.tensor([1.0 if flag else 0.0], device=device)
     dist.all_reduce(value, op=dist.ReduceOp.MAX)
     return bool(value.item())
+
+
+def real_samples(loader, index: int, batch: int) -> int:
+    """How many samples of batch `index` of a training loader are real: DistributedSampler
+    (drop_last False) pads the epoch to a multiple of the world size with repeats of its
+    first samples, placed last, so every rank takes the same steps. Training sees them;
+    the metrics count each sample once."""
+    if hasattr(loader, "real_samples"):  # lsa_fast.device_loader.DeviceLoader
+        return int(loader.real_samples(index))
+    sampler = getattr(loader, "sampler", None)
+    if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
+        return batch
+    # Local position i of rank r holds global position i * W + r; positions >= n pad.
+    n, rank, world = len(sampler.dataset), sampler.rank, sampler.num_replicas
+    real_here = max(0, -(-(n - rank) // world))
+    start = index * (loader.batch_size or batch)
+    return max(0, min(batch, real_here - start))

@@ -44,7 +44,7 @@ def trainer_state(trainer) -> Dict[str, Any]:
         "epoch_time": trainer.epoch_time if inside else 0.0,
         "mvl": None if trainer.mvl is None else list(trainer.mvl),
         "lsa": trainer.lsa_summary,
-        "best": trainer.epoch_validation.best_state() if trainer.epoch_validation is not None else None,
+        "best": trainer.epoch_validation.best_state(),  # a resumed run keeps the best so far
         "config": trainer.config.to_dict(),
         "metrics": [dict(m) for m in trainer.metrics],
         "rng": rng_per_rank,
@@ -92,8 +92,7 @@ def load_trainer_state(trainer, state: Dict[str, Any]) -> None:
     trainer.epoch_time = float(state.get("epoch_time", 0.0))
     trainer.metrics = [_current_metric_names(m) for m in state.get("metrics", [])]
     trainer.lsa_summary = state.get("lsa")
-    if trainer.epoch_validation is not None:  # a resumed run keeps the best so far
-        trainer.epoch_validation.load_best_state(state.get("best"))
+    trainer.epoch_validation.load_best_state(state.get("best"))
     mvl = state.get("mvl")
     trainer.set_layers(None if mvl is None else [int(l) for l in mvl], "the checkpoint's MVL")
     rank, world_size, generator = trainer.rank, trainer.world_size, trainer.attack_generator

@@ -42,10 +42,8 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset
-from torch.utils.data.distributed import DistributedSampler
 
 from .analysis import analyze
-from .best_checkpoint import BEST_NAME
 from .attacks import make_attack, no_value_checks
 from .checkpoint import load_checkpoint, save_checkpoint
 from .collapse import loader_collapse_warning
@@ -53,7 +51,7 @@ from .compiled_step import make_compiled_step
 from .device_loader import check_augmentation
 from .checks import check_int
 from .devices import kept_modes, model_device, parse_device
-from .distributed import rank_and_world_size, setup_distributed, teardown_distributed
+from .distributed import rank_and_world_size, real_samples, setup_distributed, teardown_distributed
 from .evaluation import accuracy
 from .probes import LayerProbe
 from .progress import TrainProgress, format_throughput
@@ -174,8 +172,7 @@ class ATLRTrainer:
         self._stop_signal: Optional[str] = None
         self._setup_regulariser()
         self.compiled_step = make_compiled_step(self)
-        # Validation accuracies, layer CM per epoch, best.pt (lsa_fast.validation): rank 0 measures.
-        self.epoch_validation = EpochValidation(config, self.module, val_set, test_loader) if self.rank == 0 else None
+        self.epoch_validation = EpochValidation(config, self.module, val_set, test_loader, self.rank)  # best.pt too
         unapplied = check_augmentation(train_loader, config)
         if unapplied:
             warnings.warn(unapplied, stacklevel=2)
@@ -332,7 +329,7 @@ class ATLRTrainer:
                 y = y.to(self.device, non_blocking=True)
                 if self.config.channels_last and x.dim() == 4:
                     x = x.contiguous(memory_format=torch.channels_last)
-                real = self._real_samples(index, int(y.shape[0]))
+                real = real_samples(self.train_loader, index, int(y.shape[0]))
                 if index == skip:  # the attacks check the data of the first batch of the epoch
                     self.epoch_sums += self.train_step(x, y, real)
                 else:  # ...and skip that check (a host sync) in every other step
@@ -372,8 +369,7 @@ class ATLRTrainer:
         }
         if self.test_loader is not None and self.rank == 0:
             record["test_acc"] = accuracy(self.module, self.test_loader)
-        if self.epoch_validation is not None:
-            record.update(self.epoch_validation.measure(self.module, record["epoch"]))
+        record.update(self.epoch_validation.measure(self.module, record["epoch"]))
         self.metrics.append(record)
         self.epoch += 1
         self.step_in_epoch = 0
@@ -401,29 +397,12 @@ class ATLRTrainer:
             save_checkpoint(state, self.out_dir / CHECKPOINT_NAME)
             if final:
                 save_checkpoint(state, self.out_dir / FINAL_NAME)
-            if self.epoch_validation is not None and self.epoch_validation.improved and self.step_in_epoch == 0:
-                save_checkpoint(state, self.out_dir / BEST_NAME)
+            self.epoch_validation.save_best(state, self.out_dir, inside_epoch=self.step_in_epoch > 0)
 
     def _write_run_files(self) -> None:
         if self.out_dir is None or self.rank != 0:
             return
         write_run_files(self.out_dir, self.config, self.metrics)
-
-    def _real_samples(self, index: int, batch: int) -> int:
-        """How many samples of batch `index` are real: DistributedSampler (drop_last
-        False) pads the epoch to a multiple of the world size with repeats of its first
-        samples, placed last, so every rank takes the same steps. Training sees them;
-        the metrics count each sample once."""
-        if hasattr(self.train_loader, "real_samples"):  # lsa_fast.device_loader.DeviceLoader
-            return int(self.train_loader.real_samples(index))
-        sampler = getattr(self.train_loader, "sampler", None)
-        if not isinstance(sampler, DistributedSampler) or sampler.drop_last:
-            return batch
-        # Local position i of rank r holds global position i * W + r; positions >= n pad.
-        n, rank, world = len(sampler.dataset), sampler.rank, sampler.num_replicas
-        real_here = max(0, -(-(n - rank) // world))
-        start = index * (self.train_loader.batch_size or batch)
-        return max(0, min(batch, real_here - start))
 
     def _find_mvl(self) -> None:
         """lr_layers='auto': LSA (FGSM at eps) on up to lsa_samples training samples."""

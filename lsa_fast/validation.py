@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import warnings
+from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 import torch
@@ -95,7 +96,7 @@ class EpochValidation:
     best epoch's weights); best_state / load_best_state go
     into and come out of the checkpoints (a resumed run keeps the best so far)."""
 
-    def __init__(self, config, model, validation: Optional[TensorDataset] = None, test_data=None):
+    def __init__(self, config, model, validation: Optional[TensorDataset] = None, test_data=None, rank: int = 0):
         from .best_checkpoint import BestKeeper
         from .lsa_monitor import MONITOR_SAMPLES, LayerMonitor, first_samples
 
@@ -105,13 +106,13 @@ class EpochValidation:
         if validation is not None and len(validation) != config.val_size:
             raise ValueError(f"ATLRTrainer: the validation split holds {len(validation)} samples, config.val_size "
                              f"says {config.val_size}")
-        self.config, self.validation = config, validation
-        self.best = BestKeeper(config.keep_best)
+        self.config, self.validation = config, validation if rank == 0 else None  # rank 0 measures, alone
+        self.best = BestKeeper(config.keep_best if rank == 0 else "none")
         self.improved = False
         self.best_weights: Optional[Dict[str, torch.Tensor]] = None
         self.monitor = None
         source = validation if validation is not None else test_data
-        if config.lsa_every and source is not None:
+        if config.lsa_every and source is not None and rank == 0:
             x, y = first_samples(source, MONITOR_SAMPLES)
             try:
                 names = _probe_names(model, x[:1], config.probes)
@@ -136,6 +137,14 @@ class EpochValidation:
         if self.best.metric is not None:
             record["best"] = self.best.state_dict()
         return record
+
+    def save_best(self, state, out_dir, inside_epoch: bool) -> None:
+        """best.pt (atomically, like checkpoint.pt) when the epoch just measured was the best."""
+        from .best_checkpoint import BEST_NAME
+        from .checkpoint import save_checkpoint
+
+        if self.improved and not inside_epoch:
+            save_checkpoint(state, Path(out_dir) / BEST_NAME)
 
     def best_state(self):
         return self.best.state_dict()
