@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import Sampler
 
 from .attacks import STATISTICAL, BoundAttack, canonical_name, correct, get_attack, parse_attack_spec
-from .checks import check_number
+from .checks import check_number, is_number
 from .data import canonical_dataset, moons_unit_map
 from .devices import kept_modes, model_device
 from .distributed import rank_and_world_size
@@ -331,7 +331,7 @@ def _identify(name: str, fn) -> Tuple[Optional[str], Optional[float]]:
     except (ValueError, TypeError):
         pass
     value = getattr(fn, "eps", None)
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
+    if is_number(value):
         eps = float(value)
     return attack, eps
 

@@ -28,6 +28,8 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from .checks import is_int
+
 __all__ = ["LayerProbe", "check_same_sequence", "snapshot", "ACTIVATION_TYPES", "LEARNABLE_TYPES"]
 
 # The module types the reference package (LayersSustainabilityAnalysis 1.0.4) hooks by default.
@@ -76,7 +78,7 @@ class LayerProbe:
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"LayerProbe: model must be a torch.nn.Module, got {type(model).__name__}")
-        if stop_after is not None and (isinstance(stop_after, bool) or not isinstance(stop_after, int) or stop_after < 0):
+        if stop_after is not None and (not is_int(stop_after) or stop_after < 0):
             raise ValueError(f"LayerProbe: stop_after must be None or a probe index >= 0, got {stop_after!r}")
         self.model = model
         self.select = select

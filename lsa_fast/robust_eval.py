@@ -29,6 +29,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 import torch
 
 from .attacks.autoattack import VERSIONS, autoattack
+from .checks import check_int, is_number
 from .devices import model_device
 from .distributed import rank_and_world_size
 from .report import atomic_write_text
@@ -264,11 +265,10 @@ def evaluate_autoattack(
 
 
 def _check_arguments(x, y, eps, norm, version, seed, batch_size):
-    if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not (eps >= 0 and math.isfinite(eps)):
+    if not is_number(eps) or not (eps >= 0 and math.isfinite(eps)):
         raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
-    for name, value, low in (("seed", seed, 0), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    check_int(None, "seed", seed, 0)
+    check_int(None, "batch_size", batch_size, 1)
     if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
         raise TypeError("x and y must be tensors")
     if x.dim() < 2 or y.dim() != 1 or y.shape[0] != x.shape[0]:

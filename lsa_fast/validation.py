@@ -22,6 +22,7 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch.utils.data import TensorDataset
 
+from .checks import is_int
 from .devices import kept_modes, model_device
 from .probes import LayerProbe
 
@@ -33,7 +34,7 @@ _SPLIT_STREAM = 7_919  # the split's permutation has its own seed, apart from th
 
 def check_val_size(val_size: int, n_train: int, option: str = "--val-size") -> int:
     """val_size itself; a one-line ValueError unless 0 <= val_size < n_train."""
-    if isinstance(val_size, bool) or not isinstance(val_size, int):
+    if not is_int(val_size):
         raise ValueError(f"{option} must be a whole number of training samples, got {val_size!r}")
     if val_size < 0:
         raise ValueError(f"{option} must be >= 0 (training samples held out for validation), got {val_size}")

@@ -174,7 +174,7 @@ def test_a_state_file_of_other_settings_is_refused_unless_restarted(tmp_path):
 @pytest.mark.parametrize("bad, message", [
     (dict(eps=-0.1), "eps must be a finite number >= 0"), (dict(eps=math.nan), "eps must be a finite number >= 0"),
     (dict(eps=math.inf), "eps must be a finite number >= 0"), (dict(norm="L3"), "unknown norm; use Linf or L2"),
-    (dict(version="fast"), "unknown AutoAttack version"), (dict(batch_size=0), "batch_size must be an integer >= 1"),
+    (dict(version="fast"), "unknown AutoAttack version"), (dict(batch_size=0), "batch_size must be a positive int"),
 ])
 def test_runner_arguments_are_checked(bad, message):
     model, x, y = linear_problem(8)

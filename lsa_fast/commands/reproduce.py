@@ -21,7 +21,8 @@ def register(subparsers, name: str) -> None:
         help="reproduce the paper's Table 2 (moons), 3 (mnist) or 4 (cifar10) over seeds, beside the paper",
         description="Train every row of the paper's table (Normal, AT-<base>, AT-<base>-LR-L<k>; on moons also a "
         "sweep of gamma and of the regulariser's gradient paths for LR-L2 of FGSM and PGD) from scratch for each "
-        "seed with one shared set of settings, evaluate under FGSM and PGD-20 over the paper's eps grid, and write a "
+        "seed with one shared set of settings, evaluate under FGSM and PGD-20 over the paper's eps grid and AutoAttack at the training eps (final "
+        "and, with --val-size, best-robust weights), and write a "
         "report directory: settings.json (before the first run), report.md (ours mean ± std beside the paper's "
         "numbers, paired LR-minus-base differences with 95%% intervals, verdicts on the paper's claims), "
         "report.json (every seed's numbers), runs.jsonl, rg_scores.png (Fig. 6), cm_layers.png (Fig. 5). Moons "
@@ -29,7 +30,7 @@ def register(subparsers, name: str) -> None:
     )
     parser.add_argument("dataset", choices=list(PAPER_TABLES), help="moons (Table 2), mnist (Table 3), cifar10 (Table 4)")
     parser.add_argument("--seeds", type=int, default=None,
-                        help="number of seeds 0..N-1 (default: 10 for moons, 1 for mnist and cifar10; --quick: 2, 1)")
+                        help="number of seeds 0..N-1 (default: 10 for moons, 3 for mnist, 1 for cifar10; --quick: 2, 2, 1)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny sizes and few epochs, for a smoke test (the numbers mean nothing)")
     parser.add_argument("--out", default=None, help="report directory (default: runs/reproduce-<dataset>)")

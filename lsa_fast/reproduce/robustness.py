@@ -21,6 +21,7 @@ from typing import Dict, List, Tuple
 import torch
 
 from ..attacks import AutoAttackWarning, autoattack
+from ..checks import check_int
 from ..evaluation import robust_accuracy
 
 __all__ = ["AUTOATTACK", "BEST_SUFFIX", "column_key", "weight_sets", "autoattack_title", "autoattack_accuracy"]
@@ -74,11 +75,8 @@ def check_autoattack_settings(settings) -> None:
         raise ValueError(f"ReproduceSettings: autoattack must be one of {', '.join(AUTOATTACK_MODES)}, got "
                          f"{settings.autoattack!r}")
     for name in ("aa_steps", "aa_samples"):
-        value = getattr(settings, name)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"ReproduceSettings: {name} must be an int >= 1, got {value!r}")
-    if isinstance(settings.val_size, bool) or not isinstance(settings.val_size, int) or settings.val_size < 0:
-        raise ValueError(f"ReproduceSettings: val_size must be an int >= 0, got {settings.val_size!r}")
+        check_int("ReproduceSettings", name, getattr(settings, name), 1)
+    check_int("ReproduceSettings", "val_size", settings.val_size, 0)
     if settings.weights not in WEIGHT_CHOICES:
         raise ValueError(f"ReproduceSettings: weights must be one of {', '.join(WEIGHT_CHOICES)}, got "
                          f"{settings.weights!r}")

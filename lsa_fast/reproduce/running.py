@@ -271,7 +271,7 @@ def _train_config(table: PaperTable, variant: Variant, seed: int, settings: Repr
         given.setdefault("normalize", "moons-standardized")  # model A's layers see the z-scores
     return TrainConfig(
         base=variant.base, eps=_input_units(table.dataset, settings.train_eps, settings), steps=settings.attack_steps,
-        beta=settings.trades_beta, lr_layers=None if variant.lr_layer is None else [variant.lr_layer],
+        eps_warmup_epochs=settings.eps_warmup_epochs, beta=settings.trades_beta, lr_layers=None if variant.lr_layer is None else [variant.lr_layer],
         gammas=settings.gamma if variant.gamma is None else variant.gamma, probes=settings.probes,
         lr_grad=variant.lr_grad or settings.lr_grad, epochs=settings.epochs, batch_size=settings.batch_size,
         optimizer=settings.optimizer, lr=settings.lr, schedule=settings.schedule, weight_decay=settings.weight_decay,

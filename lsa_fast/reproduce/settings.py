@@ -49,6 +49,7 @@ class ReproduceSettings:
     weight_decay: Optional[float] = None  # None: the trainer's default for the optimiser
     train_eps: float = 0.3
     attack_steps: int = 10
+    eps_warmup_epochs: int = 0  # TrainConfig.eps_warmup_epochs of the adversarial rows (the eps ramp; 0: none, the paper's)
     trades_beta: float = 6.0
     gamma: float = 1.0
     lr_grad: str = "both"
