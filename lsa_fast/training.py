@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, Subset
 from .analysis import analyze
 from .attacks import make_attack, no_value_checks
 from .checkpoint import load_checkpoint, save_checkpoint
-from .collapse import loader_collapse_warning
+from .collapse import collapse_warning, loader_collapse_warning
 from .compiled_step import make_compiled_step
 from .device_loader import check_augmentation
 from .checks import check_int
@@ -378,6 +378,8 @@ class ATLRTrainer:
         if self.rank == 0 and self.out_dir is not None:
             append_metrics(self.out_dir, record)
         test = f", test acc {record['test_acc']:.2f}%" if "test_acc" in record else ""
+        test += f", val acc {record['val_acc']:.2f}%" if "val_acc" in record else ""
+        test += f" (robust {record['val_robust_acc']:.2f}%)" if "val_robust_acc" in record else ""
         speed = f", {format_throughput(record['images_per_s'])}" if record["images_per_s"] else ""
         first, last = (f"{rate:.3g}" for rate in record["learning_rate_used"])
         ramp = f", eps {record['eps']:.3g} (ramp)" if self.config.eps_at(self.epoch - 1) != self.config.eps else ""
@@ -385,7 +387,10 @@ class ATLRTrainer:
         self._say(f"epoch {record['epoch']}/{self.config.epochs}: task loss {record['loss']:.4f}, "
                   f"regulariser {record['regularizer']:.4f}, train acc {record['train_acc']:.2f}%{test}, "
                   f"learning rate {first if first == last else f'{first} to {last}'}{ramp}{speed}")
-        collapsed = loader_collapse_warning(record.get("test_acc"), self.test_loader, "test")
+        validation = self.epoch_validation.validation
+        collapsed = loader_collapse_warning(record.get("test_acc"), self.test_loader, "test") or (
+            validation is not None and "val_acc" in record
+            and collapse_warning(record["val_acc"], validation.tensors[1], "validation"))
         if collapsed:
             self._say(f"warning: epoch {record['epoch']}: {collapsed}")
 
@@ -559,7 +564,6 @@ class ATLRTrainer:
     def _say(self, message: str) -> None:
         if self.rank == 0 and self.out_dir is not None:
             print(message, file=sys.stderr, flush=True)
-
 
 
 def _lsa(model: nn.Module, loader: DataLoader, eps: float, eta: float, device: torch.device, probes: str):

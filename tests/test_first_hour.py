@@ -288,6 +288,30 @@ def test_train_names_a_collapsed_model_once_per_epoch(tmp_path, capsys):
     assert "--eps-warmup-epochs" in warnings[0]
 
 
+def test_train_names_a_collapsed_model_on_its_validation_split(tmp_path, capsys):
+    from lsa_fast.data import load_dataset, make_loader
+    from lsa_fast.models import build_model
+    from lsa_fast.training import ATLRTrainer, TrainConfig
+    from lsa_fast.validation import split_validation
+
+    config = TrainConfig(base="fgsm", eps=0.06, epochs=1, batch_size=32, optimizer="sgd", lr=1e-9, momentum=0.0,
+                         val_size=40, lsa_every=0)
+    train, validation, _ = split_validation(load_dataset("moons", n_samples=168), 40, seed=0)
+    torch.manual_seed(0)
+    model = build_model("A")
+    last = [module for module in model.modules() if isinstance(module, torch.nn.Linear)][-1]
+    with torch.no_grad():  # one class everywhere, and no test split to say so: the validation split does
+        last.weight.zero_()
+        last.bias.fill_(5.0)
+    ATLRTrainer(model, config, make_loader(train, 32, shuffle=True, seed=0), None, out_dir=tmp_path / "run",
+                val_set=validation).fit()
+    captured = capsys.readouterr()
+    said = captured.out + captured.err
+    assert "val acc " in said and "(robust " in said
+    warnings = [line for line in said.splitlines() if "looks collapsed" in line]
+    assert len(warnings) == 1 and "its validation accuracy" in warnings[0]
+
+
 def test_resume_of_a_finished_run_says_how_to_extend_it_and_touches_no_file(runs, capsys):
     run, _ = runs
     before = {path.name: path.stat().st_mtime_ns for path in run.iterdir()}
