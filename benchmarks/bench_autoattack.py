@@ -1,7 +1,7 @@
 """AutoAttack benchmark (issue 23, item 6): the standard version (APGD-CE, APGD-T with 9
 targets, FAB-T with 9 targets, Square with 5000 queries; the authors' settings
 throughout), lsa_fast.attacks.autoattack against the reference implementation
-(pyautoattack, the fra31/auto-attack code) on the same points in the same run.
+(the fra31/auto-attack code, the package `autoattack` of torchattacks 3.3.0) on the same points in the same run.
 Prints images/s of each and the ratio, and the robust accuracy after every stage of
 each (the parity at full settings), and writes
 benchmarks/results/<device>-autoattack.json.
@@ -139,7 +139,7 @@ def main():
         for stage, a, b in zip(STAGES, ours_after, ref_after):
             stage_rows.append({"model": name, "after": stage, "ours": f"{a:.3f}", "reference": f"{b:.3f}",
                                "difference (points)": f"{100 * (a - b):+.1f}"})
-        harness.print_table("standard AutoAttack, ours vs pyautoattack (same points, same run)", rows,
+        harness.print_table("standard AutoAttack, ours vs the reference (same points, same run)", rows,
                             ["model", "points", "eps", "clean", "ours s", "reference s", "ours img/s",
                              "reference img/s", "speed-up"])
         harness.print_table("robust accuracy after each stage", stage_rows,

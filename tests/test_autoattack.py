@@ -1,5 +1,6 @@
 """AutoAttack (issue 23): FAB, Square and the ensemble against the reference
-implementation (pyautoattack, the fra31/auto-attack code) and torchattacks'
+implementation (the fra31/auto-attack code, as the package `autoattack` that
+torchattacks 3.3.0 installs) and torchattacks'
 AutoAttack, on model B adversarially trained on real MNIST and on a small CNN on
 CIFAR-shaped images (tests/aa_models.py; weights made by
 scripts/make_autoattack_models.py).
@@ -23,7 +24,7 @@ deterministic parts agree per sample: APGD-CE from the same start (one generator
 seeded like theirs), FAB's projections, FAB-T's first iteration and its whole run
 (no random start in its first run).
 
-pyautoattack 0.2.0's FAB imports torch.autograd.gradcheck.zero_gradients, which
+The reference's FAB imports torch.autograd.gradcheck.zero_gradients, which
 torch >= 1.9 removed: the `reference` fixture puts a two-line stand-in there first."""
 import sys
 import warnings
@@ -59,6 +60,7 @@ def reference():
     gradcheck = sys.modules["torch.autograd.gradcheck"]  # the module (torch.autograd.gradcheck is also a function)
     if not hasattr(gradcheck, "zero_gradients"):
         gradcheck.zero_gradients = _zero_gradients
+    # fra31/auto-attack's code as the package `autoattack` (torchattacks 3.3.0, the test extra, installs it).
     return pytest.importorskip("autoattack")
 
 
