@@ -27,12 +27,14 @@ import warnings
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import torch
+from torch.utils.data import TensorDataset
 
 from .attacks.autoattack import VERSIONS, autoattack
 from .checks import check_int, is_number
 from .devices import model_device
 from .distributed import rank_and_world_size
 from .report import atomic_write_text
+from .run_data import fingerprint
 
 __all__ = ["NORMS", "VERSIONS", "RobustEvaluation", "evaluate_autoattack", "check_norm", "check_version",
            "state_path_for", "weights_fingerprint"]
@@ -201,7 +203,7 @@ def evaluate_autoattack(
     n = int(x.shape[0])
     settings = {
         "weights": weights_fingerprint(model),
-        "data": _data_fingerprint(x, y),
+        "data": fingerprint(TensorDataset(x, y))["sha256"],  # the run-data record's hash
         "eps": eps, "norm": norm, "version": version, "seed": seed,
         "n_examples": n, "batch_size": batch_size,
         "stages": list(stages) if stages is not None else None,
@@ -345,15 +347,6 @@ def _read_state(path, settings, restart: bool) -> Optional[Dict[str, Any]]:
 def _short(value) -> str:
     text = str(value)
     return text[:12] + "..." if len(text) > 16 and all(c in "0123456789abcdef" for c in text) else text
-
-
-def _data_fingerprint(x: torch.Tensor, y: torch.Tensor) -> str:
-    digest = hashlib.sha256()
-    for tensor in (x, y):
-        array = tensor.detach().cpu().contiguous()
-        digest.update(f"{array.dtype}:{tuple(array.shape)};".encode())
-        digest.update(_bytes(array))
-    return digest.hexdigest()
 
 
 def _bytes(tensor: torch.Tensor) -> bytes:
