@@ -39,9 +39,10 @@ def _load(model, name):
     return model.eval()
 
 
-def mnist_model_b():
-    """(model B adversarially trained on 2 000 real MNIST digits, the test digits x, y)."""
-    x, y = load_mnist(MNIST_SUBSET, train=False)
+def mnist_model_b(data_dir=MNIST_SUBSET):
+    """(model B adversarially trained on 2 000 real MNIST digits, the test digits x, y of
+    data_dir: by default the tests' subset, the first 1 000)."""
+    x, y = load_mnist(data_dir, train=False)
     return _load(build_model("B"), "model_b_mnist.pt"), x, y
 
 
