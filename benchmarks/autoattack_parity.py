@@ -137,6 +137,9 @@ def run_pyautoattack(module, model, x, y, eps, seed, settings, batch_size, devic
     adversary = module.AutoAttack(model, norm="Linf", eps=eps, version="standard", seed=seed, device=device)
     adversary.verbose = False
     adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = settings["steps"]
+    for apgd in (adversary.apgd, adversary.apgd_targeted):  # derived from n_iter in its constructor only
+        n = settings["steps"]
+        apgd.n_iter_2, apgd.n_iter_min, apgd.size_decr = max(int(0.22 * n), 1), max(int(0.06 * n), 1), max(int(0.03 * n), 1)
     adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = settings["targets"]
     adversary.square.n_queries = settings["queries"]
     stages = list(adversary.attacks_to_run)

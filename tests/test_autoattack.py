@@ -64,6 +64,12 @@ def reference():
     return pytest.importorskip("autoattack")
 
 
+@pytest.fixture(scope="module")
+def pyautoattack():
+    # pyautoattack 0.2.0: the fra31/auto-attack code under its own name and API.
+    return pytest.importorskip("pyautoattack")
+
+
 @pytest.fixture(scope="module", params=sorted(SETUPS))
 def setup(request):
     make, norm, eps = SETUPS[request.param]
@@ -76,13 +82,22 @@ def accuracy(model, x, y):
         return (model(x).argmax(1) == y).double().mean().item()
 
 
+def quick(adversary):
+    """QUICK's settings on a reference AutoAttack object (fra31's and pyautoattack's
+    share these attribute names). pyautoattack derives APGD's checkpoint schedule from
+    n_iter once, in its constructor (fra31's copy at every run): set it with n_iter."""
+    adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = 10
+    for apgd in (adversary.apgd, adversary.apgd_targeted):
+        apgd.n_iter_2, apgd.n_iter_min, apgd.size_decr = max(int(0.22 * 10), 1), max(int(0.06 * 10), 1), 1
+    adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = 3
+    adversary.square.n_queries = 100
+
+
 def reference_stages(aa, model, x, y, norm, eps, seed=0):
     """The reference's AutoAttack, standard version with QUICK's settings, driven as
     its run_standard_evaluation drives it: robust accuracy after each stage."""
     adversary = aa.AutoAttack(model, norm=norm, eps=eps, version="standard", seed=seed, verbose=False, device="cpu")
-    adversary.apgd.n_iter = adversary.apgd_targeted.n_iter = adversary.fab.n_iter = 10
-    adversary.apgd_targeted.n_target_classes = adversary.fab.n_target_classes = 3
-    adversary.square.n_queries = 100
+    quick(adversary)
     with torch.no_grad():
         robust = model(x).argmax(1) == y
     after = []
@@ -121,6 +136,75 @@ def test_every_stage_matches_the_reference(setup, reference):
     assert distance.max() <= eps + 1e-5 and 0 <= ours.adversarial.min() and ours.adversarial.max() <= 1
     broken = ours.broken_by > 0
     assert accuracy(model, ours.adversarial[broken], y[broken]) == 0
+
+
+def pyautoattack_stages(pa, model, x, y, norm, eps, seed=0):
+    """pyautoattack 0.2.0 through its own keyword-only API: its run_standard_evaluation,
+    one stage at a time (attacks_to_run = [stage]) on the points still robust, QUICK's
+    settings; robust accuracy after each stage."""
+    adversary = pa.AutoAttack(model, norm=norm, eps=eps, version="standard", seed=seed, device="cpu")
+    adversary.verbose = False
+    quick(adversary)
+    with torch.no_grad():
+        robust = model(x).argmax(1) == y
+    after = []
+    for stage in list(adversary.attacks_to_run):
+        idx = robust.nonzero().squeeze(1)
+        if idx.numel():
+            adversary.attacks_to_run = [stage]
+            adv, _ = adversary.run_standard_evaluation(x[idx], y[idx], batch_size=POINTS)
+            with torch.no_grad():
+                robust[idx] = model(adv).argmax(1) == y[idx]
+        after.append(robust.double().mean().item())
+    return after
+
+
+@pytest.mark.parametrize("name", ["mnist", "cifar-l2"])  # both models, both norms (fra31's test covers all three)
+def test_every_stage_matches_pyautoattack(name, pyautoattack):
+    make, norm, eps = SETUPS[name]
+    model, x, y = make()
+    x, y = x[:POINTS], y[:POINTS]
+    ours = A.autoattack(model, x, y, eps, norm=norm, stage_options=QUICK)
+    theirs = pyautoattack_stages(pyautoattack, model, x, y, norm, eps)
+    mine = [ours.robust_accuracy(after=k) for k in range(1, 5)]
+    print(name, "ours", mine, "pyautoattack", theirs)
+    assert theirs[-1] < accuracy(model, x, y) - 0.05  # the oracle did attack
+    for stage, a, b in zip(ours.stages, mine, theirs):
+        assert abs(a - b) <= TOLERANCE + 1e-9, f"{name}: after {stage} ours {a:.3f}, pyautoattack {b:.3f}"
+
+
+@pytest.mark.parametrize("steps", [1, 10])
+def test_fab_t_equals_pyautoattack_per_sample(pyautoattack, steps):
+    """pyautoattack's FAB-T, first run (no random start): deterministic on both sides."""
+    from pyautoattack.fab_pt import FABAttack_PT
+
+    model, x, y = mnist_model_b()
+    x, y, eps = x[:100], y[:100], 0.3
+    theirs = FABAttack_PT(model, norm="Linf", n_iter=steps, eps=eps, device="cpu", verbose=False)
+    theirs.target_class = 2
+    reference_adv = theirs.attack_single_run(x, y, use_rand_start=False, is_targeted=True)
+    ours = A.fab(model, x, y, 1e9, steps=steps, targeted=True, n_target_classes=1)  # eps: keep every success
+    found = (reference_adv != x).flatten(1).any(1)
+    assert found.sum() >= 10
+    assert torch.equal((ours != x).flatten(1).any(1), found)
+    torch.testing.assert_close(ours, reference_adv, rtol=0, atol=1e-5)
+
+
+def test_apgd_ce_from_the_same_start_equals_pyautoattack_per_sample(pyautoattack):
+    from pyautoattack.autopgd_base import APGDAttack
+
+    model, x, y = mnist_model_b()
+    x, y, eps = x[:POINTS], y[:POINTS], 0.3
+    theirs = APGDAttack(model, n_iter=10, norm="Linf", eps=eps, seed=0, loss="ce", device="cpu")
+    theirs.init_hyperparam(x)
+    torch.manual_seed(0)  # what their perturb does before the run
+    best, still_correct, _, _ = theirs.attack_single_run(x, y)
+    ours = A.apgd(model, x, y, eps, steps=10, loss="ce", generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours_correct = model(ours).argmax(1) == y
+    assert torch.equal(ours_correct, still_correct)
+    assert 0 < still_correct.sum() < POINTS
+    torch.testing.assert_close(ours[ours_correct], best[ours_correct], rtol=0, atol=1e-5)
 
 
 def test_final_robust_accuracy_matches_torchattacks():
