@@ -21,8 +21,13 @@ Runs (restarts, target classes) are independent, so they are batched: every
 (run, sample) pair is a row of one batch, iterated together without a host sync; a
 sample's output is its first successful run's point, in AutoAttack's order
 (restarts inside target classes). Rows beyond `max_rows` go in later groups, which
-skip the samples already broken (one host sync per group)."""
+skip the samples already broken (one host sync per group). On a CPU, where a pass
+costs in proportion to its rows, every run is a group of its own (max_rows = N):
+a later run then only works on the samples no earlier run broke, as the authors'
+loop does; on an accelerator the runs share one batch (max_rows 4096)."""
 from __future__ import annotations
+
+from typing import Optional
 
 import torch
 
@@ -65,7 +70,7 @@ def fab(
     beta: float = 0.9,
     generator: GeneratorArg = None,
     *,
-    max_rows: int = 4096,
+    max_rows: Optional[int] = None,
     model_mode: str = "eval",
 ) -> torch.Tensor:
     """FAB with `steps` iterations per run and `n_restarts` runs (the first from x,
@@ -79,7 +84,8 @@ def fab(
     steps = check_steps("fab", steps)
     n_restarts = check_steps("fab", n_restarts, "n_restarts")
     n_target_classes = check_steps("fab", n_target_classes, "n_target_classes")
-    max_rows = check_steps("fab", max_rows, "max_rows")
+    if max_rows is not None:
+        max_rows = check_steps("fab", max_rows, "max_rows")
     check_choice("fab", "norm", norm, FAB_NORMS)
     if not 0 <= alpha_max <= 1 or not eta > 0 or not 0 < beta <= 1:
         raise ValueError(f"fab: need 0 <= alpha_max <= 1, eta > 0, 0 < beta <= 1; got {alpha_max}, {eta}, {beta}")
@@ -87,6 +93,8 @@ def fab(
     y = check_y("fab", x, y)
     check_model_mode("fab", model_mode)
     generator = check_generator("fab", generator, x)
+    if max_rows is None:
+        max_rows = max(x.shape[0], 1) if x.device.type == "cpu" else 4096
 
     with attack_mode(model, model_mode):
         clean_logits = validate("fab", model, x, y)
