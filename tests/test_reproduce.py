@@ -17,6 +17,7 @@ from lsa_fast.evaluation import PAPER_EPS_GRIDS
 from lsa_fast.paper import PAPER_TABLES, TABLE_2, TABLE_3, TABLE_4, paper_table, parse_training
 from lsa_fast.reproduce.paired import paired_difference, t_quantile
 from lsa_fast.reproduce import ReproduceSettings, apply_overrides, run_variant, summarise, to_markdown, variants
+from lsa_fast.reproduce.records import RunRecord
 
 torch.set_num_threads(1)  # a shared 2-core machine: keep each test on one core
 
@@ -132,7 +133,7 @@ def test_results_do_not_depend_on_the_workers(moons):
                                     for k, v in json.loads((out / "settings.json").read_text())["settings"].items()})
     row = next(v for v in variants(TABLE_2, settings) if v.name == "AT-FGSM-LR-L2 (gamma 3, numerator)")
     again = run_variant("moons", row, 0, settings)
-    assert again["accuracies"] == runs[row.name]["accuracies"] and again["cm"] == runs[row.name]["cm"]
+    assert again.accuracies == runs[row.name]["accuracies"] and again.cm == runs[row.name]["cm"]
 
 
 def test_reproduce_moons_rg_is_the_sum_of_the_cells(moons):
@@ -244,11 +245,11 @@ def _fake_runs(table, settings, rg_default, rg_by_row=None, cm_by_row=None):
         values = (rg_by_row or {}).get(variant.name, [rg_default + seed for seed in range(settings.seeds)])
         for seed, rg in enumerate(values):
             cm = (cm_by_row or {}).get(variant.name, [0.5, 0.5, 0.5])
-            runs.append({"seed": seed, "row": variant.name, "model": variant.model, "training": variant.training,
-                         "accuracies": {"fgsm": [rg / width] * width, "pgd": [rg / width] * width},
-                         "rg": {"fgsm": rg, "pgd": rg}, "collapsed": False, "cm": {"fgsm": cm, "pgd": cm},
-                         "mvl": [0], "layer_names": ["a", "b", "c"], "clean_norm": [1.0, 1.0, 1.0],
-                         "difference_norm": cm, "train_accuracy": 90.0})
+            runs.append(RunRecord(seed=seed, row=variant.name, model=variant.model, training=variant.training,
+                                  accuracies={"fgsm": [rg / width] * width, "pgd": [rg / width] * width},
+                                  rg={"fgsm": rg, "pgd": rg}, collapsed=False, cm={"fgsm": cm, "pgd": cm},
+                                  mvl=[0], layer_names=["a", "b", "c"], clean_norm=[1.0, 1.0, 1.0],
+                                  difference_norm=cm, train_accuracy=90.0))
     return runs
 
 
@@ -295,7 +296,7 @@ def test_best_layer_claim_is_checked_against_the_papers_best():
 def test_summarise_refuses_missing_runs():
     settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), extra_rows=())
     runs = _fake_runs(TABLE_3, dataclasses.replace(settings, seeds=2), 1.0)
-    runs = [run for run in runs if not (run["row"] == "AT-APGD" and run["seed"] == 1)]
+    runs = [run for run in runs if not (run.row == "AT-APGD" and run.seed == 1)]
     with pytest.raises(ValueError, match="AT-APGD"):
         summarise(TABLE_3, settings, runs)
 
@@ -379,8 +380,8 @@ def test_verdicts_are_given_per_attack_when_the_attacks_disagree():
     rg = {"Normal": [250.0, 260.0, 255.0], "AT-APGD": [400.0, 410.0, 405.0], "AT-APGD-LR-L0": [420.0, 425.0, 430.0]}
     runs = _fake_runs(TABLE_3, settings, 0.0, rg)
     for run in runs:  # under PGD the LR row loses what it wins under FGSM
-        if run["row"] == "AT-APGD-LR-L0":
-            run["rg"]["pgd"] = run["rg"]["fgsm"] - 40.0 - run["seed"]
+        if run.row == "AT-APGD-LR-L0":
+            run.rg["pgd"] = run.rg["fgsm"] - 40.0 - run.seed
     statement = summarise(TABLE_3, settings, runs)["claims"]["statements"][0]
     assert statement["holds"] == "FGSM: yes; PGD-2: no (lower in 1 of 1)"
 
@@ -437,4 +438,4 @@ def test_reproduce_cifar10_trains_on_the_device_loader_with_crop_flip(tmp_path, 
     row = next(v for v in variants(TABLE_4, settings) if v.name == "D Normal")
     run = reproduce.run_variant("cifar10", row, 0, settings, "cpu", False, images)
     assert len(loaders) == 1 and isinstance(loaders[0], DeviceLoader) and loaders[0].augment == "crop-flip"
-    assert len(run["accuracies"]["fgsm"]) == len(TABLE_4.eps_grid)
+    assert len(run.accuracies["fgsm"]) == len(TABLE_4.eps_grid)

@@ -13,6 +13,7 @@ from ..analysis import eps_to_input_units
 from ..evaluation import EvaluationTable
 from ..paper import PaperTable
 from .paired import interval_text, mean_std, paired_difference
+from .records import RunRecord
 from .robustness import AUTOATTACK, titles
 from .settings import variants
 
@@ -26,32 +27,32 @@ REPORT_FORMAT = "lsa_fast.reproduce/2"
 ATTACK_TITLES = {"fgsm": "FGSM", "pgd": "PGD"}
 
 
-def summarise(table: PaperTable, settings, runs: Sequence[Dict]) -> Dict:
+def summarise(table: PaperTable, settings, runs: Sequence[RunRecord]) -> Dict:
     """report.json's content from the per-run records: per row and per evaluation attack
     the per-seed accuracies, mean and sample std (n - 1; None for one seed) of every
     cell and of the R&G score; the CM curves, collapsed runs, the paper's numbers beside
     (table rows), and the claims (paper_claims)."""
 
-    seeds = sorted({run["seed"] for run in runs})
-    attacks = list(runs[0]["accuracies"]) if runs else []
+    seeds = sorted({run.seed for run in runs})
+    attacks = list(runs[0].accuracies) if runs else []
     rows: Dict[str, Dict] = {}
     for variant in variants(table, settings):
-        mine = sorted((run for run in runs if run["row"] == variant.name), key=lambda run: run["seed"])
-        if [run["seed"] for run in mine] != seeds:
-            raise ValueError(f"summarise: row {variant.name!r} has runs for seeds {[r['seed'] for r in mine]}, "
+        mine = sorted((run for run in runs if run.row == variant.name), key=lambda run: run.seed)
+        if [run.seed for run in mine] != seeds:
+            raise ValueError(f"summarise: row {variant.name!r} has runs for seeds {[r.seed for r in mine]}, "
                              f"expected {seeds}")
         paper_row = table.row(variant.paper_row) if variant.paper_row else None
         evaluated = {}
         for attack in attacks:
-            accuracies = [run["accuracies"][attack] for run in mine]
+            accuracies = [run.accuracies[attack] for run in mine]
             cells = [mean_std(column) for column in zip(*accuracies)]
-            rg = [run["rg"][attack] for run in mine]
+            rg = [run.rg[attack] for run in mine]
             rg_mean, rg_std = mean_std(rg)
             evaluated[attack] = {"accuracies": accuracies, "mean": [m for m, _ in cells], "std": [s for _, s in cells],
                                  "rg": rg, "rg_mean": rg_mean, "rg_std": rg_std}
         cm = {}
-        for attack in mine[0]["cm"]:
-            curves = [run["cm"][attack] for run in mine]
+        for attack in mine[0].cm:
+            curves = [run.cm[attack] for run in mine]
             stats = [mean_std(layer) for layer in zip(*curves)]
             cm[attack] = {"per_seed": curves, "mean": [m for m, _ in stats], "std": [s for _, s in stats]}
         rows[variant.name] = {
@@ -64,24 +65,24 @@ def summarise(table: PaperTable, settings, runs: Sequence[Dict]) -> Dict:
             "base_row": variant.base_row,
             "sweep": variant.sweep,
             "extra": variant.extra,
-            "best_epoch": [run.get("best_epoch") for run in mine],
-            "best_val_robust_acc": [run.get("best_val_robust_acc") for run in mine],
+            "best_epoch": [run.best_epoch for run in mine],
+            "best_val_robust_acc": [run.best_val_robust_acc for run in mine],
             "evaluation": evaluated,
             "cm": cm,
-            "mvl": [run["mvl"] for run in mine],
-            "collapsed": [bool(run.get("collapsed")) for run in mine],
-            "clean_norm": [run["clean_norm"] for run in mine],
-            "difference_norm": [run["difference_norm"] for run in mine],
-            "train_accuracy": [run["train_accuracy"] for run in mine],
-            "seconds": [run.get("seconds") for run in mine],
+            "mvl": [run.mvl for run in mine],
+            "collapsed": [run.collapsed for run in mine],
+            "clean_norm": [run.clean_norm for run in mine],
+            "difference_norm": [run.difference_norm for run in mine],
+            "train_accuracy": [run.train_accuracy for run in mine],
+            "seconds": [run.seconds for run in mine],
             "paper": None if paper_row is None else {"accuracies": list(paper_row.accuracies), "rg": paper_row.rg},
         }
     layer_names: Dict[str, List[str]] = {}
     data: Dict[str, Dict] = {}
     for run in runs:
-        layer_names.setdefault(run["model"], run["layer_names"])
-        if run.get("data_options"):
-            data.setdefault(str(run["seed"]), run["data_options"])
+        layer_names.setdefault(run.model, run.layer_names)
+        if run.data_options:
+            data.setdefault(str(run.seed), run.data_options)
     units = settings.moons_units if table.dataset == "moons" else "raw"
     summary = {
         "format": REPORT_FORMAT,
