@@ -1,4 +1,7 @@
-"""The typed records that pass between the reproduce modules, and their JSON form.
+"""The typed records that pass between the reproduce modules, and their JSON form:
+RunRecord (a run: a line of runs.jsonl), PairedDifference (a paired t interval and its
+verdict), Statement (a claim of the paper in a sentence, and whether it holds here) and
+Report (report.json: the summary of every run, the rows' numbers and the claims).
 
 A record is made from JSON (from_json) where a file is read and turned back into JSON
 (to_json) where one is written; in between, the modules pass records. to_json gives the
@@ -8,9 +11,9 @@ their exact bytes. Imports nothing of lsa_fast.reproduce: every module may use i
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
 
-__all__ = ["RunRecord"]
+__all__ = ["RunRecord", "PairedDifference", "Statement", "Report"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -46,11 +49,116 @@ class RunRecord:
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "RunRecord":
-        """A runs.jsonl line's dict; keys it lacks take their defaults, unknown keys are an error."""
-        unknown = sorted(set(data) - {field.name for field in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"a run record has unknown keys {unknown}")
-        return cls(**data)
+        """A runs.jsonl line's dict; keys it lacks take their defaults."""
+        return _from_json(cls, data)
 
     def to_json(self) -> Dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class PairedDifference:
+    """variant[i] - base[i] over the seeds (lsa_fast.reproduce.paired.paired_difference):
+    mean, sample std (None for one seed), n, the t interval at `confidence` (low, high,
+    half_width; None for one seed), the differences and the verdict ("higher", "lower",
+    "no difference detected", "undecided (1 seed)")."""
+
+    mean: float
+    std: Optional[float]
+    n: int
+    confidence: float
+    low: Optional[float]
+    high: Optional[float]
+    half_width: Optional[float]
+    differences: List[float]
+    verdict: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Statement:
+    """One of the paper's claims in a sentence: the paper's support, ours, and whether it
+    holds here (per evaluation attack where they disagree)."""
+
+    claim: str
+    paper: str
+    ours: str
+    holds: str
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Report:
+    """report.json. rows: per row name, its numbers over the seeds (per evaluation
+    column the per-seed accuracies, their mean and std, the R&G; the CM curves; the
+    paper's numbers beside). claims: lsa_fast.reproduce.claims.paper_claims, whose
+    intervals are PairedDifference and whose sentences are Statement records. The run's
+    own fields (device, workers, settings_written_at, seconds) are set once it ends;
+    those and eval_grids (which reports before it lack) are left out of the JSON when
+    None, as they were."""
+
+    format: str
+    dataset: str
+    paper_table: Any
+    paper_source: str
+    smoke: bool
+    settings: Dict[str, Any]
+    seeds: List[int]
+    eval_attacks: Dict[str, str]  # column -> its title
+    eps_grid: List[float]
+    eval_grids: Optional[Dict[str, List[float]]] = None  # column -> its eps (the paper's grid, or the training eps)
+    eps_grid_input_units: List[float]
+    train_eps: Dict[str, float]
+    units: str
+    layer_names: Dict[str, List[str]]
+    data: Dict[str, Any]
+    rows: Dict[str, Dict[str, Any]]
+    paper: Dict[str, Any]
+    claims: Optional[Dict[str, Any]] = None
+    device: Optional[str] = None
+    workers: Optional[int] = None
+    settings_written_at: Optional[str] = None
+    seconds: Optional[float] = None
+
+    def grid(self, attack: str) -> List[float]:
+        """The eps of a column: eval_grids', else (older reports) the paper's grid."""
+        return (self.eval_grids or {}).get(attack, self.eps_grid)
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Report":
+        """report.json's dict; the claims' intervals and sentences become records."""
+        fields = dict(data)
+        if fields.get("claims") is not None:
+            fields["claims"] = _revive(fields["claims"])
+        return _from_json(cls, fields)
+
+    def to_json(self) -> Dict[str, Any]:
+        return {key: value for key, value in dataclasses.asdict(self).items()
+                if value is not None or key not in _LEFT_OUT_WHEN_NONE}
+
+
+_LEFT_OUT_WHEN_NONE = ("eval_grids", "claims", "device", "workers", "settings_written_at", "seconds")
+_Record = TypeVar("_Record")
+
+
+def _from_json(cls: Type[_Record], data: Mapping[str, Any]) -> _Record:
+    names = {field.name for field in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__}: unknown keys {unknown}")
+    missing = sorted(field.name for field in dataclasses.fields(cls) if field.name not in data
+                     and field.default is dataclasses.MISSING and field.default_factory is dataclasses.MISSING)
+    if missing:
+        raise ValueError(f"{cls.__name__}: missing keys {missing}")
+    return cls(**data)
+
+
+def _revive(value):
+    """The JSON of the claims with every PairedDifference and Statement as its record
+    (recognised by its exact keys, the only dicts with those)."""
+    if isinstance(value, list):
+        return [_revive(item) for item in value]
+    if not isinstance(value, dict):
+        return value
+    for record in (PairedDifference, Statement):
+        if list(value) == [field.name for field in dataclasses.fields(record)]:
+            return record(**value)
+    return {key: _revive(item) for key, item in value.items()}

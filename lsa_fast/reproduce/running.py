@@ -34,7 +34,7 @@ from ..validation import split_validation
 from .claims import REPORT_FORMAT, summarise
 from .figures import plot_cm_layers, plot_rg_scores
 from .markdown import claims_summary, duration, main_table, to_markdown
-from .records import RunRecord
+from .records import Report, RunRecord
 from .robustness import AUTOATTACK, autoattack_accuracy, column_key, weight_sets
 from .settings import EVAL_ATTACKS, ReproduceSettings, Variant, variants
 
@@ -47,9 +47,9 @@ REPORT_FILES = (SETTINGS_FILE, REPORT_JSON, REPORT_MD, RUNS_FILE) + FIGURE_FILES
 
 
 def run_reproduce(dataset: str, out_dir="runs/reproduce", settings: Optional[ReproduceSettings] = None,
-                  data_dir=None, device=None, progress: bool = True, log=print, workers: int = 1) -> Dict:
+                  data_dir=None, device=None, progress: bool = True, log=print, workers: int = 1) -> Report:
     """Train, evaluate and analyse every row of the paper's table (and the sweep) for
-    every seed, then write the report directory; returns what report.json holds.
+    every seed, then write the report directory; returns the Report that report.json holds.
     workers > 1: that many processes side by side (CPU, Moons only), one thread each."""
     small_model = str(dataset).strip().lower() == "moons"  # model A: one CPU thread is faster
     with torch_threads(1, device or "cpu") if small_model else contextlib.nullcontext():
@@ -57,7 +57,7 @@ def run_reproduce(dataset: str, out_dir="runs/reproduce", settings: Optional[Rep
 
 
 def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings], data_dir, device,
-                   progress: bool, log, workers: int) -> Dict:
+                   progress: bool, log, workers: int) -> Report:
     table = paper_table(dataset)
     settings = settings or ReproduceSettings.defaults(table.dataset)
     if settings.dataset != table.dataset:
@@ -129,13 +129,10 @@ def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings],
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
 
-    summary = summarise(table, settings, runs)
-    summary["device"] = str(device)
-    summary["workers"] = workers
-    summary["settings_written_at"] = written_at
-    summary["seconds"] = round(time.perf_counter() - started, 1)
+    summary = dataclasses.replace(summarise(table, settings, runs), device=str(device), workers=workers,
+                                  settings_written_at=written_at, seconds=round(time.perf_counter() - started, 1))
     markdown = to_markdown(summary)
-    atomic_write_text(out / REPORT_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / REPORT_JSON, json.dumps(summary.to_json(), indent=2, allow_nan=False) + "\n")
     atomic_write_text(out / REPORT_MD, markdown)
     figures = [out / name for name in FIGURE_FILES]
     try:  # after the results are written: a figure that cannot be drawn must not cost them
@@ -149,7 +146,7 @@ def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings],
     log(main_table(summary, "fgsm"))
     log("")
     log(claims_summary(summary))
-    log(f"\ndone in {duration(summary['seconds'])}")
+    log(f"\ndone in {duration(summary.seconds)}")
     log(f"report: {out}/report.md, {out}/report.json, {runs_path}"
         + (f"; figures: {', '.join(str(f) for f in figures)}" if figures else ""))
     return summary
