@@ -14,7 +14,7 @@ from ..analysis import eps_to_input_units
 from ..evaluation import EvaluationTable
 from ..paper import PaperTable
 from .paired import interval_text, mean_std, paired_difference
-from .records import Report, RunRecord, Statement
+from .records import Report, RowSummary, RunRecord, Statement
 from .robustness import AUTOATTACK, titles
 from .settings import variants
 
@@ -36,7 +36,7 @@ def summarise(table: PaperTable, settings, runs: Sequence[RunRecord]) -> Report:
 
     seeds = sorted({run.seed for run in runs})
     attacks = list(runs[0].accuracies) if runs else []
-    rows: Dict[str, Dict] = {}
+    rows: Dict[str, RowSummary] = {}
     for variant in variants(table, settings):
         mine = sorted((run for run in runs if run.row == variant.name), key=lambda run: run.seed)
         if [run.seed for run in mine] != seeds:
@@ -56,28 +56,28 @@ def summarise(table: PaperTable, settings, runs: Sequence[RunRecord]) -> Report:
             curves = [run.cm[attack] for run in mine]
             stats = [mean_std(layer) for layer in zip(*curves)]
             cm[attack] = {"per_seed": curves, "mean": [m for m, _ in stats], "std": [s for _, s in stats]}
-        rows[variant.name] = {
-            "model": variant.model,
-            "training": variant.training,
-            "base": variant.base,
-            "lr_layer": variant.lr_layer,
-            "gamma": variant.gamma,
-            "lr_grad": variant.lr_grad,
-            "base_row": variant.base_row,
-            "sweep": variant.sweep,
-            "extra": variant.extra,
-            "best_epoch": [run.best_epoch for run in mine],
-            "best_val_robust_acc": [run.best_val_robust_acc for run in mine],
-            "evaluation": evaluated,
-            "cm": cm,
-            "mvl": [run.mvl for run in mine],
-            "collapsed": [run.collapsed for run in mine],
-            "clean_norm": [run.clean_norm for run in mine],
-            "difference_norm": [run.difference_norm for run in mine],
-            "train_accuracy": [run.train_accuracy for run in mine],
-            "seconds": [run.seconds for run in mine],
-            "paper": None if paper_row is None else {"accuracies": list(paper_row.accuracies), "rg": paper_row.rg},
-        }
+        rows[variant.name] = RowSummary(
+            model=variant.model,
+            training=variant.training,
+            base=variant.base,
+            lr_layer=variant.lr_layer,
+            gamma=variant.gamma,
+            lr_grad=variant.lr_grad,
+            base_row=variant.base_row,
+            sweep=variant.sweep,
+            extra=variant.extra,
+            best_epoch=[run.best_epoch for run in mine],
+            best_val_robust_acc=[run.best_val_robust_acc for run in mine],
+            evaluation=evaluated,
+            cm=cm,
+            mvl=[run.mvl for run in mine],
+            collapsed=[run.collapsed for run in mine],
+            clean_norm=[run.clean_norm for run in mine],
+            difference_norm=[run.difference_norm for run in mine],
+            train_accuracy=[run.train_accuracy for run in mine],
+            seconds=[run.seconds for run in mine],
+            paper=None if paper_row is None else {"accuracies": list(paper_row.accuracies), "rg": paper_row.rg},
+        )
     layer_names: Dict[str, List[str]] = {}
     data: Dict[str, Dict] = {}
     for run in runs:
@@ -134,36 +134,36 @@ def paper_claims(report: Report) -> Dict:
     attacks = list(report.eval_attacks)
     lr_vs_base, best, best_layer, cm_falls, norm_changes = [], [], [], [], []
     for name, row in rows.items():
-        if row["base_row"] is None:
+        if row.base_row is None:
             continue
-        base = rows[row["base_row"]]
-        item = {"row": name, "base_row": row["base_row"], "model": row["model"], "base": row["base"],
-                "layer": row["lr_layer"], "gamma": row["gamma"], "lr_grad": row["lr_grad"], "sweep": row["sweep"],
-                "collapsed": sum(row["collapsed"]), "paper_difference": None}
+        base = rows[row.base_row]
+        item = {"row": name, "base_row": row.base_row, "model": row.model, "base": row.base,
+                "layer": row.lr_layer, "gamma": row.gamma, "lr_grad": row.lr_grad, "sweep": row.sweep,
+                "collapsed": sum(row.collapsed), "paper_difference": None}
         for attack in attacks:
-            item[attack] = paired_difference(row["evaluation"][attack]["rg"], base["evaluation"][attack]["rg"],
+            item[attack] = paired_difference(row.evaluation[attack]["rg"], base.evaluation[attack]["rg"],
                                              confidence)
-        if row["paper"] is not None and base["paper"] is not None:
-            item["paper_difference"] = row["paper"]["rg"] - base["paper"]["rg"]
+        if row.paper is not None and base.paper is not None:
+            item["paper_difference"] = row.paper["rg"] - base.paper["rg"]
         lr_vs_base.append(item)
-        if row["sweep"]:
+        if row.sweep:
             continue
-        k = row["lr_layer"]
-        for attack in row["cm"]:
-            change = paired_difference([c[k] for c in row["cm"][attack]["per_seed"]],
-                                       [c[k] for c in base["cm"][attack]["per_seed"]], confidence)
-            cm_falls.append({"row": name, "base_row": row["base_row"], "layer": k, "attack": attack,
-                             "base_cm": base["cm"][attack]["mean"][k], "lr_cm": row["cm"][attack]["mean"][k],
+        k = row.lr_layer
+        for attack in row.cm:
+            change = paired_difference([c[k] for c in row.cm[attack]["per_seed"]],
+                                       [c[k] for c in base.cm[attack]["per_seed"]], confidence)
+            cm_falls.append({"row": name, "base_row": row.base_row, "layer": k, "attack": attack,
+                             "base_cm": base.cm[attack]["mean"][k], "lr_cm": row.cm[attack]["mean"][k],
                              "change": change})
-        norm_changes.append({"row": name, "base_row": row["base_row"], "layer": k,
-                             "clean_norm_ratio": _ratio(row["clean_norm"], base["clean_norm"], k),
-                             "difference_norm_ratio": _ratio(row["difference_norm"], base["difference_norm"], k)})
+        norm_changes.append({"row": name, "base_row": row.base_row, "layer": k,
+                             "clean_norm_ratio": _ratio(row.clean_norm, base.clean_norm, k),
+                             "difference_norm_ratio": _ratio(row.difference_norm, base.difference_norm, k)})
 
     table_items = [item for item in lr_vs_base if not item["sweep"]]
     for base_name in dict.fromkeys(item["base_row"] for item in table_items):
         mine = [item for item in table_items if item["base_row"] == base_name]
         for attack in attacks:
-            ours = max(mine, key=lambda item: rows[item["row"]]["evaluation"][attack]["rg_mean"])
+            ours = max(mine, key=lambda item: rows[item["row"]].evaluation[attack]["rg_mean"])
             best.append({"base_row": base_name, "attack": attack, "row": ours["row"], "layer": ours["layer"],
                          "difference": ours[attack]})
         with_paper = [item for item in mine if item["paper_difference"] is not None]
@@ -171,22 +171,22 @@ def paper_claims(report: Report) -> Dict:
             theirs = max(with_paper, key=lambda item: item["paper_difference"])
             entry = {"base_row": base_name, "paper_best": theirs["row"], "paper_best_layer": theirs["layer"]}
             for attack in attacks:
-                ours = max(mine, key=lambda item: rows[item["row"]]["evaluation"][attack]["rg_mean"])
+                ours = max(mine, key=lambda item: rows[item["row"]].evaluation[attack]["rg_mean"])
                 rivals = [item for item in mine if item["row"] != theirs["row"]]
-                runner_up = max(rivals, key=lambda item: rows[item["row"]]["evaluation"][attack]["rg_mean"])
-                margin = paired_difference(rows[theirs["row"]]["evaluation"][attack]["rg"],
-                                           rows[runner_up["row"]]["evaluation"][attack]["rg"], confidence)
+                runner_up = max(rivals, key=lambda item: rows[item["row"]].evaluation[attack]["rg_mean"])
+                margin = paired_difference(rows[theirs["row"]].evaluation[attack]["rg"],
+                                           rows[runner_up["row"]].evaluation[attack]["rg"], confidence)
                 entry[attack] = {"our_best": ours["row"], "holds": ours["row"] == theirs["row"],
                                  "runner_up": runner_up["row"], "margin": margin}
             best_layer.append(entry)
 
-    normal = next((row for row in rows.values() if row["base"] == "none"), None)
+    normal = next((row for row in rows.values() if row.base == "none"), None)
     normal_check = None
-    if normal is not None and normal["paper"] is not None and "fgsm" in normal["evaluation"]:
-        ours = normal["evaluation"]["fgsm"]
-        normal_check = {"rg_mean": ours["rg_mean"], "rg_std": ours["rg_std"], "paper": normal["paper"]["rg"],
-                        "difference": ours["rg_mean"] - normal["paper"]["rg"], "clean_mean": ours["mean"][0],
-                        "paper_clean": normal["paper"]["accuracies"][0]}
+    if normal is not None and normal.paper is not None and "fgsm" in normal.evaluation:
+        ours = normal.evaluation["fgsm"]
+        normal_check = {"rg_mean": ours["rg_mean"], "rg_std": ours["rg_std"], "paper": normal.paper["rg"],
+                        "difference": ours["rg_mean"] - normal.paper["rg"], "clean_mean": ours["mean"][0],
+                        "paper_clean": normal.paper["accuracies"][0]}
     claims = {
         "rule": f"paired differences (LR row minus its base row, the same seed) over {len(report.seeds)} seed(s), "
                 f"{100 * confidence:g}% Student t interval; 'higher' / 'lower' when the interval excludes 0, "
@@ -210,18 +210,18 @@ def _gradient_paths(report: Report, confidence: float) -> List[Dict]:
     rows = report.rows
     attacks = list(report.eval_attacks)
     table_mode = report.settings.get("lr_grad", "both")
-    lr_rows = {(row["base_row"], row["lr_layer"], row["gamma"], row["lr_grad"]): name
-               for name, row in rows.items() if row["base_row"] is not None}
+    lr_rows = {(row.base_row, row.lr_layer, row.gamma, row.lr_grad): name
+               for name, row in rows.items() if row.base_row is not None}
     items = []
     for (base_row, layer, gamma, mode), name in lr_rows.items():
         reference = lr_rows.get((base_row, layer, gamma, table_mode))
-        if mode == table_mode or reference is None or not (rows[name]["sweep"] or rows[reference]["sweep"]):
+        if mode == table_mode or reference is None or not (rows[name].sweep or rows[reference].sweep):
             continue
         item = {"base_row": base_row, "layer": layer, "gamma": gamma, "lr_grad": mode, "against": table_mode,
                 "row": name, "reference_row": reference}
         for attack in attacks:
-            item[attack] = paired_difference(rows[name]["evaluation"][attack]["rg"],
-                                             rows[reference]["evaluation"][attack]["rg"], confidence)
+            item[attack] = paired_difference(rows[name].evaluation[attack]["rg"],
+                                             rows[reference].evaluation[attack]["rg"], confidence)
         items.append(item)
     return items
 
@@ -255,7 +255,7 @@ def _statements(report: Report, claims: Dict) -> List[Statement]:
             holds="a count, not a claim",
         ))
     for item in table_items:  # rows beside the paper's table (settings.extra_rows): each its own claim
-        if not report.rows[item["row"]].get("extra"):
+        if not report.rows[item["row"]].extra:
             continue
         verdicts = {a: _holds([_count([item[a].verdict])], 1) for a in attacks}
         statements.append(Statement(

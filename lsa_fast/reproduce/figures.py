@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Dict, List, Tuple
 
 from ..report import new_figure, save_figure
-from .records import Report
+from .records import Report, RowSummary
 
 __all__ = ["plot_rg_scores", "plot_cm_layers"]
 
@@ -13,7 +13,7 @@ __all__ = ["plot_rg_scores", "plot_cm_layers"]
 def plot_rg_scores(report: Report, path, dpi: int = 120) -> str:
     """The paper's Fig. 6: R&G per table row under each evaluation attack, with seed
     error bars, beside the paper's (FGSM) R&G."""
-    names = [name for name, row in report.rows.items() if not row["sweep"]]
+    names = [name for name, row in report.rows.items() if not row.sweep]
     # The final weights' grid columns (an AutoAttack accuracy is no R&G score).
     attacks = [a for a in report.eval_attacks if len(report.grid(a)) > 1
                and "@" not in a]
@@ -26,13 +26,13 @@ def plot_rg_scores(report: Report, path, dpi: int = 120) -> str:
     colours = {"fgsm": "tab:blue", "pgd": "tab:orange"}
     top = 0.0
     for i, attack in enumerate(attacks):
-        values = [report.rows[n]["evaluation"][attack]["rg_mean"] for n in names]
-        errors = [report.rows[n]["evaluation"][attack]["rg_std"] or 0.0 for n in names]
+        values = [report.rows[n].evaluation[attack]["rg_mean"] for n in names]
+        errors = [report.rows[n].evaluation[attack]["rg_std"] or 0.0 for n in names]
         top = max(top, max(v + e for v, e in zip(values, errors)))
         axes.bar([x + (i - (bars - 1) / 2) * width for x in xs], values, width, yerr=errors, capsize=2,
                  color=colours.get(attack, None),
                  label=f"lsa_fast {report.eval_attacks[attack]} (mean ± std, {seeds} seed{'s' if seeds > 1 else ''})")
-    paper = [(report.rows[n]["paper"] or {}).get("rg", 0.0) for n in names]
+    paper = [(report.rows[n].paper or {}).get("rg", 0.0) for n in names]
     top = max(top, max(paper))
     axes.bar([x + (bars - 1) / 2 * width for x in xs], paper, width, color="tab:gray", alpha=0.7,
              label=f"{report.paper_source} (FGSM)")
@@ -54,9 +54,9 @@ def plot_cm_layers(report: Report, path, dpi: int = 120) -> str:
     """The paper's Fig. 5 for every base: mean CM per layer under each attack for Normal,
     the base and its table LR rows (seed error bars); a star marks the layer each row
     regularises."""
-    rows = {name: row for name, row in report.rows.items() if not row["sweep"]}
+    rows = {name: row for name, row in report.rows.items() if not row.sweep}
     groups = _groups(rows)
-    attacks = list(next(iter(rows.values()))["cm"])
+    attacks = list(next(iter(rows.values())).cm)
     columns = max(1, len(groups))
     figure = new_figure((5.0 * columns, 4.0 * len(attacks) + 1.2), "plot_cm_layers")  # clear error without matplotlib
     from matplotlib.lines import Line2D
@@ -66,16 +66,16 @@ def plot_cm_layers(report: Report, path, dpi: int = 120) -> str:
     for i, attack in enumerate(attacks):
         for j, ((model, base), (base_name, lr_names)) in enumerate(groups.items()):
             axes = figure.add_subplot(len(attacks), columns, i * columns + j + 1)
-            normal = next((name for name, row in rows.items() if row["model"] == model and row["base"] == "none"), None)
+            normal = next((name for name, row in rows.items() if row.model == model and row.base == "none"), None)
             lines = ([(normal, "0.5", "--")] if normal else []) + [(base_name, "k", "-")]
             lines += [(name, colours[c % len(colours)], "-") for c, name in enumerate(lr_names)]
             for name, colour, style in lines:
-                cm = rows[name]["cm"][attack]
+                cm = rows[name].cm[attack]
                 xs = list(range(len(cm["mean"])))
                 std = [s or 0.0 for s in cm["std"]]
                 axes.errorbar(xs, cm["mean"], yerr=std, color=colour, linestyle=style, marker="o", markersize=3,
-                              capsize=2, linewidth=1.5, label=rows[name]["training"])
-                k = rows[name]["lr_layer"]
+                              capsize=2, linewidth=1.5, label=rows[name].training)
+                k = rows[name].lr_layer
                 if k is not None:
                     axes.scatter([k], [cm["mean"][k]], marker="*", s=160, color=colour, edgecolors="k", zorder=4)
             names = report.layer_names.get(model, [])
@@ -111,14 +111,14 @@ def _short_units(report: Report) -> str:
     return "z units" if report.settings.get("standardize") else "moons units"
 
 
-def _groups(rows: Dict[str, Dict]) -> Dict[Tuple[str, str], Tuple[str, List[str]]]:
+def _groups(rows: Dict[str, RowSummary]) -> Dict[Tuple[str, str], Tuple[str, List[str]]]:
     """(model, base) -> (the base row, its LR rows), in table order."""
     groups: Dict[Tuple[str, str], Tuple[str, List[str]]] = {}
     for name, row in rows.items():
-        if row["base"] != "none" and row["lr_layer"] is None:
-            groups[(row["model"], row["base"])] = (name, [])
+        if row.base != "none" and row.lr_layer is None:
+            groups[(row.model, row.base)] = (name, [])
     for name, row in rows.items():
-        key = (row["model"], row["base"])
-        if row["lr_layer"] is not None and key in groups:
+        key = (row.model, row.base)
+        if row.lr_layer is not None and key in groups:
             groups[key][1].append(name)
     return groups

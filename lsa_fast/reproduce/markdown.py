@@ -15,7 +15,7 @@ def to_markdown(report: Report) -> str:
     settings = report.settings
     seeds = report.seeds
     smoke = "SMOKE RUN (--quick: tiny sizes, the numbers mean nothing): " if report.smoke else ""
-    table_rows = [name for name, row in report.rows.items() if not row["sweep"]]
+    table_rows = [name for name, row in report.rows.items() if not row.sweep]
     lines = [
         f"# {smoke}Reproduction of {report.paper_source} ({report.dataset})",
         "",
@@ -80,10 +80,10 @@ def main_table(report: Report, attack: str) -> str:
         "|---|" + "---:|" * (len(eps) + (0 if single else 1) + (1 if paper else 0)),
     ]
     for name, row in report.rows.items():
-        if row["sweep"]:
+        if row.sweep:
             continue
-        result = row["evaluation"][attack]
-        reference = row["paper"] if paper else None
+        result = row.evaluation[attack]
+        reference = row.paper if paper else None
         if single:
             lines.append(f"| {name} | {_pm(result['mean'][0], result['std'][0])} |")
             continue
@@ -195,7 +195,7 @@ def _cm_section(report: Report) -> str:
 
 
 def _collapse_section(report: Report) -> str:
-    collapsed = {name: sum(row["collapsed"]) for name, row in report.rows.items() if any(row["collapsed"])}
+    collapsed = {name: sum(row.collapsed) for name, row in report.rows.items() if any(row.collapsed)}
     lines = ["## Collapsed runs (a constant classifier: one class for every test point)", ""]
     if not collapsed:
         return "\n".join(lines + ["None."])
@@ -210,15 +210,15 @@ def _mvl_section(report: Report) -> str:
              "| Training | " + " | ".join(f"seed {s}" for s in report.seeds) + " |",
              "|---|" + "---|" * len(report.seeds)]
     for name, row in report.rows.items():
-        if not row["sweep"]:
-            lines.append(f"| {name} | " + " | ".join("[" + ", ".join(f"L{l}" for l in mvl) + "]" for mvl in row["mvl"])
+        if not row.sweep:
+            lines.append(f"| {name} | " + " | ".join("[" + ", ".join(f"L{l}" for l in mvl) + "]" for mvl in row.mvl)
                          + " |")
     return "\n".join(lines)
 
 
 def _best_epochs_section(report: Report) -> str:
     """Which epoch's weights the '(best-robust weights)' columns hold, per seed."""
-    rows = {name: row for name, row in report.rows.items() if any(e is not None for e in row.get("best_epoch", []))}
+    rows = {name: row for name, row in report.rows.items() if any(e is not None for e in row.best_epoch or [])}
     if not rows:
         return ""
     size = report.settings.get("val_size")
@@ -227,7 +227,7 @@ def _best_epochs_section(report: Report) -> str:
              "| Training | " + " | ".join(f"seed {s}" for s in report.seeds) + " |",
              "|---|" + "---|" * len(report.seeds)]
     for name, row in rows.items():
-        cells = [f"{e} ({v:.2f})" if e is not None else "-" for e, v in zip(row["best_epoch"], row["best_val_robust_acc"])]
+        cells = [f"{e} ({v:.2f})" if e is not None else "-" for e, v in zip(row.best_epoch, row.best_val_robust_acc)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -240,7 +240,7 @@ def _per_seed_section(report: Report) -> str:
                   "| Training | " + " | ".join(f"seed {s}" for s in report.seeds) + " |",
                   "|---|" + "---:|" * len(report.seeds)]
         for name, row in report.rows.items():
-            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row["evaluation"][attack]["rg"]) + " |")
+            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row.evaluation[attack]["rg"]) + " |")
         lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -1,7 +1,8 @@
 """The typed records that pass between the reproduce modules, and their JSON form:
 RunRecord (a run: a line of runs.jsonl), PairedDifference (a paired t interval and its
-verdict), Statement (a claim of the paper in a sentence, and whether it holds here) and
-Report (report.json: the summary of every run, the rows' numbers and the claims).
+verdict), Statement (a claim of the paper in a sentence, and whether it holds here),
+RowSummary (a table row's numbers over the seeds) and Report (report.json: the rows'
+summaries, the settings and the claims).
 
 A record is made from JSON (from_json) where a file is read and turned back into JSON
 (to_json) where one is written; in between, the modules pass records. to_json gives the
@@ -13,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
 
-__all__ = ["RunRecord", "PairedDifference", "Statement", "Report"]
+__all__ = ["RunRecord", "PairedDifference", "Statement", "RowSummary", "Report"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -53,7 +54,7 @@ class RunRecord:
         return _from_json(cls, data)
 
     def to_json(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
+        return _to_json(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +87,49 @@ class Statement:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class RowSummary:
+    """One row of the table (or of the sweep) over the seeds, in report.json's "rows".
+
+    evaluation: per column, the per-seed accuracies (one list per seed), their mean and
+    sample std per eps, the per-seed R&G and its mean and std. cm: per attack, the
+    per-seed CM curves and their mean and std per layer. Per seed: mvl, collapsed,
+    clean_norm, difference_norm, train_accuracy, seconds, best_epoch and
+    best_val_robust_acc. paper: the paper's accuracies and R&G of the row, None where
+    its table has no such row. extra, best_epoch and best_val_robust_acc are left out
+    of the JSON when None (reports before them lack them)."""
+
+    model: str
+    training: str
+    base: str
+    lr_layer: Optional[int]
+    gamma: Optional[float]
+    lr_grad: Optional[str]
+    base_row: Optional[str]  # the row this LR row is compared with; None for a base row
+    sweep: bool
+    extra: Optional[bool] = None  # a row beside the paper's table (settings.extra_rows)
+    best_epoch: Optional[List[Optional[int]]] = None
+    best_val_robust_acc: Optional[List[Optional[float]]] = None
+    evaluation: Dict[str, Dict[str, Any]]
+    cm: Dict[str, Dict[str, Any]]
+    mvl: List[List[int]]
+    collapsed: List[bool]
+    clean_norm: List[List[float]]
+    difference_norm: List[List[float]]
+    train_accuracy: List[Optional[float]]
+    seconds: List[Optional[float]]
+    paper: Optional[Dict[str, Any]]
+
+    _LEFT_OUT_WHEN_NONE = ("extra", "best_epoch", "best_val_robust_acc")
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "RowSummary":
+        return _from_json(cls, data)
+
+    def to_json(self) -> Dict[str, Any]:
+        return _to_json(self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class Report:
     """report.json. rows: per row name, its numbers over the seeds (per evaluation
     column the per-seed accuracies, their mean and std, the R&G; the CM curves; the
@@ -110,13 +154,15 @@ class Report:
     units: str
     layer_names: Dict[str, List[str]]
     data: Dict[str, Any]
-    rows: Dict[str, Dict[str, Any]]
+    rows: Dict[str, RowSummary]
     paper: Dict[str, Any]
     claims: Optional[Dict[str, Any]] = None
     device: Optional[str] = None
     workers: Optional[int] = None
     settings_written_at: Optional[str] = None
     seconds: Optional[float] = None
+
+    _LEFT_OUT_WHEN_NONE = ("eval_grids", "claims", "device", "workers", "settings_written_at", "seconds")
 
     def grid(self, attack: str) -> List[float]:
         """The eps of a column: eval_grids', else (older reports) the paper's grid."""
@@ -126,17 +172,35 @@ class Report:
     def from_json(cls, data: Mapping[str, Any]) -> "Report":
         """report.json's dict; the claims' intervals and sentences become records."""
         fields = dict(data)
+        if isinstance(fields.get("rows"), dict):
+            fields["rows"] = {name: RowSummary.from_json(row) for name, row in fields["rows"].items()}
         if fields.get("claims") is not None:
             fields["claims"] = _revive(fields["claims"])
         return _from_json(cls, fields)
 
     def to_json(self) -> Dict[str, Any]:
-        return {key: value for key, value in dataclasses.asdict(self).items()
-                if value is not None or key not in _LEFT_OUT_WHEN_NONE}
+        return _to_json(self)
 
 
-_LEFT_OUT_WHEN_NONE = ("eval_grids", "claims", "device", "workers", "settings_written_at", "seconds")
 _Record = TypeVar("_Record")
+
+
+def _to_json(record) -> Dict[str, Any]:
+    """The record's fields in order, as plain JSON values; a field named in the class's
+    _LEFT_OUT_WHEN_NONE is left out when None."""
+    left_out = getattr(record, "_LEFT_OUT_WHEN_NONE", ())
+    return {field.name: _plain(getattr(record, field.name)) for field in dataclasses.fields(record)
+            if getattr(record, field.name) is not None or field.name not in left_out}
+
+
+def _plain(value):
+    if dataclasses.is_dataclass(value):
+        return _to_json(value)
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(item) for item in value]
+    return value
 
 
 def _from_json(cls: Type[_Record], data: Mapping[str, Any]) -> _Record:
