@@ -257,28 +257,28 @@ def test_verdicts_follow_the_t_interval():
     settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), seeds=3, extra_rows=())
     rg = {"Normal": [250.0, 260.0, 255.0], "AT-APGD": [400.0, 410.0, 405.0], "AT-APGD-LR-L0": [420.0, 425.0, 430.0]}
     summary = summarise(TABLE_3, settings, _fake_runs(TABLE_3, settings, 0.0, rg, {"AT-APGD-LR-L0": [0.2, 0.5, 0.5]}))
-    item = summary.claims["lr_vs_base"][0]
+    item = summary.claims.lr_vs_base[0]
     assert item["row"] == "AT-APGD-LR-L0" and item["base_row"] == "AT-APGD"
     # Differences 20, 15, 25: mean 20, std 5, half width t(0.975, 2) * 5 / sqrt(3) = 12.42.
     assert item["fgsm"].mean == pytest.approx(20.0) and item["fgsm"].std == pytest.approx(5.0)
     assert item["fgsm"].half_width == pytest.approx(4.3026527 * 5 / 3 ** 0.5, rel=1e-6)
     assert item["fgsm"].verdict == "higher" and item["pgd"].verdict == "higher"
     assert item["paper_difference"] == pytest.approx(541.73 - 497.99)
-    falls = summary.claims["cm_falls"]
+    falls = summary.claims.cm_falls
     assert {f["attack"] for f in falls} == {"fgsm", "pgd"}
     assert all(f["change"].mean == pytest.approx(-0.3) and f["change"].verdict == "lower" for f in falls)
     assert summary.rows["Normal"].evaluation["fgsm"]["rg_std"] == pytest.approx(5.0)
-    statement = summary.claims["statements"][0]
+    statement = summary.claims.statements[0]
     assert statement.holds == "yes" and "LR-L0" in statement.claim
 
     rg["AT-APGD-LR-L0"] = [395.0, 420.0, 410.0]  # differences -5, +10, +5: the interval contains 0
     noisy = summarise(TABLE_3, settings, _fake_runs(TABLE_3, settings, 0.0, rg))
-    assert noisy.claims["lr_vs_base"][0]["fgsm"].verdict == "no difference detected"
-    assert noisy.claims["statements"][0].holds == "not shown (no difference detected)"
+    assert noisy.claims.lr_vs_base[0]["fgsm"].verdict == "no difference detected"
+    assert noisy.claims.statements[0].holds == "not shown (no difference detected)"
     rg["AT-APGD-LR-L0"] = [380.0, 390.0, 384.0]
     worse = summarise(TABLE_3, settings, _fake_runs(TABLE_3, settings, 0.0, rg))
-    assert worse.claims["lr_vs_base"][0]["fgsm"].verdict == "lower"
-    assert worse.claims["statements"][0].holds.startswith("no (lower")
+    assert worse.claims.lr_vs_base[0]["fgsm"].verdict == "lower"
+    assert worse.claims.statements[0].holds.startswith("no (lower")
     markdown = to_markdown(worse)
     assert "Khalooei et al., arXiv:2202.02626, Table 3" in markdown and "AT-APGD-LR-L0" in markdown
     assert "-20.33 [" in markdown  # the mean difference and its interval
@@ -288,7 +288,7 @@ def test_best_layer_claim_is_checked_against_the_papers_best():
     settings = ReproduceSettings.defaults("moons", quick=True)
     rg = {"AT-FGSM-LR-L0": [430.0, 431.0]}  # L0 best here, L2 best in the paper
     summary = summarise(TABLE_2, settings, _fake_runs(TABLE_2, settings, 400.0, rg))
-    fgsm = next(item for item in summary.claims["best_layer"] if item["base_row"] == "AT-FGSM")
+    fgsm = next(item for item in summary.claims.best_layer if item["base_row"] == "AT-FGSM")
     assert fgsm["paper_best"] == "AT-FGSM-LR-L2" and fgsm["fgsm"]["our_best"] == "AT-FGSM-LR-L0"
     assert not fgsm["fgsm"]["holds"] and fgsm["fgsm"]["margin"].mean == pytest.approx(-30.0)
 
@@ -382,7 +382,7 @@ def test_verdicts_are_given_per_attack_when_the_attacks_disagree():
     for run in runs:  # under PGD the LR row loses what it wins under FGSM
         if run.row == "AT-APGD-LR-L0":
             run.rg["pgd"] = run.rg["fgsm"] - 40.0 - run.seed
-    statement = summarise(TABLE_3, settings, runs).claims["statements"][0]
+    statement = summarise(TABLE_3, settings, runs).claims.statements[0]
     assert statement.holds == "FGSM: yes; PGD-2: no (lower in 1 of 1)"
 
 

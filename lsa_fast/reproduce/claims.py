@@ -14,7 +14,7 @@ from ..analysis import eps_to_input_units
 from ..evaluation import EvaluationTable
 from ..paper import PaperTable
 from .paired import interval_text, mean_std, paired_difference
-from .records import Report, RowSummary, RunRecord, Statement
+from .records import Claims, Report, RowSummary, RunRecord, Statement
 from .robustness import AUTOATTACK, titles
 from .settings import variants
 
@@ -110,7 +110,7 @@ def summarise(table: PaperTable, settings, runs: Sequence[RunRecord]) -> Report:
     return dataclasses.replace(report, claims=paper_claims(report))
 
 
-def paper_claims(report: Report) -> Dict:
+def paper_claims(report: Report) -> Claims:
     """The paper's claims, checked on our numbers with paired t intervals (LR row minus
     its base row, the same seed) at the settings' confidence, under every evaluation
     attack:
@@ -187,20 +187,20 @@ def paper_claims(report: Report) -> Dict:
         normal_check = {"rg_mean": ours["rg_mean"], "rg_std": ours["rg_std"], "paper": normal.paper["rg"],
                         "difference": ours["rg_mean"] - normal.paper["rg"], "clean_mean": ours["mean"][0],
                         "paper_clean": normal.paper["accuracies"][0]}
-    claims = {
-        "rule": f"paired differences (LR row minus its base row, the same seed) over {len(report.seeds)} seed(s), "
-                f"{100 * confidence:g}% Student t interval; 'higher' / 'lower' when the interval excludes 0, "
-                f"'no difference detected' when it contains 0",
-        "lr_vs_base": lr_vs_base,
-        "best_lr_beats_base": best,
-        "best_layer": best_layer,
-        "cm_falls": cm_falls,
-        "cm_parts": norm_changes,
-        "normal": normal_check,
-        "lr_grad_vs_table": _gradient_paths(report, confidence),
-    }
-    claims["statements"] = _statements(report, claims)
-    return claims
+    claims = Claims(
+        rule=f"paired differences (LR row minus its base row, the same seed) over {len(report.seeds)} seed(s), "
+             f"{100 * confidence:g}% Student t interval; 'higher' / 'lower' when the interval excludes 0, "
+             f"'no difference detected' when it contains 0",
+        lr_vs_base=lr_vs_base,
+        best_lr_beats_base=best,
+        best_layer=best_layer,
+        cm_falls=cm_falls,
+        cm_parts=norm_changes,
+        normal=normal_check,
+        lr_grad_vs_table=_gradient_paths(report, confidence),
+        statements=[],
+    )
+    return dataclasses.replace(claims, statements=_statements(report, claims))
 
 
 def _gradient_paths(report: Report, confidence: float) -> List[Dict]:
@@ -226,10 +226,10 @@ def _gradient_paths(report: Report, confidence: float) -> List[Dict]:
     return items
 
 
-def _statements(report: Report, claims: Dict) -> List[Statement]:
+def _statements(report: Report, claims: Claims) -> List[Statement]:
     """The paper's claims in sentences, each with the paper's support and our verdict."""
     attacks = list(report.eval_attacks)
-    table_items = [item for item in claims["lr_vs_base"] if not item["sweep"]]
+    table_items = [item for item in claims.lr_vs_base if not item["sweep"]]
     statements = []
     paper_best = _paper_best(table_items)
     if paper_best:
@@ -266,13 +266,13 @@ def _statements(report: Report, claims: Dict) -> List[Statement]:
                            for a in attacks),
             holds=_by_attack(report, verdicts),
         ))
-    if claims["best_layer"]:
-        total = len(claims["best_layer"])
-        layer = claims["best_layer"][0]["paper_best_layer"]
-        counts = {a: sum(1 for item in claims["best_layer"] if item[a]["holds"]) for a in attacks}
+    if claims.best_layer:
+        total = len(claims.best_layer)
+        layer = claims.best_layer[0]["paper_best_layer"]
+        counts = {a: sum(1 for item in claims.best_layer if item[a]["holds"]) for a in attacks}
         statements.append(Statement(
             claim=f"LR-L{layer} is the best layer for every base" if all(
-             item["paper_best_layer"] == layer for item in claims["best_layer"]) else
+             item["paper_best_layer"] == layer for item in claims.best_layer) else
             "the paper's best layer is the best layer here",
             paper=f"{total} of {total} bases",
             ours="; ".join(f"{report.eval_attacks[a]}: best mean R&G for {counts[a]} of {total}"
@@ -280,10 +280,10 @@ def _statements(report: Report, claims: Dict) -> List[Statement]:
             holds=_by_attack(report, {a: "yes" if counts[a] == total else ("no" if counts[a] == 0 else "partly")
                                        for a in attacks}),
         ))
-    if claims["cm_falls"]:
-        total = len(claims["cm_falls"])
-        lower = sum(1 for item in claims["cm_falls"] if item["change"].verdict == "lower")
-        higher = sum(1 for item in claims["cm_falls"] if item["change"].verdict == "higher")
+    if claims.cm_falls:
+        total = len(claims.cm_falls)
+        lower = sum(1 for item in claims.cm_falls if item["change"].verdict == "lower")
+        higher = sum(1 for item in claims.cm_falls if item["change"].verdict == "higher")
         statements.append(Statement(
             claim="the regulariser lowers the CM (relative error) of the layer it regularises",
             paper="Figs. 2 and 5",
@@ -291,9 +291,9 @@ def _statements(report: Report, claims: Dict) -> List[Statement]:
                  f"{total} (row, attack) pairs",
             holds="yes" if lower == total else ("no" if lower == 0 else "partly"),
         ))
-    sweep = [item for item in claims["lr_vs_base"] if item["gamma"] is not None and item["base_row"] and (
+    sweep = [item for item in claims.lr_vs_base if item["gamma"] is not None and item["base_row"] and (
         item["sweep"] or any(other["sweep"] and other["base_row"] == item["base_row"] and other["layer"] == item["layer"]
-                             for other in claims["lr_vs_base"]))]
+                             for other in claims.lr_vs_base))]
     if any(item["sweep"] for item in sweep):
         for attack in attacks:
             counts = _count(item[attack].verdict for item in sweep)
@@ -304,7 +304,7 @@ def _statements(report: Report, claims: Dict) -> List[Statement]:
                 ours=_counts_text(counts, len(sweep)) + " sweep points (no correction for trying several)",
                 holds=_holds([counts], len(sweep), any_suffices=True),
             ))
-    normal = claims.get("normal")
+    normal = claims.normal
     if normal is not None:
         statements.append(Statement(
             claim="our Normal row matches the paper's (a check of data, units and training, not a claim)",

@@ -57,9 +57,9 @@ def to_markdown(report: Report) -> str:
 def claims_summary(report: Report) -> str:
     """The paper's claims, one line each: the paper's support, ours, and whether it holds."""
     claims = report.claims
-    lines = [f"Rule: {claims['rule']}.", ""]
+    lines = [f"Rule: {claims.rule}.", ""]
     lines += [f"- **{item.claim}**: paper {item.paper}; here {item.ours}. Holds: **{item.holds}**."
-              for item in claims["statements"]]
+              for item in claims.statements]
     return "\n".join(lines)
 
 
@@ -101,10 +101,10 @@ def _differences_section(report: Report) -> str:
     claims = report.claims
     attacks = list(report.eval_attacks)
     lines = ["## LR row minus its base: R&G difference per seed pair, mean [95% interval] and verdict", "",
-             f"Rule: {claims['rule']}.", "",
+             f"Rule: {claims.rule}.", "",
              "| LR row | base | " + " | ".join(f"{report.eval_attacks[a]}: difference | verdict" for a in attacks)
              + " | paper (FGSM) |", "|---|---|" + "---:|---|" * len(attacks) + "---:|"]
-    for item in claims["lr_vs_base"]:
+    for item in claims.lr_vs_base:
         if item["sweep"]:
             continue
         cells = [f"{interval_text(item[a])} | {item[a].verdict}" for a in attacks]
@@ -118,7 +118,7 @@ def _sweep_section(report: Report) -> str:
     settings = report.settings
     attacks = list(report.eval_attacks)
     sweep_bases = set(settings.get("sweep_bases") or ())
-    items = [item for item in claims["lr_vs_base"] if item["base"] in sweep_bases
+    items = [item for item in claims.lr_vs_base if item["base"] in sweep_bases
              and item["layer"] == settings.get("sweep_layer")]
     if not items or not any(item["sweep"] for item in items):
         return "## Sweep\n\nNo sweep in these settings."
@@ -138,7 +138,7 @@ def _sweep_section(report: Report) -> str:
 
 
 def _gradient_paths_section(report: Report) -> str:
-    items = report.claims.get("lr_grad_vs_table") or []
+    items = report.claims.lr_grad_vs_table or []
     if not items:
         return "## Gradient paths compared\n\nNo sweep of the gradient paths in these settings."
     attacks = list(report.eval_attacks)
@@ -158,13 +158,13 @@ def _best_section(report: Report) -> str:
     claims = report.claims
     lines = ["## The best LR layer of each base, and the paper's best layer", "",
              "| base | attack | best LR row here | difference to the base [95%] | verdict |", "|---|---|---|---:|---|"]
-    for item in claims["best_lr_beats_base"]:
+    for item in claims.best_lr_beats_base:
         lines.append(f"| {item['base_row']} | {report.eval_attacks[item['attack']]} | {item['row']} | "
                      f"{interval_text(item['difference'])} | {item['difference'].verdict} |")
-    if claims["best_layer"]:
+    if claims.best_layer:
         lines += ["", "| base | paper's best | attack | best here | margin of the paper's best over the best other "
                       "[95%] |", "|---|---|---|---|---|"]
-        for item in claims["best_layer"]:
+        for item in claims.best_layer:
             for attack in report.eval_attacks:
                 ours = item[attack]
                 lines.append(f"| {item['base_row']} | {item['paper_best']} | {report.eval_attacks[attack]} | "
@@ -178,7 +178,7 @@ def _cm_section(report: Report) -> str:
     lines = ["## The regulariser and the CM of its layer (mean relative error of layer k)", "",
              "| LR row | layer | attack | CM of the base | CM of the LR row | change [95%] | verdict |",
              "|---|---|---|---:|---:|---:|---|"]
-    for item in claims["cm_falls"]:
+    for item in claims.cm_falls:
         change = item["change"]
         interval = (f"{change.mean:+.4f}" if change.low is None
                     else f"{change.mean:+.4f} [{change.low:+.4f}, {change.high:+.4f}]")
@@ -188,7 +188,7 @@ def _cm_section(report: Report) -> str:
               "norm ||phi_k(x)|| (CM's denominator) and of the change ||phi_k(x) - phi_k(x_hat)|| (its numerator). "
               "A CM that falls through a larger denominator means a larger clean output, not a steadier layer.", "",
               "| LR row | layer | clean norm ratio | change norm ratio |", "|---|---|---:|---:|"]
-    for item in claims["cm_parts"]:
+    for item in claims.cm_parts:
         ratios = ["-" if r is None else f"{r:.3g}" for r in (item["clean_norm_ratio"], item["difference_norm_ratio"])]
         lines.append(f"| {item['row']} | L{item['layer']} | {ratios[0]} | {ratios[1]} |")
     return "\n".join(lines)

@@ -1,8 +1,8 @@
 """The typed records that pass between the reproduce modules, and their JSON form:
 RunRecord (a run: a line of runs.jsonl), PairedDifference (a paired t interval and its
 verdict), Statement (a claim of the paper in a sentence, and whether it holds here),
-RowSummary (a table row's numbers over the seeds) and Report (report.json: the rows'
-summaries, the settings and the claims).
+Claims (the verdicts on the paper's claims), RowSummary (a table row's numbers over
+the seeds) and Report (report.json: the rows' summaries, the settings and the claims).
 
 A record is made from JSON (from_json) where a file is read and turned back into JSON
 (to_json) where one is written; in between, the modules pass records. to_json gives the
@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
 
-__all__ = ["RunRecord", "PairedDifference", "Statement", "RowSummary", "Report"]
+__all__ = ["RunRecord", "PairedDifference", "Statement", "Claims", "RowSummary", "Report"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -87,6 +87,30 @@ class Statement:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
+class Claims:
+    """The paper's claims checked on our numbers (lsa_fast.reproduce.claims.paper_claims):
+    the rule of the verdicts, the comparisons (dicts whose intervals are
+    PairedDifference records, one per evaluation column) and the statements."""
+
+    rule: str
+    lr_vs_base: List[Dict[str, Any]]  # every LR row against its base row
+    best_lr_beats_base: List[Dict[str, Any]]  # per base and column, its best LR row against it
+    best_layer: List[Dict[str, Any]]  # per base, whether the paper's best layer is the best here
+    cm_falls: List[Dict[str, Any]]  # per LR row and attack, the CM of its layer against the base's
+    cm_parts: List[Dict[str, Any]]  # that layer's clean and change norms, LR row / base
+    normal: Optional[Dict[str, Any]]  # our Normal row's R&G against the paper's
+    lr_grad_vs_table: List[Dict[str, Any]]  # each gradient path of the sweep against the table's
+    statements: List[Statement]
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> "Claims":
+        return _from_json(cls, {key: _revive(value) for key, value in data.items()})
+
+    def to_json(self) -> Dict[str, Any]:
+        return _to_json(self)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class RowSummary:
     """One row of the table (or of the sweep) over the seeds, in report.json's "rows".
 
@@ -133,8 +157,7 @@ class RowSummary:
 class Report:
     """report.json. rows: per row name, its numbers over the seeds (per evaluation
     column the per-seed accuracies, their mean and std, the R&G; the CM curves; the
-    paper's numbers beside). claims: lsa_fast.reproduce.claims.paper_claims, whose
-    intervals are PairedDifference and whose sentences are Statement records. The run's
+    paper's numbers beside). claims: the verdicts (Claims). The run's
     own fields (device, workers, settings_written_at, seconds) are set once it ends;
     those and eval_grids (which reports before it lack) are left out of the JSON when
     None, as they were."""
@@ -156,7 +179,7 @@ class Report:
     data: Dict[str, Any]
     rows: Dict[str, RowSummary]
     paper: Dict[str, Any]
-    claims: Optional[Dict[str, Any]] = None
+    claims: Optional[Claims] = None
     device: Optional[str] = None
     workers: Optional[int] = None
     settings_written_at: Optional[str] = None
@@ -175,7 +198,7 @@ class Report:
         if isinstance(fields.get("rows"), dict):
             fields["rows"] = {name: RowSummary.from_json(row) for name, row in fields["rows"].items()}
         if fields.get("claims") is not None:
-            fields["claims"] = _revive(fields["claims"])
+            fields["claims"] = Claims.from_json(fields["claims"])
         return _from_json(cls, fields)
 
     def to_json(self) -> Dict[str, Any]:
@@ -216,7 +239,7 @@ def _from_json(cls: Type[_Record], data: Mapping[str, Any]) -> _Record:
 
 
 def _revive(value):
-    """The JSON of the claims with every PairedDifference and Statement as its record
+    """A part of the claims' JSON with every PairedDifference and Statement as its record
     (recognised by its exact keys, the only dicts with those)."""
     if isinstance(value, list):
         return [_revive(item) for item in value]
