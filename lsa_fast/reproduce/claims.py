@@ -180,13 +180,6 @@ def paper_claims(report: Report) -> Claims:
                                  "runner_up": runner_up["row"], "margin": margin}
             best_layer.append(entry)
 
-    normal = next((row for row in rows.values() if row.base == "none"), None)
-    normal_check = None
-    if normal is not None and normal.paper is not None and "fgsm" in normal.evaluation:
-        ours = normal.evaluation["fgsm"]
-        normal_check = {"rg_mean": ours["rg_mean"], "rg_std": ours["rg_std"], "paper": normal.paper["rg"],
-                        "difference": ours["rg_mean"] - normal.paper["rg"], "clean_mean": ours["mean"][0],
-                        "paper_clean": normal.paper["accuracies"][0]}
     claims = Claims(
         rule=f"paired differences (LR row minus its base row, the same seed) over {len(report.seeds)} seed(s), "
              f"{100 * confidence:g}% Student t interval; 'higher' / 'lower' when the interval excludes 0, "
@@ -196,11 +189,23 @@ def paper_claims(report: Report) -> Claims:
         best_layer=best_layer,
         cm_falls=cm_falls,
         cm_parts=norm_changes,
-        normal=normal_check,
+        normal=_normal_check(rows),
         lr_grad_vs_table=_gradient_paths(report, confidence),
         statements=[],
     )
     return dataclasses.replace(claims, statements=_statements(report, claims))
+
+
+def _normal_check(rows: Dict[str, RowSummary]) -> Optional[Dict]:
+    """Our Normal row's FGSM R&G and clean accuracy beside the paper's (None without the
+    paper's Normal row or an FGSM column)."""
+    normal = next((row for row in rows.values() if row.base == "none"), None)
+    if normal is None or normal.paper is None or "fgsm" not in normal.evaluation:
+        return None
+    ours = normal.evaluation["fgsm"]
+    return {"rg_mean": ours["rg_mean"], "rg_std": ours["rg_std"], "paper": normal.paper["rg"],
+            "difference": ours["rg_mean"] - normal.paper["rg"], "clean_mean": ours["mean"][0],
+            "paper_clean": normal.paper["accuracies"][0]}
 
 
 def _gradient_paths(report: Report, confidence: float) -> List[Dict]:

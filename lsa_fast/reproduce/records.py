@@ -14,7 +14,22 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
 
-__all__ = ["RunRecord", "PairedDifference", "Statement", "Claims", "RowSummary", "Report"]
+__all__ = ["RowTraining", "RunRecord", "PairedDifference", "Statement", "Claims", "RowSummary", "Report"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class RowTraining:
+    """What a row of the reproduction trains: the model, the row's training label (as the
+    paper writes it, e.g. AT-FGSM-LR-L2), the base attack ("none" for Normal) and the
+    regulariser's layer, gamma and gradient path (None without one). The rows to run
+    (settings.Variant) and their summaries (RowSummary) both begin with it."""
+
+    model: str
+    training: str
+    base: str
+    lr_layer: Optional[int]
+    gamma: Optional[float]
+    lr_grad: Optional[str]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -111,7 +126,7 @@ class Claims:
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class RowSummary:
+class RowSummary(RowTraining):
     """One row of the table (or of the sweep) over the seeds, in report.json's "rows".
 
     evaluation: per column, the per-seed accuracies (one list per seed), their mean and
@@ -122,12 +137,6 @@ class RowSummary:
     its table has no such row. extra, best_epoch and best_val_robust_acc are left out
     of the JSON when None (reports before them lack them)."""
 
-    model: str
-    training: str
-    base: str
-    lr_layer: Optional[int]
-    gamma: Optional[float]
-    lr_grad: Optional[str]
     base_row: Optional[str]  # the row this LR row is compared with; None for a base row
     sweep: bool
     extra: Optional[bool] = None  # a row beside the paper's table (settings.extra_rows)
