@@ -127,6 +127,8 @@ def check_generator(fn: str, generator: GeneratorArg, x: torch.Tensor) -> Genera
 
 
 class AttackInputs(NamedTuple):
+    """What check_attack returns: the checked batch, labels, budget and generator(s)."""
+
     x: torch.Tensor
     y: Optional[torch.Tensor]  # None for an attack without labels
     eps: float
