@@ -267,7 +267,7 @@ def test_verdicts_follow_the_t_interval():
     falls = summary.claims.cm_falls
     assert {f["attack"] for f in falls} == {"fgsm", "pgd"}
     assert all(f["change"].mean == pytest.approx(-0.3) and f["change"].verdict == "lower" for f in falls)
-    assert summary.rows["Normal"].evaluation["fgsm"]["rg_std"] == pytest.approx(5.0)
+    assert summary.rows["Normal"].evaluation["fgsm"].rg_std == pytest.approx(5.0)
     statement = summary.claims.statements[0]
     assert statement.holds == "yes" and "LR-L0" in statement.claim
 

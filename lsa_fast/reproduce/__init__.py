@@ -38,10 +38,11 @@ published tables are lsa_fast.paper (evaluation reads their eps grids too).
 from .claims import REPORT_FORMAT, paper_claims, summarise
 from .figures import plot_cm_layers, plot_rg_scores
 from .markdown import to_markdown
-from .records import Claims, PairedDifference, Report, RowSummary, RunRecord, Statement
+from .records import Claims, ColumnSummary, CurveSummary, PairedDifference, Report, RowSummary, RunRecord, Statement
 from .running import run_reproduce, run_variant
 from .settings import EVAL_ATTACKS, ReproduceSettings, Variant, apply_overrides, variants
 
 __all__ = ["ReproduceSettings", "Variant", "variants", "run_reproduce", "run_variant", "summarise", "paper_claims",
            "to_markdown", "plot_rg_scores", "plot_cm_layers", "apply_overrides", "REPORT_FORMAT", "EVAL_ATTACKS",
-           "RunRecord", "RowSummary", "Report", "Claims", "PairedDifference", "Statement"]
+           "RunRecord", "RowSummary", "ColumnSummary", "CurveSummary", "Report", "Claims", "PairedDifference",
+           "Statement"]

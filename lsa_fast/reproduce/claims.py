@@ -14,7 +14,7 @@ from ..analysis import eps_to_input_units
 from ..evaluation import EvaluationTable
 from ..paper import PaperTable
 from .paired import interval_text, mean_std, paired_difference
-from .records import Claims, Report, RowSummary, RunRecord, Statement
+from .records import Claims, ColumnSummary, CurveSummary, Report, RowSummary, RunRecord, Statement
 from .robustness import AUTOATTACK, titles
 from .settings import variants
 
@@ -49,13 +49,13 @@ def summarise(table: PaperTable, settings, runs: Sequence[RunRecord]) -> Report:
             cells = [mean_std(column) for column in zip(*accuracies)]
             rg = [run.rg[attack] for run in mine]
             rg_mean, rg_std = mean_std(rg)
-            evaluated[attack] = {"accuracies": accuracies, "mean": [m for m, _ in cells], "std": [s for _, s in cells],
-                                 "rg": rg, "rg_mean": rg_mean, "rg_std": rg_std}
+            evaluated[attack] = ColumnSummary(accuracies=accuracies, mean=[m for m, _ in cells],
+                                              std=[s for _, s in cells], rg=rg, rg_mean=rg_mean, rg_std=rg_std)
         cm = {}
         for attack in mine[0].cm:
             curves = [run.cm[attack] for run in mine]
             stats = [mean_std(layer) for layer in zip(*curves)]
-            cm[attack] = {"per_seed": curves, "mean": [m for m, _ in stats], "std": [s for _, s in stats]}
+            cm[attack] = CurveSummary(curves, [m for m, _ in stats], [s for _, s in stats])
         rows[variant.name] = RowSummary(
             model=variant.model,
             training=variant.training,
@@ -141,7 +141,7 @@ def paper_claims(report: Report) -> Claims:
                 "layer": row.lr_layer, "gamma": row.gamma, "lr_grad": row.lr_grad, "sweep": row.sweep,
                 "collapsed": sum(row.collapsed), "paper_difference": None}
         for attack in attacks:
-            item[attack] = paired_difference(row.evaluation[attack]["rg"], base.evaluation[attack]["rg"],
+            item[attack] = paired_difference(row.evaluation[attack].rg, base.evaluation[attack].rg,
                                              confidence)
         if row.paper is not None and base.paper is not None:
             item["paper_difference"] = row.paper["rg"] - base.paper["rg"]
@@ -150,10 +150,10 @@ def paper_claims(report: Report) -> Claims:
             continue
         k = row.lr_layer
         for attack in row.cm:
-            change = paired_difference([c[k] for c in row.cm[attack]["per_seed"]],
-                                       [c[k] for c in base.cm[attack]["per_seed"]], confidence)
+            change = paired_difference([c[k] for c in row.cm[attack].per_seed],
+                                       [c[k] for c in base.cm[attack].per_seed], confidence)
             cm_falls.append({"row": name, "base_row": row.base_row, "layer": k, "attack": attack,
-                             "base_cm": base.cm[attack]["mean"][k], "lr_cm": row.cm[attack]["mean"][k],
+                             "base_cm": base.cm[attack].mean[k], "lr_cm": row.cm[attack].mean[k],
                              "change": change})
         norm_changes.append({"row": name, "base_row": row.base_row, "layer": k,
                              "clean_norm_ratio": _ratio(row.clean_norm, base.clean_norm, k),
@@ -163,7 +163,7 @@ def paper_claims(report: Report) -> Claims:
     for base_name in dict.fromkeys(item["base_row"] for item in table_items):
         mine = [item for item in table_items if item["base_row"] == base_name]
         for attack in attacks:
-            ours = max(mine, key=lambda item: rows[item["row"]].evaluation[attack]["rg_mean"])
+            ours = max(mine, key=lambda item: rows[item["row"]].evaluation[attack].rg_mean)
             best.append({"base_row": base_name, "attack": attack, "row": ours["row"], "layer": ours["layer"],
                          "difference": ours[attack]})
         with_paper = [item for item in mine if item["paper_difference"] is not None]
@@ -171,11 +171,11 @@ def paper_claims(report: Report) -> Claims:
             theirs = max(with_paper, key=lambda item: item["paper_difference"])
             entry = {"base_row": base_name, "paper_best": theirs["row"], "paper_best_layer": theirs["layer"]}
             for attack in attacks:
-                ours = max(mine, key=lambda item: rows[item["row"]].evaluation[attack]["rg_mean"])
+                ours = max(mine, key=lambda item: rows[item["row"]].evaluation[attack].rg_mean)
                 rivals = [item for item in mine if item["row"] != theirs["row"]]
-                runner_up = max(rivals, key=lambda item: rows[item["row"]].evaluation[attack]["rg_mean"])
-                margin = paired_difference(rows[theirs["row"]].evaluation[attack]["rg"],
-                                           rows[runner_up["row"]].evaluation[attack]["rg"], confidence)
+                runner_up = max(rivals, key=lambda item: rows[item["row"]].evaluation[attack].rg_mean)
+                margin = paired_difference(rows[theirs["row"]].evaluation[attack].rg,
+                                           rows[runner_up["row"]].evaluation[attack].rg, confidence)
                 entry[attack] = {"our_best": ours["row"], "holds": ours["row"] == theirs["row"],
                                  "runner_up": runner_up["row"], "margin": margin}
             best_layer.append(entry)
@@ -203,8 +203,8 @@ def _normal_check(rows: Dict[str, RowSummary]) -> Optional[Dict]:
     if normal is None or normal.paper is None or "fgsm" not in normal.evaluation:
         return None
     ours = normal.evaluation["fgsm"]
-    return {"rg_mean": ours["rg_mean"], "rg_std": ours["rg_std"], "paper": normal.paper["rg"],
-            "difference": ours["rg_mean"] - normal.paper["rg"], "clean_mean": ours["mean"][0],
+    return {"rg_mean": ours.rg_mean, "rg_std": ours.rg_std, "paper": normal.paper["rg"],
+            "difference": ours.rg_mean - normal.paper["rg"], "clean_mean": ours.mean[0],
             "paper_clean": normal.paper["accuracies"][0]}
 
 
@@ -225,8 +225,8 @@ def _gradient_paths(report: Report, confidence: float) -> List[Dict]:
         item = {"base_row": base_row, "layer": layer, "gamma": gamma, "lr_grad": mode, "against": table_mode,
                 "row": name, "reference_row": reference}
         for attack in attacks:
-            item[attack] = paired_difference(rows[name].evaluation[attack]["rg"],
-                                             rows[reference].evaluation[attack]["rg"], confidence)
+            item[attack] = paired_difference(rows[name].evaluation[attack].rg,
+                                             rows[reference].evaluation[attack].rg, confidence)
         items.append(item)
     return items
 

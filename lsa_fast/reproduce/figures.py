@@ -26,8 +26,8 @@ def plot_rg_scores(report: Report, path, dpi: int = 120) -> str:
     colours = {"fgsm": "tab:blue", "pgd": "tab:orange"}
     top = 0.0
     for i, attack in enumerate(attacks):
-        values = [report.rows[n].evaluation[attack]["rg_mean"] for n in names]
-        errors = [report.rows[n].evaluation[attack]["rg_std"] or 0.0 for n in names]
+        values = [report.rows[n].evaluation[attack].rg_mean for n in names]
+        errors = [report.rows[n].evaluation[attack].rg_std or 0.0 for n in names]
         top = max(top, max(v + e for v, e in zip(values, errors)))
         axes.bar([x + (i - (bars - 1) / 2) * width for x in xs], values, width, yerr=errors, capsize=2,
                  color=colours.get(attack, None),
@@ -71,13 +71,13 @@ def plot_cm_layers(report: Report, path, dpi: int = 120) -> str:
             lines += [(name, colours[c % len(colours)], "-") for c, name in enumerate(lr_names)]
             for name, colour, style in lines:
                 cm = rows[name].cm[attack]
-                xs = list(range(len(cm["mean"])))
-                std = [s or 0.0 for s in cm["std"]]
-                axes.errorbar(xs, cm["mean"], yerr=std, color=colour, linestyle=style, marker="o", markersize=3,
+                xs = list(range(len(cm.mean)))
+                std = [s or 0.0 for s in cm.std]
+                axes.errorbar(xs, cm.mean, yerr=std, color=colour, linestyle=style, marker="o", markersize=3,
                               capsize=2, linewidth=1.5, label=rows[name].training)
                 k = rows[name].lr_layer
                 if k is not None:
-                    axes.scatter([k], [cm["mean"][k]], marker="*", s=160, color=colour, edgecolors="k", zorder=4)
+                    axes.scatter([k], [cm.mean[k]], marker="*", s=160, color=colour, edgecolors="k", zorder=4)
             names = report.layer_names.get(model, [])
             axes.set_xticks(list(range(len(names))))
             axes.set_xticklabels([f"L{l}" for l in range(len(names))], fontsize=9)

@@ -85,14 +85,14 @@ def main_table(report: Report, attack: str) -> str:
         result = row.evaluation[attack]
         reference = row.paper if paper else None
         if single:
-            lines.append(f"| {name} | {_pm(result['mean'][0], result['std'][0])} |")
+            lines.append(f"| {name} | {_pm(result.mean[0], result.std[0])} |")
             continue
         if reference:
-            cells = [_cell(m, s, p) for m, s, p in zip(result["mean"], result["std"], reference["accuracies"])]
-            cells.append(_cell(result["rg_mean"], result["rg_std"], reference["rg"]))
-            cells.append(f"{result['rg_mean'] - reference['rg']:+.2f}")
+            cells = [_cell(m, s, p) for m, s, p in zip(result.mean, result.std, reference["accuracies"])]
+            cells.append(_cell(result.rg_mean, result.rg_std, reference["rg"]))
+            cells.append(f"{result.rg_mean - reference['rg']:+.2f}")
         else:
-            cells = [_pm(m, s) for m, s in zip(result["mean"], result["std"])] + [_pm(result["rg_mean"], result["rg_std"])]
+            cells = [_pm(m, s) for m, s in zip(result.mean, result.std)] + [_pm(result.rg_mean, result.rg_std)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -240,7 +240,7 @@ def _per_seed_section(report: Report) -> str:
                   "| Training | " + " | ".join(f"seed {s}" for s in report.seeds) + " |",
                   "|---|" + "---:|" * len(report.seeds)]
         for name, row in report.rows.items():
-            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row.evaluation[attack]["rg"]) + " |")
+            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row.evaluation[attack].rg) + " |")
         lines.append("")
     return "\n".join(lines).rstrip()
 

@@ -2,7 +2,8 @@
 RunRecord (a run: a line of runs.jsonl), PairedDifference (a paired t interval and its
 verdict), Statement (a claim of the paper in a sentence, and whether it holds here),
 Claims (the verdicts on the paper's claims), RowSummary (a table row's numbers over
-the seeds) and Report (report.json: the rows' summaries, the settings and the claims).
+the seeds: a ColumnSummary per evaluation column, a CurveSummary per CM attack) and
+Report (report.json: the rows' summaries, the settings and the claims).
 
 A record is made from JSON (from_json) where a file is read and turned back into JSON
 (to_json) where one is written; in between, the modules pass records. to_json gives the
@@ -14,7 +15,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Dict, List, Mapping, Optional, Type, TypeVar
 
-__all__ = ["RowTraining", "RunRecord", "PairedDifference", "Statement", "Claims", "RowSummary", "Report"]
+__all__ = ["RowTraining", "RunRecord", "PairedDifference", "Statement", "Claims", "ColumnSummary", "CurveSummary",
+           "RowSummary", "Report"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -125,13 +127,36 @@ class Claims:
         return _to_json(self)
 
 
+@dataclasses.dataclass(frozen=True)
+class ColumnSummary:
+    """A row's evaluation column over the seeds: per seed the accuracy (%) at every eps
+    of the column's grid, their mean and sample std per eps (std None for one seed),
+    the per-seed R&G (the sum over the grid) and its mean and std."""
+
+    accuracies: List[List[float]]
+    mean: List[float]
+    std: List[Optional[float]]
+    rg: List[float]
+    rg_mean: float
+    rg_std: Optional[float]
+
+
+@dataclasses.dataclass(frozen=True)
+class CurveSummary:
+    """A row's CM per layer under one attack: every seed's curve, and the mean and
+    sample std per layer."""
+
+    per_seed: List[List[float]]
+    mean: List[float]
+    std: List[Optional[float]]
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class RowSummary(RowTraining):
     """One row of the table (or of the sweep) over the seeds, in report.json's "rows".
 
-    evaluation: per column, the per-seed accuracies (one list per seed), their mean and
-    sample std per eps, the per-seed R&G and its mean and std. cm: per attack, the
-    per-seed CM curves and their mean and std per layer. Per seed: mvl, collapsed,
+    evaluation: per column, its ColumnSummary; cm: per attack, the CM curves
+    (CurveSummary). Per seed: mvl, collapsed,
     clean_norm, difference_norm, train_accuracy, seconds, best_epoch and
     best_val_robust_acc. paper: the paper's accuracies and R&G of the row, None where
     its table has no such row. extra, best_epoch and best_val_robust_acc are left out
@@ -142,8 +167,8 @@ class RowSummary(RowTraining):
     extra: Optional[bool] = None  # a row beside the paper's table (settings.extra_rows)
     best_epoch: Optional[List[Optional[int]]] = None
     best_val_robust_acc: Optional[List[Optional[float]]] = None
-    evaluation: Dict[str, Dict[str, Any]]
-    cm: Dict[str, Dict[str, Any]]
+    evaluation: Dict[str, ColumnSummary]
+    cm: Dict[str, CurveSummary]
     mvl: List[List[int]]
     collapsed: List[bool]
     clean_norm: List[List[float]]
@@ -156,7 +181,10 @@ class RowSummary(RowTraining):
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> "RowSummary":
-        return _from_json(cls, data)
+        fields = dict(data)
+        fields["evaluation"] = {key: _from_json(ColumnSummary, value) for key, value in data["evaluation"].items()}
+        fields["cm"] = {key: _from_json(CurveSummary, value) for key, value in data["cm"].items()}
+        return _from_json(cls, fields)
 
     def to_json(self) -> Dict[str, Any]:
         return _to_json(self)
