@@ -23,8 +23,15 @@ augment, which favours it. Without torchattacks (a GPU machine without network) 
 plain loop's attack is an eager PGD loop in torchattacks' order.
 
   python benchmarks/bench_training.py [--device cpu|cuda] [--part steps|epoch|all] [--quick]
-                                      [--c-batch N] [--slice N] [--rounds N] [--threads N]
+                                      [--c-batch N] [--slice N|B=N,C=N] [--rounds N] [--threads N]
                                       [--models B,C] [--attacks pgd,apgd] [--precisions fp32,bf16,channels_last]
+                                      [--preset gpu-issue24] [--warm-jobs N] [--budget S] [--plain-bn-eval]
+                                      [--eager-only] [--warm-and-exit]
+
+On a GPU: `--device cuda --preset gpu-issue24` (compile_warm.py: the compiles run first in
+parallel processes, the timed runs one after the other; every workload prints its time and
+the JSON is rewritten after each; a short summary table comes last). --budget S skips the
+workloads that would start after S seconds.
 
 Writes benchmarks/results/<device>-training.json (<device>-training-<part>.json for
 one part).
@@ -36,8 +43,11 @@ the labels the model predicts at the start, since torchattacks' APGD attacks onl
 samples classified correctly: with random labels it would skip about 90%). PGD-10, L-inf,
 random start: eps 0.3 / alpha 0.01 on B, 8/255 / 2/255 on C; APGD-10 (cross-entropy,
 L-inf, one run) at the same eps. Both sides generate
-the attack in train mode (the trainer's default for PGD; torchattacks is told
-set_model_training_mode(model_training=True)), use SGD (lr 0.01, momentum 0.9,
+the attack in train mode, BatchNorm included (the trainer's default for PGD and APGD;
+torchattacks is told set_model_training_mode(model_training=True, batchnorm_training=True):
+its default batchnorm_training=False keeps BatchNorm in eval mode inside the attack,
+which skips the batch statistics in every attack step, less work than ours does;
+--plain-bn-eval adds that loop as a fifth variant), use SGD (lr 0.01, momentum 0.9,
 weight decay 5e-4) and start from the same weights. Layers are the trainer's
 probe indices (PROBES, the trainer's default "activations": the activation modules'
 outputs); the plain loop hooks the same modules, so both do the same work.
@@ -101,6 +111,7 @@ SLICE_TARGETS = [
     ("C", "pgd", "fp32", "ours compiled + CUDA graphs", "plain", "cuda", 1.3),
     ("C", None, "bf16", "ours compiled + CUDA graphs", "plain fp32", "cuda", 3.0),
 ]
+PLAIN_BN_EVAL = "plain, attack BN in eval (torchattacks' default)"
 ATTACK_LABELS = {"pgd": "AT-PGD-10-LR", "apgd": "AT-APGD-10-LR"}
 PRECISIONS = ("fp32", "bf16", "channels_last")
 PROBES = "activations"  # the trainer's default probe points; the plain loop hooks the same
@@ -109,8 +120,10 @@ _T0 = time.perf_counter()  # the run's start (--budget, the per-workload prints)
 PRESETS = {
     "gpu-issue24": {
         "about": "models C then B, AT-PGD-10-LR and AT-APGD-10-LR, fp32 and bf16, the four variants each; "
-                 "slices of 10 batches on C and 20 on B, 3 rounds, compiles warmed in 8 parallel processes on CUDA",
+                 "slices of 10 batches on C and 20 on B, 3 rounds, compiles warmed in 8 parallel processes on CUDA, "
+                 "and the plain loop with torchattacks' BatchNorm default beside it on C (--plain-bn-eval)",
         "models": "C,B", "attacks": "pgd,apgd", "precisions": "fp32,bf16", "slice": "C=10,B=20", "rounds": 3,
+        "plain_bn_eval": True,
         "warm_jobs_cuda": 8, "part": "epoch",
     },
 }
@@ -149,6 +162,11 @@ def main():
     parser.add_argument("--budget", type=float, default=None,
                         help="epoch part: seconds; once the run has taken this long, the remaining workloads "
                              "are skipped (and listed as skipped)")
+    parser.add_argument("--plain-bn-eval", action="store_true",
+                        help="epoch part: also time the plain loop with torchattacks' default BatchNorm handling "
+                             "(eval mode inside the attack: less work than the trainer's train-mode attack)")
+    parser.add_argument("--eager-only", action="store_true",
+                        help="epoch part: the plain loop(s) and ours eager only (no compiled variants)")
     parser.add_argument("--warm-and-exit", action="store_true",
                         help="epoch part: only the compile warming of --warm-jobs (default 8 here), no timing: run "
                              "it beside work that is not timed (gpu_check.sh runs it beside the tests)")
@@ -198,7 +216,7 @@ def main():
         if args.warm_and_exit:
             warming = compile_warm.warm_all(chosen, attacks, precisions, args, args.warm_jobs or 8, t0=_T0)
             sys.exit(0 if all(w["status"] == 0 for w in warming["workloads"].values()) else 1)
-        if args.warm_jobs:
+        if args.warm_jobs and not args.eager_only:
             payload["compile_warming"] = compile_warm.warm_all(chosen, attacks, precisions, args, args.warm_jobs,
                                                                t0=_T0)
         suffix = "-training" if args.part == "all" else f"-training-{args.part}"
@@ -210,7 +228,8 @@ def main():
             return harness.write_results(name, payload)
 
         payload["epoch_slices"] = run_epoch_part(chosen, args.device, batches, rounds, attacks, precisions,
-                                                 budget=args.budget, save=save)
+                                                 budget=args.budget, save=save, plain_bn_eval=args.plain_bn_eval,
+                                                 eager_only=args.eager_only)
     else:
         suffix = "-training" if args.part == "all" else f"-training-{args.part}"
         name = args.out or harness.device_slug(info, args.device) + suffix
@@ -333,7 +352,7 @@ def bench_workload(model_name, batch, device, quick, rounds, min_run_time):
 
 
 def run_epoch_part(workloads, device, batches, rounds, attacks=("pgd",), precisions=("fp32",), budget=None,
-                   save=None):
+                   save=None, plain_bn_eval=False, eager_only=False):
     """Images/s of AT-(A)PGD-10-LR epoch slices, four variants per model, attack and precision.
     batches: per slice, an int or {model: int}; budget: seconds since the start after which the
     remaining workloads are skipped; save(results): called after every workload."""
@@ -353,7 +372,8 @@ def run_epoch_part(workloads, device, batches, rounds, attacks=("pgd",), precisi
                     continue
                 print(f"\nepoch slices: {name}, {slice_batches} batches ...", flush=True)
                 started = time.perf_counter()
-                result = bench_epoch_slices(model_name, batch, device, slice_batches, rounds, attack, precision)
+                result = bench_epoch_slices(model_name, batch, device, slice_batches, rounds, attack, precision,
+                                            plain_bn_eval, eager_only)
                 result["wall_s"] = time.perf_counter() - started
                 print(f"  workload done in {result['wall_s']:.1f} s ({time.perf_counter() - _T0:.0f} s since the start)",
                       flush=True)
@@ -415,15 +435,20 @@ def _slice_targets(result, results, device):
     return targets
 
 
-def bench_epoch_slices(model_name, batch, device, batches, rounds, attack="pgd", precision="fp32"):
+def bench_epoch_slices(model_name, batch, device, batches, rounds, attack="pgd", precision="fp32",
+                       plain_bn_eval=False, eager_only=False):
     shape, eps, alpha, one, _ = MODELS[model_name]
     n = batch * batches
     x, y, model = _epoch_data(model_name, batch, batches)
     augment = "crop-flip" if model_name == "C" else "none"
     builders = {"plain": lambda: PlainEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one, attack,
                                             precision)}
-    modes = {"ours eager": "none", "ours --compile": "inductor"}
-    if device == "cuda":
+    if plain_bn_eval and torchattacks is not None and any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        builders[PLAIN_BN_EVAL] = lambda: PlainEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one,
+                                                     attack, precision, attack_bn_eval=True)
+    modes = {"ours eager": "none"} if eager_only else {"ours eager": "none", "ours --compile": "inductor"}
+    if device == "cuda" and not eager_only:
         modes["ours compiled + CUDA graphs"] = "cudagraphs"
     for label, mode in modes.items():
         builders[label] = (lambda mode=mode: OursEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one,
@@ -512,14 +537,15 @@ class OursEpoch:
 class PlainEpoch:
     """The loop a user writes: a shuffling host DataLoader, .to(device), PlainATLR."""
 
-    def __init__(self, model, x, y, batch, device, eps, alpha, layers, attack="pgd", precision="fp32"):
+    def __init__(self, model, x, y, batch, device, eps, alpha, layers, attack="pgd", precision="fp32",
+                 attack_bn_eval=False):
         from torch.utils.data import DataLoader, TensorDataset
 
         self.channels_last = precision == "channels_last"
         model = model.to(device).train()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.step = PlainATLR(model, eps, alpha, layers, attack, precision == "bf16")
+        self.step = PlainATLR(model, eps, alpha, layers, attack, precision == "bf16", attack_bn_eval)
         self.loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True,
                                  pin_memory=device == "cuda", generator=torch.Generator().manual_seed(0))
         self.device = device
@@ -577,7 +603,7 @@ class PlainATLR:
     the eager regulariser of lsa_fast/reference.py, cross-entropy, SGD; bf16: attack
     and loss under torch.autocast. layers=None: AT."""
 
-    def __init__(self, model, eps, alpha, layers, attack="pgd", bf16=False):
+    def __init__(self, model, eps, alpha, layers, attack="pgd", bf16=False, attack_bn_eval=False):
         self.model = model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         self.autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -590,8 +616,8 @@ class PlainATLR:
             self.attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=STEPS, random_start=True)
         else:
             self.attack = _EagerPGD(model, eps, alpha)
-        if hasattr(self.attack, "set_model_training_mode"):
-            self.attack.set_model_training_mode(model_training=True)
+        if hasattr(self.attack, "set_model_training_mode"):  # BatchNorm too, as the trainer's attack
+            self.attack.set_model_training_mode(model_training=True, batchnorm_training=not attack_bn_eval)
         self.layers = layers
         self.recorded = None
         if layers:

@@ -34,12 +34,14 @@ def apply_preset(args, preset: dict, parser) -> None:
     for key in ("models", "attacks", "precisions", "slice", "rounds", "part"):
         if getattr(args, key) == parser.get_default(key):
             setattr(args, key, preset[key])
+    args.plain_bn_eval = args.plain_bn_eval or preset.get("plain_bn_eval", False)
     if args.warm_jobs is None:
         args.warm_jobs = preset["warm_jobs_cuda"] if args.device == "cuda" else 0
 
 
-def slices(parser, text, models, default: int):
-    """--slice: N for every model, or MODEL=N,... (models not named get the default)."""
+def slices(parser, text, models, default: int, known=("B", "C")):
+    """--slice: N for every model, or MODEL=N,... (models not named get the default;
+    known models that were not chosen are ignored)."""
     if text is None:
         return {m: default for m in models}
     text = str(text)
@@ -51,10 +53,11 @@ def slices(parser, text, models, default: int):
             return {m: value for m in models}
         chosen = {m: default for m in models}
         for part in text.split(","):
-            name, value = part.split("=")
-            if name.strip() not in chosen or int(value) < 1:
+            name, value = (x.strip() for x in part.split("="))
+            if name not in known or int(value) < 1:
                 raise ValueError
-            chosen[name.strip()] = int(value)
+            if name in chosen:
+                chosen[name] = int(value)
         return chosen
     except ValueError:
         parser.error(f"--slice: {text!r}; give a count >= 1, or MODEL=COUNT,... for the models {','.join(models)}")
@@ -123,7 +126,8 @@ def print_summary(results: dict, device: str) -> None:
     """The short table: images/s of the plain loop and each variant's speed-up over the
     plain loop of the same precision (and, for bf16 and channels_last, over the plain
     fp32 loop), all measured in this run."""
-    labels = [("ours eager", "eager"), ("ours --compile", "--compile"), ("ours compiled + CUDA graphs", "graphs")]
+    labels = [("ours eager", "eager"), ("ours --compile", "--compile"), ("ours compiled + CUDA graphs", "graphs"),
+              ("plain, attack BN in eval (torchattacks' default)", "plain BN-eval")]
     rows = []
     for name, result in results.items():
         row = {"workload": f"{result['model']} {result['attack']} {result['precision']}"}
@@ -149,11 +153,11 @@ def print_summary(results: dict, device: str) -> None:
             if result["precision"] != "fp32" and plain_fp32:
                 row[f"{short} vs plain fp32"] = (
                     f"{statistics.median(p / t for p, t in zip(plain_fp32, times[label])):.2f}x")
-        compiled = [result["variants"][label]["warmup_s"] for label, _ in labels[1:] if label in times]
+        compiled = [result["variants"][label]["warmup_s"] for label, _ in labels[1:3] if label in times]
         row["compiled warm-up s"] = " / ".join(f"{s:.0f}" for s in compiled)
         rows.append(row)
     columns = ["workload", "plain img/s", "eager", "--compile", "graphs", "--compile vs plain fp32",
-               "graphs vs plain fp32", "compiled warm-up s"]
+               "graphs vs plain fp32", "compiled warm-up s", "plain BN-eval"]
     if device != "cuda":
         columns = [c for c in columns if "graphs" not in c]
     harness.print_table("summary (speed-up over the plain loop, same run; target on CUDA: model C graphs + bf16 "
