@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+
 import harness
 
 CHILD_TIMEOUT_S = 420
@@ -89,7 +91,9 @@ def warm_all(workloads, attacks, precisions, args, jobs: int, t0: float) -> dict
         base += ["--c-batch", str(args.c_batch)]
     if args.quick:
         base.append("--quick")
-    base += ["--threads", str(args.threads or max(1, cpus // jobs))]
+    # the timed run's thread count: inductor's CPU code is generated for a thread count, so
+    # another count would miss the cache
+    base += ["--threads", str(args.threads or torch.get_num_threads())]
     print(f"\ncompile warming: {len(specs)} workloads in {jobs} parallel processes "
           f"({env['TORCHINDUCTOR_COMPILE_THREADS']} inductor compile threads each) ...", flush=True)
     started = time.perf_counter()
