@@ -53,6 +53,7 @@ if [ -n "$ORACLES" ]; then
 fi
 # Run from a copy of the tests, so that the installed package (not the source) is used.
 WORK=$(mktemp -d); cp -r tests benchmarks pyproject.toml "$WORK/"; cd "$WORK"
+STAMP=$(mktemp)  # made after the copy: results newer than this are this run's
 "$PYTHON" -c 'import lsa_fast; b = lsa_fast.backend(); print(b); assert b["cuda"], "no CUDA kernels"' 2>&1 | tee -a "$OUTDIR/install.log" || status=1
 
 WARM_PID=
@@ -93,7 +94,7 @@ if [ -f benchmarks/bench_attacks.py ]; then
   timeout 240 "$PYTHON" benchmarks/bench_attacks.py --device cuda --batch 512 --quick 2>&1 | tee "$OUTDIR/bench_attacks.log" | tail -20
 fi
 # only what this run wrote (the committed CPU results stay behind)
-find benchmarks/results -name '*.json' -newer "$OUTDIR/env.txt" -exec cp {} "$OUTDIR/" \; 2>/dev/null
+find benchmarks/results -name '*.json' -newer "$STAMP" -exec cp {} "$OUTDIR/" \; 2>/dev/null
 }
 if wants relerr; then
   wait_warm
@@ -111,7 +112,7 @@ if wants epoch; then
   [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
 fi
 if wants relerr || wants epoch; then  # only what this run wrote
-  find benchmarks/results -name '*.json' -newer "$OUTDIR/env.txt" -exec cp {} "$OUTDIR/" \; 2>/dev/null
+  find benchmarks/results -name '*.json' -newer "$STAMP" -exec cp {} "$OUTDIR/" \; 2>/dev/null
 fi
 echo; echo "gpu_check: status $status; logs and results in $OUTDIR"
 exit $status
