@@ -248,7 +248,7 @@ def _warm_variant(model_name, batch, device, attack, precision):
     """A compiled variant of one workload for a warming child (compile_warm): the same
     trainer, data shapes and step code as the timed "ours" variants."""
     shape, eps, alpha, one, _ = MODELS[model_name]
-    x, y, model = _epoch_data(model_name, batch, 3)
+    x, y, model = _epoch_data(model_name, batch, 3, device)
     augment = "crop-flip" if model_name == "C" else "none"
     return OursEpoch(model, x, y, batch, device, eps, alpha, one, "inductor", augment, attack, precision)
 
@@ -369,6 +369,7 @@ def run_epoch_part(workloads, device, batches, rounds, attacks=("pgd",), precisi
                           flush=True)
                     results[name] = {"model": model_name, "attack": attack, "precision": precision,
                                      "skipped": f"--budget {budget:g} s spent"}
+                    rows.append({"workload": name, "variant": f"skipped: --budget {budget:g} s spent"})
                     continue
                 print(f"\nepoch slices: {name}, {slice_batches} batches ...", flush=True)
                 started = time.perf_counter()
@@ -439,7 +440,7 @@ def bench_epoch_slices(model_name, batch, device, batches, rounds, attack="pgd",
                        plain_bn_eval=False, eager_only=False):
     shape, eps, alpha, one, _ = MODELS[model_name]
     n = batch * batches
-    x, y, model = _epoch_data(model_name, batch, batches)
+    x, y, model = _epoch_data(model_name, batch, batches, device)
     augment = "crop-flip" if model_name == "C" else "none"
     builders = {"plain": lambda: PlainEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one, attack,
                                             precision)}
@@ -491,7 +492,7 @@ def bench_epoch_slices(model_name, batch, device, batches, rounds, attack="pgd",
             "augment_ours": augment, "augment_plain": "none", "variants": variants, "slice_times": times}
 
 
-def _epoch_data(model_name, batch, batches):
+def _epoch_data(model_name, batch, batches, device="cpu"):
     """(x, y, model) of an epoch-slice workload: seeded images, the labels the model
     predicts, the model in train mode."""
     shape = MODELS[model_name][0]
@@ -500,8 +501,10 @@ def _epoch_data(model_name, batch, batches):
     torch.manual_seed(0)
     model = build_model(model_name)
     with torch.no_grad():  # labels the model predicts: torchattacks' APGD attacks only the samples it
-        y = model.eval()(x).argmax(1)  # classifies correctly, so with random labels it would skip ~90%
-    model.train()
+        # classifies correctly, so with random labels it would skip ~90% (on the device: VGG-19 on a CPU
+        # takes seconds for a slice's images)
+        y = torch.cat([model.eval().to(device)(part.to(device)).argmax(1).cpu() for part in x.split(batch)])
+    model.cpu().train()
     return x, y, model
 
 
