@@ -41,8 +41,14 @@ def setup_distributed(device: Union[str, torch.device, None] = None):
     return dist.get_rank(), dist.get_world_size(), wanted
 
 
-def teardown_distributed() -> None:
+def teardown_distributed(finished: bool = True) -> None:
+    """Destroy the process group. finished: this rank ends without an error, so it first
+    waits for the others at a barrier; a rank that tears gloo down while another is still
+    at work can abort at exit ("terminate called without an active exception"). After an
+    error (raised on every rank, see commands.train) there is no barrier to wait at."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         return _write(report, args.out)
     finally:
         if owned:
-            teardown_distributed()
+            teardown_distributed(finished=sys.exc_info()[0] is None)
 
 
 # ---------------------------------------------------------------------------- helpers
