@@ -4,16 +4,20 @@ torch.compile of the reference, torch._foreach_norm (batch mode) and the pure-Py
 LayersSustainabilityAnalysis package, on the ReLU activations of paper model B (MNIST
 CNN, batch 256) and of model C (VGG-19, batch 128); and the fixed cost of one call
 ("small": 16 layers of [2, 8], the public call with check_finite=True against
-torch._foreach_norm over the same list). Prints a table of ratios and writes
-benchmarks/results/<device>.json.
+torch._foreach_norm over the same list), and the public call on VGG-19's 16
+activations at batch 128 ("vgg19-call", fp32 and bf16: per call, forward and
+forward + backward, against torch._foreach_norm and the byte floor, with the call's
+host time and its kernels' times apart). Prints a table of ratios and writes
+benchmarks/results/<device>.json (<device>-<only>.json with --only).
 
-  python benchmarks/bench_relative_error.py [--device cpu|cuda] [--quick] [--no-compile] [--only small]
+  python benchmarks/bench_relative_error.py [--device cpu|cuda] [--quick] [--no-compile] [--only small|vgg19-call]
 """
 from __future__ import annotations
 
 import argparse
 import statistics
 import sys
+import time
 import warnings
 from pathlib import Path
 
@@ -168,6 +172,139 @@ def bench_small_call(device, quick, rounds=9):
             "per_round_ms": {k: [t * 1e3 for t in v] for k, v in per_round.items()}, "ratios": ratios}, rows
 
 
+def vgg19_shapes(batch):
+    """The 16 ReLU outputs of paper model C (VGG-19 with BatchNorm) on 32x32 inputs:
+    [batch, C, H, W] each (1.21 MB per sample and branch in fp32)."""
+    widths = [(64, 32)] * 2 + [(128, 16)] * 2 + [(256, 8)] * 4 + [(512, 4)] * 4 + [(512, 2)] * 4
+    return [(batch, c, hw, hw) for c, hw in widths]
+
+
+def bench_vgg_call(device, quick, bandwidth, dtypes=(torch.float32, torch.bfloat16)):
+    """The public relative_error call on VGG-19's 16 activations (batch 128 on CUDA;
+    16 on CPU, 4 with --quick), timed per call (harness.time_it: on CUDA events around
+    each call, median of many; the call's host work is inside the interval):
+      check_finite=True and False; the op alone; forward + backward (the gradient of
+      CM w.r.t. both lists, torch.autograd.grad with a given grad_cm, check_finite=True);
+      torch._foreach_norm over clean + perturbed (the same bytes read);
+      the byte floor: bytes moved / the copy bandwidth (read + write counted), 2 branches
+      read by the forward, 4 read and 2 written by forward + backward;
+      and, to split a call's time: "pipelined" = 50 calls back to back between two
+      events / 50 (the host's work hidden behind the kernels where it is shorter), and
+      "host" = the host's wall time of 50 calls without waiting / 50 (check_finite=False)."""
+    batch = 128 if device == "cuda" else (4 if quick else 16)
+    shapes = vgg19_shapes(batch)
+    run = lambda fn: harness.time_it(fn, device, min_run_time=0.3 if quick else 1.0)  # noqa: E731
+    results, rows = {}, []
+    for dtype in dtypes:
+        torch.manual_seed(0)
+        clean = [torch.rand(s, device=device).to(dtype) for s in shapes]
+        perturbed = [(c.float() + 0.03 * torch.randn_like(c, dtype=torch.float32)).to(dtype) for c in clean]
+        branch = sum(t.numel() * t.element_size() for t in clean)
+        a = [t.clone().requires_grad_() for t in clean]
+        b = [t.clone().requires_grad_() for t in perturbed]
+        acc = torch.float64 if dtype == torch.float64 else torch.float32
+        grad_cm = torch.ones(batch, len(shapes), device=device, dtype=acc)
+
+        def forward_backward():
+            torch.autograd.grad(lsa_fast.relative_error(a, b), a + b, grad_cm)
+
+        both = clean + perturbed
+        times = {
+            "relative_error (check_finite=True)": run(lambda: lsa_fast.relative_error(clean, perturbed)),
+            "relative_error (check_finite=False)": run(
+                lambda: lsa_fast.relative_error(clean, perturbed, check_finite=False)),
+            "torch.ops.lsa_fast.relative_error (the op alone)": run(
+                lambda: torch.ops.lsa_fast.relative_error(clean, perturbed, False, 1e-12)),
+            "relative_error fwd+bwd (check_finite=True)": run(forward_backward),
+            "torch._foreach_norm(clean + perturbed)": run(lambda: torch._foreach_norm(both)),
+        }
+        call = lambda: lsa_fast.relative_error(clean, perturbed, check_finite=False)  # noqa: E731
+        times["pipelined: 50 calls back to back / 50 (check_finite=False)"] = _back_to_back(call, device, 50)
+        times["host: 50 calls without waiting / 50 (check_finite=False)"] = _host_time(call, device, 50)
+        floors = {"forward": 2 * branch / bandwidth, "fwd+bwd": 6 * branch / bandwidth}
+        name = f"VGG-19 b{batch} 16 activations {str(dtype).replace('torch.', '')}"
+        for label, seconds in times.items():
+            row = {"workload": name, "implementation": label, "ms": round(seconds * 1e3, 4),
+                   "us": round(seconds * 1e6, 1)}
+            if "fwd+bwd" not in label and not label.startswith("host"):
+                row["GB/s"] = round(2 * branch / seconds / 1e9, 1)
+                row["% of copy bw"] = round(100 * 2 * branch / seconds / bandwidth, 1)
+            rows.append(row)
+        rows += [{"workload": name, "implementation": f"byte floor, {k} (bytes / copy bandwidth)",
+                  "ms": round(v * 1e3, 4), "us": round(v * 1e6, 1)} for k, v in floors.items()]
+        public = times["relative_error (check_finite=True)"]
+        ratios = {"relative_error (check_finite=True) / foreach_norm": public /
+                  times["torch._foreach_norm(clean + perturbed)"],
+                  "relative_error (check_finite=True) / byte floor": public / floors["forward"],
+                  "fwd+bwd / byte floor": times["relative_error fwd+bwd (check_finite=True)"] / floors["fwd+bwd"]}
+        if device == "cuda":
+            ratios["relative_error (check_finite=True) per call, us (target <= 60)"] = public * 1e6
+        results[name] = {"batch": batch, "bytes_per_branch": branch, "times_us": {k: v * 1e6 for k, v in times.items()},
+                         "byte_floor_us": {k: v * 1e6 for k, v in floors.items()}, "ratios": ratios,
+                         "kernels": _kernel_times(lambda: lsa_fast.relative_error(clean, perturbed), device)}
+    return results, rows
+
+
+def _back_to_back(fn, device, calls):
+    """Seconds per call of `calls` calls issued back to back (CUDA: between two events)."""
+    fn()
+    if device != "cuda":
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        return (time.perf_counter() - started) / calls
+    samples = []
+    for _ in range(5):
+        torch.cuda.synchronize()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            fn()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / 1e3 / calls)
+    return statistics.median(samples)
+
+
+def _host_time(fn, device, calls):
+    """The host's seconds per call when it does not wait for the device."""
+    fn()
+    samples = []
+    for _ in range(5):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        started = time.perf_counter()
+        for _ in range(calls):
+            fn()
+        samples.append((time.perf_counter() - started) / calls)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return statistics.median(samples)
+
+
+def _kernel_times(fn, device):
+    """{device kernel or op: microseconds} of one call, from torch.profiler (CUDA only)."""
+    if device != "cuda":
+        return None
+    try:
+        from torch.profiler import ProfilerActivity, profile
+
+        fn()
+        torch.cuda.synchronize()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            fn()
+            torch.cuda.synchronize()
+        found = {}
+        for event in prof.key_averages():
+            device_us = getattr(event, "device_time_total", None) or getattr(event, "cuda_time_total", 0)
+            if device_us and event.key.startswith(("void", "lsa_fast", "at::", "cuda", "Memcpy", "Memset")) or (
+                    device_us and "kernel" in event.key.lower()):
+                found[event.key[:90]] = round(device_us / max(event.count, 1), 2)
+        return found
+    except Exception as error:  # the profiler is a diagnosis, not the measurement
+        return {"error": f"{type(error).__name__}: {str(error)[:200]}"}
+
+
 def _reference_call(reference_class, model, x, x_hat):
     """The reference's first call: its hooks go on the model and are never removed,
     so they are cleared after each call (else every repetition runs all the earlier
@@ -189,8 +326,9 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="shorter timings")
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (slow to compile on CPU)")
-    parser.add_argument("--only", choices=("small",), default=None,
-                        help="only the small-call workload (the op's fixed cost)")
+    parser.add_argument("--only", choices=("small", "vgg19-call"), default=None,
+                        help="small: only the small-call workload (the op's fixed cost); vgg19-call: only the "
+                             "public call on VGG-19's 16 activations (fp32 and bf16; batch 128 on CUDA)")
     harness.add_common_arguments(parser, "")
     args = harness.parse_common(parser)
     info = harness.environment(args.device)
@@ -206,13 +344,22 @@ def main():
                 name, model_name, shape, batch, args.device, not args.no_compile, bandwidth, args.quick)
             table += rows
         table += bench_cm_statistics(args.device, args.quick)
-    print("\nsmall: 16 layers x [2, 8] ...", flush=True)
-    results["small"], rows = bench_small_call(args.device, args.quick)
-    table += rows
-    harness.print_table("times", table, ["workload", "implementation", "ms", "GB/s", "% of copy bw"])
+    if args.only != "vgg19-call":
+        print("\nsmall: 16 layers x [2, 8] ...", flush=True)
+        results["small"], rows = bench_small_call(args.device, args.quick)
+        table += rows
+    if args.only in (None, "vgg19-call"):
+        if bandwidth is None:
+            bandwidth = harness.copy_bandwidth(args.device)
+            print(f"copy bandwidth (read+write): {bandwidth / 1e9:.1f} GB/s")
+        print("\nthe public call on VGG-19's 16 activations ...", flush=True)
+        vgg, rows = bench_vgg_call(args.device, args.quick, bandwidth)
+        results.update(vgg)
+        table += rows
+    harness.print_table("times", table, ["workload", "implementation", "ms", "us", "GB/s", "% of copy bw"])
     ratio_rows = [{"workload": w, "ratio": k, "value": f"{v:.2f}"} for w, r in results.items() for k, v in r["ratios"].items()]
     harness.print_table("ratios ('A vs B': B's time / A's; 'A / B': A's time / B's; bandwidth in %)", ratio_rows, ["workload", "ratio", "value"])
-    default_name = harness.device_slug(info, args.device) + ("-small" if args.only else "")
+    default_name = harness.device_slug(info, args.device) + (f"-{args.only}" if args.only else "")
     path = harness.write_results(args.out or default_name,
                                  {"benchmark": "relative_error", "environment": info, "command": " ".join(sys.argv),
                                   "note": "timings on a machine shared with other jobs are noisy",

@@ -23,8 +23,15 @@ augment, which favours it. Without torchattacks (a GPU machine without network) 
 plain loop's attack is an eager PGD loop in torchattacks' order.
 
   python benchmarks/bench_training.py [--device cpu|cuda] [--part steps|epoch|all] [--quick]
-                                      [--c-batch N] [--slice N] [--rounds N] [--threads N]
+                                      [--c-batch N] [--slice N|B=N,C=N] [--rounds N] [--threads N]
                                       [--models B,C] [--attacks pgd,apgd] [--precisions fp32,bf16,channels_last]
+                                      [--preset gpu-issue24] [--warm-jobs N] [--budget S] [--plain-bn-eval]
+                                      [--eager-only] [--warm-and-exit]
+
+On a GPU: `--device cuda --preset gpu-issue24` (compile_warm.py: the compiles run first in
+parallel processes, the timed runs one after the other; every workload prints its time and
+the JSON is rewritten after each; a short summary table comes last). --budget S skips the
+workloads that would start after S seconds.
 
 Writes benchmarks/results/<device>-training.json (<device>-training-<part>.json for
 one part).
@@ -36,8 +43,11 @@ the labels the model predicts at the start, since torchattacks' APGD attacks onl
 samples classified correctly: with random labels it would skip about 90%). PGD-10, L-inf,
 random start: eps 0.3 / alpha 0.01 on B, 8/255 / 2/255 on C; APGD-10 (cross-entropy,
 L-inf, one run) at the same eps. Both sides generate
-the attack in train mode (the trainer's default for PGD; torchattacks is told
-set_model_training_mode(model_training=True)), use SGD (lr 0.01, momentum 0.9,
+the attack in train mode, BatchNorm included (the trainer's default for PGD and APGD;
+torchattacks is told set_model_training_mode(model_training=True, batchnorm_training=True):
+its default batchnorm_training=False keeps BatchNorm in eval mode inside the attack,
+which skips the batch statistics in every attack step, less work than ours does;
+--plain-bn-eval adds that loop as a fifth variant), use SGD (lr 0.01, momentum 0.9,
 weight decay 5e-4) and start from the same weights. Layers are the trainer's
 probe indices (PROBES, the trainer's default "activations": the activation modules'
 outputs); the plain loop hooks the same modules, so both do the same work.
@@ -70,6 +80,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import compile_warm  # noqa: E402
 import harness  # noqa: E402
 
 import lsa_fast  # noqa: E402
@@ -100,9 +111,22 @@ SLICE_TARGETS = [
     ("C", "pgd", "fp32", "ours compiled + CUDA graphs", "plain", "cuda", 1.3),
     ("C", None, "bf16", "ours compiled + CUDA graphs", "plain fp32", "cuda", 3.0),
 ]
+PLAIN_BN_EVAL = "plain, attack BN in eval (torchattacks' default)"
 ATTACK_LABELS = {"pgd": "AT-PGD-10-LR", "apgd": "AT-APGD-10-LR"}
 PRECISIONS = ("fp32", "bf16", "channels_last")
 PROBES = "activations"  # the trainer's default probe points; the plain loop hooks the same
+_T0 = time.perf_counter()  # the run's start (--budget, the per-workload prints)
+# --preset: the rows an issue needs, in the order that measures the key ones first.
+PRESETS = {
+    "gpu-issue24": {
+        "about": "models C then B, AT-PGD-10-LR and AT-APGD-10-LR, fp32 and bf16, the four variants each; "
+                 "slices of 10 batches on C and 20 on B, 3 rounds, compiles warmed in 8 parallel processes on CUDA, "
+                 "and the plain loop with torchattacks' BatchNorm default beside it on C (--plain-bn-eval)",
+        "models": "C,B", "attacks": "pgd,apgd", "precisions": "fp32,bf16", "slice": "C=10,B=20", "rounds": 3,
+        "plain_bn_eval": True,
+        "warm_jobs_cuda": 8, "part": "epoch",
+    },
+}
 
 # name: (model, input shape per sample, eps, alpha, one regularised layer, two layers)
 MODELS = {
@@ -119,22 +143,47 @@ def main():
     parser.add_argument("--part", choices=("steps", "epoch", "all"), default="all",
                         help="steps (ms per training step), epoch (images/s of epoch slices) or all (default)")
     parser.add_argument("--c-batch", type=int, default=None, help="model C batch (default: 128 CUDA, 32 CPU, 8 quick CPU)")
-    parser.add_argument("--slice", type=int, default=None,
-                        help="batches per epoch slice (default: 20 CUDA, 4 CPU, 2 quick CPU)")
+    parser.add_argument("--slice", default=None,
+                        help="batches per epoch slice: N, or per model like B=20,C=10 (default: 20 CUDA, 4 CPU, "
+                             "2 quick CPU)")
     parser.add_argument("--rounds", type=int, default=None, help="alternating timing rounds (default: 3)")
     parser.add_argument("--models", default="B,C", help="epoch part: models, comma-separated (default: B,C)")
     parser.add_argument("--attacks", default="pgd,apgd", help="epoch part: base attacks (default: pgd,apgd)")
     parser.add_argument("--precisions", default=",".join(PRECISIONS),
                         help=f"epoch part: any of {','.join(PRECISIONS)} (default: all)")
+    parser.add_argument("--preset", choices=sorted(PRESETS), default=None,
+                        help="epoch part: a fixed selection of rows, slices and rounds (" +
+                             "; ".join(f"{k}: {v['about']}" for k, v in PRESETS.items()) +
+                             "); options left at their defaults take the preset's values")
+    parser.add_argument("--warm-jobs", type=int, default=None,
+                        help="epoch part: compile every compiled variant's graphs first in up to N parallel "
+                             "processes, filling inductor's FX-graph cache, so that the timed runs (sequential) "
+                             "load them (default 0; the preset's on CUDA)")
+    parser.add_argument("--budget", type=float, default=None,
+                        help="epoch part: seconds; once the run has taken this long, the remaining workloads "
+                             "are skipped (and listed as skipped)")
+    parser.add_argument("--plain-bn-eval", action="store_true",
+                        help="epoch part: also time the plain loop with torchattacks' default BatchNorm handling "
+                             "(eval mode inside the attack: less work than the trainer's train-mode attack)")
+    parser.add_argument("--eager-only", action="store_true",
+                        help="epoch part: the plain loop(s) and ours eager only (no compiled variants)")
+    parser.add_argument("--warm-and-exit", action="store_true",
+                        help="epoch part: only the compile warming of --warm-jobs (default 8 here), no timing: run "
+                             "it beside work that is not timed (gpu_check.sh runs it beside the tests)")
+    parser.add_argument("--warm-only", default=None, help=argparse.SUPPRESS)  # MODEL:ATTACK:PRECISION, a child
     harness.add_common_arguments(parser, "-training")
     args = harness.parse_common(parser)
+    if args.preset:
+        compile_warm.apply_preset(args, PRESETS[args.preset], parser)
+    if args.warm_only:
+        sys.exit(compile_warm.warm_one(args.warm_only, args.device, _c_batch(args), _warm_variant))
     info = harness.environment(args.device)
     ta_version = torchattacks.__version__ if torchattacks is not None else None
     print(f"lsa_fast AT-LR training benchmark on {info['device']} ({info['threads']} threads), torch {info['torch']}, "
           f"torchattacks {ta_version or 'not installed: the plain loop uses an eager PGD in its order'}")
     print(f"backend: {lsa_fast.backend()}")
     print("note: timings are medians; on a shared machine they are noisy")
-    c_batch = args.c_batch or (128 if args.device == "cuda" else (8 if args.quick else 32))
+    c_batch = _c_batch(args)
     rounds = args.rounds or 3
     min_run_time = 0.3 if args.quick else (0.5 if args.device == "cuda" else 1.0)
     workloads = [("B", 256), ("C", c_batch)]
@@ -157,14 +206,51 @@ def main():
             print("\nsteps part skipped: it compares with torchattacks, which is not installed", flush=True)
             payload["results"] = "skipped: torchattacks not installed"
     if args.part in ("epoch", "all"):
-        batches = args.slice or (20 if args.device == "cuda" else (2 if args.quick else 4))
         models, attacks, precisions = _names(parser, args)
-        payload["epoch_slices"] = run_epoch_part([w for w in workloads if w[0] in models], args.device, batches,
-                                                 rounds, attacks, precisions)
+        batches = compile_warm.slices(parser, args.slice, models,
+                                      20 if args.device == "cuda" else (2 if args.quick else 4))
+        sizes = dict(workloads)
+        chosen = [(m, sizes[m]) for m in models]  # in the order given: a preset puts the key rows first
         payload["command"] = " ".join(sys.argv)
-    suffix = "-training" if args.part == "all" else f"-training-{args.part}"
-    path = harness.write_results(args.out or harness.device_slug(info, args.device) + suffix, payload)
-    print(f"\nresults written to {path}")
+        payload["preset"] = args.preset
+        if args.warm_and_exit:
+            warming = compile_warm.warm_all(chosen, attacks, precisions, args, args.warm_jobs or 8, t0=_T0)
+            sys.exit(0 if all(w["status"] == 0 for w in warming["workloads"].values()) else 1)
+        if args.warm_jobs and not args.eager_only:
+            payload["compile_warming"] = compile_warm.warm_all(chosen, attacks, precisions, args, args.warm_jobs,
+                                                               t0=_T0)
+        suffix = "-training" if args.part == "all" else f"-training-{args.part}"
+        name = args.out or harness.device_slug(info, args.device) + suffix
+
+        def save(results):  # after every workload: a run cut short by a timeout keeps what it measured
+            payload["epoch_slices"] = results
+            payload["elapsed_s"] = time.perf_counter() - _T0
+            return harness.write_results(name, payload)
+
+        payload["epoch_slices"] = run_epoch_part(chosen, args.device, batches, rounds, attacks, precisions,
+                                                 budget=args.budget, save=save, plain_bn_eval=args.plain_bn_eval,
+                                                 eager_only=args.eager_only)
+    else:
+        suffix = "-training" if args.part == "all" else f"-training-{args.part}"
+        name = args.out or harness.device_slug(info, args.device) + suffix
+    payload["elapsed_s"] = time.perf_counter() - _T0
+    path = harness.write_results(name, payload)
+    print(f"\nresults written to {path} ({payload['elapsed_s']:.0f} s in all)")
+    if "epoch_slices" in payload:
+        compile_warm.print_summary(payload["epoch_slices"], args.device)
+
+
+def _c_batch(args):
+    return args.c_batch or (128 if args.device == "cuda" else (8 if args.quick else 32))
+
+
+def _warm_variant(model_name, batch, device, attack, precision):
+    """A compiled variant of one workload for a warming child (compile_warm): the same
+    trainer, data shapes and step code as the timed "ours" variants."""
+    shape, eps, alpha, one, _ = MODELS[model_name]
+    x, y, model = _epoch_data(model_name, batch, 3, device)
+    augment = "crop-flip" if model_name == "C" else "none"
+    return OursEpoch(model, x, y, batch, device, eps, alpha, one, "inductor", augment, attack, precision)
 
 
 def _names(parser, args):
@@ -265,21 +351,40 @@ def bench_workload(model_name, batch, device, quick, rounds, min_run_time):
     }
 
 
-def run_epoch_part(workloads, device, batches, rounds, attacks=("pgd",), precisions=("fp32",)):
-    """Images/s of AT-(A)PGD-10-LR epoch slices, four variants per model, attack and precision."""
+def run_epoch_part(workloads, device, batches, rounds, attacks=("pgd",), precisions=("fp32",), budget=None,
+                   save=None, plain_bn_eval=False, eager_only=False):
+    """Images/s of AT-(A)PGD-10-LR epoch slices, four variants per model, attack and precision.
+    batches: per slice, an int or {model: int}; budget: seconds since the start after which the
+    remaining workloads are skipped; save(results): called after every workload."""
     results, rows, ratio_rows = {}, [], []
     for model_name, batch in workloads:
+        slice_batches = batches[model_name] if isinstance(batches, dict) else batches
         for attack in attacks:
             for precision in precisions:
                 name = (f"model {model_name} ({'MNIST CNN' if model_name == 'B' else 'VGG-19'}) b{batch}, "
                         f"{ATTACK_LABELS[attack]}, {precision}")
-                print(f"\nepoch slices: {name}, {batches} batches ...", flush=True)
-                result = bench_epoch_slices(model_name, batch, device, batches, rounds, attack, precision)
+                elapsed = time.perf_counter() - _T0
+                if budget is not None and elapsed > budget:
+                    print(f"\nepoch slices: {name}: skipped (the run has taken {elapsed:.0f} s, --budget {budget:g})",
+                          flush=True)
+                    results[name] = {"model": model_name, "attack": attack, "precision": precision,
+                                     "skipped": f"--budget {budget:g} s spent"}
+                    rows.append({"workload": name, "variant": f"skipped: --budget {budget:g} s spent"})
+                    continue
+                print(f"\nepoch slices: {name}, {slice_batches} batches ...", flush=True)
+                started = time.perf_counter()
+                result = bench_epoch_slices(model_name, batch, device, slice_batches, rounds, attack, precision,
+                                            plain_bn_eval, eager_only)
+                result["wall_s"] = time.perf_counter() - started
+                print(f"  workload done in {result['wall_s']:.1f} s ({time.perf_counter() - _T0:.0f} s since the start)",
+                      flush=True)
                 results[name] = result
+                if save is not None:
+                    save(results)
                 for label, entry in result["variants"].items():
                     rows.append(_slice_row(name, label, entry))
         for name, result in results.items():
-            if not name.startswith(f"model {model_name} "):
+            if not name.startswith(f"model {model_name} ") or "skipped" in result:
                 continue
             targets = _slice_targets(result, results, device)
             result["targets"] = targets
@@ -320,7 +425,7 @@ def _slice_targets(result, results, device):
             continue
         if denominator == "plain fp32":
             fp32 = [r for r in results.values() if (r["model"], r["attack"], r["precision"]) ==
-                    (result["model"], result["attack"], "fp32")]
+                    (result["model"], result["attack"], "fp32") and "slice_times" in r]
             baseline = fp32[0]["slice_times"].get("plain") if fp32 else None
         else:
             baseline = times.get(denominator)
@@ -331,21 +436,20 @@ def _slice_targets(result, results, device):
     return targets
 
 
-def bench_epoch_slices(model_name, batch, device, batches, rounds, attack="pgd", precision="fp32"):
+def bench_epoch_slices(model_name, batch, device, batches, rounds, attack="pgd", precision="fp32",
+                       plain_bn_eval=False, eager_only=False):
     shape, eps, alpha, one, _ = MODELS[model_name]
     n = batch * batches
-    generator = torch.Generator().manual_seed(0)
-    x = torch.rand(n, *shape, generator=generator)
-    torch.manual_seed(0)
-    model = build_model(model_name)
-    with torch.no_grad():  # labels the model predicts: torchattacks' APGD attacks only the samples it
-        y = model.eval()(x).argmax(1)  # classifies correctly, so with random labels it would skip ~90%
-    model.train()
+    x, y, model = _epoch_data(model_name, batch, batches, device)
     augment = "crop-flip" if model_name == "C" else "none"
     builders = {"plain": lambda: PlainEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one, attack,
                                             precision)}
-    modes = {"ours eager": "none", "ours --compile": "inductor"}
-    if device == "cuda":
+    if plain_bn_eval and torchattacks is not None and any(
+            isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        builders[PLAIN_BN_EVAL] = lambda: PlainEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one,
+                                                     attack, precision, attack_bn_eval=True)
+    modes = {"ours eager": "none"} if eager_only else {"ours eager": "none", "ours --compile": "inductor"}
+    if device == "cuda" and not eager_only:
         modes["ours compiled + CUDA graphs"] = "cudagraphs"
     for label, mode in modes.items():
         builders[label] = (lambda mode=mode: OursEpoch(copy.deepcopy(model), x, y, batch, device, eps, alpha, one,
@@ -354,9 +458,10 @@ def bench_epoch_slices(model_name, batch, device, batches, rounds, attack="pgd",
     for label, build in builders.items():
         # Warm-up slice: compilation and CUDA-graph capture happen here; a variant that fails is reported.
         try:
+            started = time.perf_counter()
             runners[label] = build()
             seconds = runners[label]()
-            variants[label] = {"warmup_s": seconds}
+            variants[label] = {"warmup_s": seconds, "build_s": time.perf_counter() - started - seconds}
             print(f"  {label}: warm-up slice {seconds:.1f} s", flush=True)
         except Exception as error:  # report and go on: the other variants still get measured
             runners.pop(label, None)
@@ -370,6 +475,8 @@ def bench_epoch_slices(model_name, batch, device, batches, rounds, attack="pgd",
             times[label].append(runners[label]())
     for label, seconds in times.items():
         entry = variants[label]
+        print(f"  {label}: {entry['build_s'] + entry['warmup_s']:.1f} s to build and warm up, "
+              f"{sum(seconds):.1f} s for {rounds} timed slices", flush=True)
         entry.update({"images_per_s": n / statistics.median(seconds), "slice_s": seconds, "images": n})
         steady = runners[label].clock.batch_seconds
         if steady:
@@ -383,6 +490,22 @@ def bench_epoch_slices(model_name, batch, device, batches, rounds, attack="pgd",
             entry["cuda_graphs"] = bool(fast.compiled_step._graphs) and fast.compiled_step.use_graphs
     return {"model": model_name, "attack": attack, "precision": precision, "batch": batch, "batches": batches,
             "augment_ours": augment, "augment_plain": "none", "variants": variants, "slice_times": times}
+
+
+def _epoch_data(model_name, batch, batches, device="cpu"):
+    """(x, y, model) of an epoch-slice workload: seeded images, the labels the model
+    predicts, the model in train mode."""
+    shape = MODELS[model_name][0]
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(batch * batches, *shape, generator=generator)
+    torch.manual_seed(0)
+    model = build_model(model_name)
+    with torch.no_grad():  # labels the model predicts: torchattacks' APGD attacks only the samples it
+        # classifies correctly, so with random labels it would skip ~90% (on the device: VGG-19 on a CPU
+        # takes seconds for a slice's images)
+        y = torch.cat([model.eval().to(device)(part.to(device)).argmax(1).cpu() for part in x.split(batch)])
+    model.cpu().train()
+    return x, y, model
 
 
 class OursEpoch:
@@ -417,14 +540,15 @@ class OursEpoch:
 class PlainEpoch:
     """The loop a user writes: a shuffling host DataLoader, .to(device), PlainATLR."""
 
-    def __init__(self, model, x, y, batch, device, eps, alpha, layers, attack="pgd", precision="fp32"):
+    def __init__(self, model, x, y, batch, device, eps, alpha, layers, attack="pgd", precision="fp32",
+                 attack_bn_eval=False):
         from torch.utils.data import DataLoader, TensorDataset
 
         self.channels_last = precision == "channels_last"
         model = model.to(device).train()
         if self.channels_last:
             model = model.to(memory_format=torch.channels_last)
-        self.step = PlainATLR(model, eps, alpha, layers, attack, precision == "bf16")
+        self.step = PlainATLR(model, eps, alpha, layers, attack, precision == "bf16", attack_bn_eval)
         self.loader = DataLoader(TensorDataset(x, y), batch_size=batch, shuffle=True, drop_last=True,
                                  pin_memory=device == "cuda", generator=torch.Generator().manual_seed(0))
         self.device = device
@@ -482,7 +606,7 @@ class PlainATLR:
     the eager regulariser of lsa_fast/reference.py, cross-entropy, SGD; bf16: attack
     and loss under torch.autocast. layers=None: AT."""
 
-    def __init__(self, model, eps, alpha, layers, attack="pgd", bf16=False):
+    def __init__(self, model, eps, alpha, layers, attack="pgd", bf16=False, attack_bn_eval=False):
         self.model = model
         self.optimizer = torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
         self.autocast = torch.autocast(next(model.parameters()).device.type, dtype=torch.bfloat16, enabled=bf16)
@@ -495,8 +619,8 @@ class PlainATLR:
             self.attack = torchattacks.PGD(model, eps=eps, alpha=alpha, steps=STEPS, random_start=True)
         else:
             self.attack = _EagerPGD(model, eps, alpha)
-        if hasattr(self.attack, "set_model_training_mode"):
-            self.attack.set_model_training_mode(model_training=True)
+        if hasattr(self.attack, "set_model_training_mode"):  # BatchNorm too, as the trainer's attack
+            self.attack.set_model_training_mode(model_training=True, batchnorm_training=not attack_bn_eval)
         self.layers = layers
         self.recorded = None
         if layers:

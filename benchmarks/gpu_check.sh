@@ -10,7 +10,14 @@
 # wheels of the oracles (torchattacks, LayersSustainabilityAnalysis, foolbox, ...),
 # fetched where there is a network (README, "Checking on a GPU"); they go to a
 # private --target folder with --no-deps. Without it the oracle tests skip and the
-# rest runs. GPU_CHECK_STEPS picks steps (default "tests sanitizer bench").
+# rest runs. GPU_CHECK_STEPS picks steps (default "tests sanitizer bench"); two more:
+#   relerr  the public relative_error call on VGG-19's 16 activations (fp32, bf16; about 20 s)
+#   epoch   bench_training.py --preset gpu-issue24: the epoch slices of models C and B, AT-PGD-10-LR
+#           and AT-APGD-10-LR, fp32 and bf16, plain / eager / --compile / compiled + CUDA graphs;
+#           its plain loop needs torchattacks (ORACLE_WHEEL_DIR). Its graphs are compiled first in
+#           8 background processes, beside the untimed steps (install, tests, sanitizer); the timed
+#           run (about 2-3 min on an H200) waits for them and stops starting workloads after
+#           EPOCH_BUDGET_S seconds (default 200).
 # LSA_FAST_COMMIT names the source commit when the tree has no .git (the device
 # tool copies the working tree only).
 set -uo pipefail
@@ -46,7 +53,22 @@ if [ -n "$ORACLES" ]; then
 fi
 # Run from a copy of the tests, so that the installed package (not the source) is used.
 WORK=$(mktemp -d); cp -r tests benchmarks pyproject.toml "$WORK/"; cd "$WORK"
+STAMP=$(mktemp)  # made after the copy: results newer than this are this run's
 "$PYTHON" -c 'import lsa_fast; b = lsa_fast.backend(); print(b); assert b["cuda"], "no CUDA kernels"' 2>&1 | tee -a "$OUTDIR/install.log" || status=1
+
+WARM_PID=
+if wants epoch; then
+  step "epoch: compiling the graphs in the background (inductor's cache), beside the untimed steps"
+  timeout 420 "$PYTHON" benchmarks/bench_training.py --device cuda --preset gpu-issue24 --warm-and-exit \
+    > "$OUTDIR/epoch_warm.log" 2>&1 &
+  WARM_PID=$!
+fi
+# Every timed step waits for the background compiles first (they would load the CPU).
+wait_warm() {
+  [ -n "$WARM_PID" ] || return 0
+  step "epoch: waiting for the background compiles"
+  wait "$WARM_PID"; echo "compile warming: status $?"; tail -12 "$OUTDIR/epoch_warm.log"; WARM_PID=
+}
 
 if wants tests; then
   step "tests (CUDA ones included; -rs lists what skipped and why)"
@@ -65,13 +87,32 @@ for tool in $(wants sanitizer && echo memcheck racecheck); do
 done
 
 wants bench && {
+wait_warm
 step "benchmarks"
 timeout 240 "$PYTHON" benchmarks/bench_relative_error.py --device cuda 2>&1 | tee "$OUTDIR/bench_relative_error.log" | tail -30
 if [ -f benchmarks/bench_attacks.py ]; then
   timeout 240 "$PYTHON" benchmarks/bench_attacks.py --device cuda --batch 512 --quick 2>&1 | tee "$OUTDIR/bench_attacks.log" | tail -20
 fi
 # only what this run wrote (the committed CPU results stay behind)
-find benchmarks/results -name '*.json' -newer "$OUTDIR/env.txt" -exec cp {} "$OUTDIR/" \; 2>/dev/null
+find benchmarks/results -name '*.json' -newer "$STAMP" -exec cp {} "$OUTDIR/" \; 2>/dev/null
 }
+if wants relerr; then
+  wait_warm
+  step "relerr: the relative_error call on VGG-19's 16 activations"
+  timeout 180 "$PYTHON" benchmarks/bench_relative_error.py --device cuda --only vgg19-call 2>&1 \
+    | tee "$OUTDIR/bench_relerr.log" | tail -45
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+
+if wants epoch; then
+  wait_warm
+  step "epoch: bench_training.py --preset gpu-issue24"
+  timeout 360 "$PYTHON" benchmarks/bench_training.py --device cuda --preset gpu-issue24 --warm-jobs 0 \
+    --budget "${EPOCH_BUDGET_S:-200}" 2>&1 | tee "$OUTDIR/bench_epoch.log" | tail -40
+  [ "${PIPESTATUS[0]}" -eq 0 ] || status=1
+fi
+if wants relerr || wants epoch; then  # only what this run wrote
+  find benchmarks/results -name '*.json' -newer "$STAMP" -exec cp {} "$OUTDIR/" \; 2>/dev/null
+fi
 echo; echo "gpu_check: status $status; logs and results in $OUTDIR"
 exit $status

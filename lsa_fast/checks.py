@@ -10,7 +10,9 @@ import math
 import numbers
 from typing import Optional
 
-__all__ = ["is_int", "is_number", "check_int", "check_number", "dataset_key"]
+import torch
+
+__all__ = ["is_int", "is_number", "check_int", "check_number", "check_labelled_data", "dataset_key"]
 
 
 def is_int(value) -> bool:
@@ -42,6 +44,19 @@ def check_number(caller: Optional[str], name: str, value, minimum: Optional[floa
         wanted = "a finite number" if minimum is None else f"a finite number >= {minimum:g}"
         raise ValueError(f"{_prefix(caller, name)} must be {wanted}, got {value!r}")
     return float(value)
+
+
+def check_labelled_data(caller: Optional[str], x, y, min_dim: int = 1) -> None:
+    """x [N, ...] (at least min_dim dimensions) and y [N], tensors holding N >= 1
+    samples; otherwise one error line naming the caller."""
+    prefix = f"{caller}: " if caller else ""
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError(f"{prefix}x and y must be tensors")
+    if x.dim() < min_dim or y.dim() != 1 or x.shape[0] != y.shape[0]:
+        raise ValueError(f"{prefix}x [N, ...] and y [N] must hold the same number of samples, got "
+                         f"{tuple(x.shape)} and {tuple(y.shape)}")
+    if x.shape[0] == 0:
+        raise ValueError(f"{prefix}the dataset is empty")
 
 
 def dataset_key(name) -> str:

@@ -12,7 +12,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
+import torch.distributed
 
+from .distributed import rank_and_world_size
 from .ops import layer_moments
 from .reference import CMStatistics
 
@@ -74,12 +76,11 @@ class CMAccumulator:
 
     def all_reduce(self) -> "CMAccumulator":
         """Merge the accumulators of every rank (in rank order) into every rank's."""
-        import torch.distributed as dist
-
-        if not (dist.is_available() and dist.is_initialized()):
+        _, world_size = rank_and_world_size()
+        if world_size == 1:
             return self
-        gathered = [None] * dist.get_world_size()
-        dist.all_gather_object(gathered, self.state() if self.count else None)
+        gathered = [None] * world_size
+        torch.distributed.all_gather_object(gathered, self.state() if self.count else None)
         merged = CMAccumulator(self.num_layers)
         for state in gathered:
             if state is not None:

@@ -17,16 +17,7 @@ from typing import Dict, Tuple
 
 import torch
 
-from .attacks.steps import (
-    APGDSchedule,
-    apgd_loss_dtype,
-    apgd_objective,
-    apgd_random_start,
-    apgd_result,
-    apgd_schedule,
-    apgd_start,
-    apgd_step,
-)
+from .attacks import steps as attack_steps
 
 NORM = "linf"  # the trainer's APGD: apgd(module, x, y, eps, steps=steps, generator=...)
 RHO = 0.75  # apgd()'s default
@@ -40,13 +31,13 @@ class CompiledAPGD:
         self.mixed_precision = mixed_precision
         self.clean_forward = compile_fn(_clean_forward_fn(module, autocast))
         self.iteration = compile_fn(_iteration_fn(module, eps, autocast))
-        self._schedules: Dict[Tuple[torch.dtype, torch.dtype, torch.device], APGDSchedule] = {}
+        self._schedules: Dict[Tuple[torch.dtype, torch.dtype, torch.device], attack_steps.APGDSchedule] = {}
 
     def draw_start(self, x: torch.Tensor):
         """apgd()'s random start, from the same stream in the same order (none for eps = 0)."""
         if self.eps == 0:
             return None
-        return apgd_random_start(x, self.eps, NORM, self.generator)
+        return attack_steps.apgd_random_start(x, self.eps, NORM, self.generator)
 
     def __call__(self, x: torch.Tensor, y: torch.Tensor, x_start) -> torch.Tensor:
         self.clean_forward(x)  # as apgd()'s input check: BatchNorm statistics in train mode
@@ -54,17 +45,17 @@ class CompiledAPGD:
             return x.clone()
         # apgd() keeps its losses in apgd_loss_dtype(dtype of the logits): the model's dtype (x's),
         # or a low precision one under autocast
-        loss_dtype = torch.float32 if self.mixed_precision else apgd_loss_dtype(x.dtype)
+        loss_dtype = torch.float32 if self.mixed_precision else attack_steps.apgd_loss_dtype(x.dtype)
         key = (x.dtype, loss_dtype, x.device)
         schedule = self._schedules.get(key)
         if schedule is None:
-            schedule = self._schedules[key] = apgd_schedule(self.steps, RHO, x, loss_dtype)
-        state = apgd_start(x, x_start, self.eps, NORM, loss_dtype)
+            schedule = self._schedules[key] = attack_steps.apgd_schedule(self.steps, RHO, x, loss_dtype)
+        state = attack_steps.apgd_start(x, x_start, self.eps, NORM, loss_dtype)
         for _ in range(self.steps + 1):
             # x_adv as a leaf that requires grad, made outside the graph (dynamo before torch
             # 2.14 cannot trace requires_grad_; input_gradient takes such a leaf as it is)
             state = self.iteration(state._replace(x_adv=state.x_adv.detach().requires_grad_(True)), schedule, x, y)
-        return apgd_result(state)[0]
+        return attack_steps.apgd_result(state)[0]
 
 
 def _clean_forward_fn(module, autocast):
@@ -76,10 +67,10 @@ def _clean_forward_fn(module, autocast):
 
 
 def _iteration_fn(module, eps: float, autocast):
-    objective = apgd_objective(None, "ce", False)
+    objective = attack_steps.apgd_objective(None, "ce", False)
 
     def iteration(state, schedule, x, y):
         with autocast():  # the eager step runs the whole attack under the trainer's autocast
-            return apgd_step(module, state, schedule, x, y, None, eps, NORM, objective)
+            return attack_steps.apgd_step(module, state, schedule, x, y, None, eps, NORM, objective)
 
     return iteration

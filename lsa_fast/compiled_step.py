@@ -205,7 +205,9 @@ class _StepUnits:
         self.random_start = config.random_start
         self._shapes = set()
         compile_fn = _compiler(owner.backend, trainer.device)
-        autocast = _autocast_factory(trainer, cache=not owner.use_graphs)
+        # Compiled graphs hold autocast's casts as ops and never use its cache; without it the
+        # graphs of "inductor" and "cudagraphs" are the same, so one compile (cache) serves both.
+        autocast = _autocast_factory(trainer, cache=owner.backend is None)
         module = self.module
         eps = self.eps
         if base == "fgsm":

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from .checks import check_int
+from .checks import check_int, check_labelled_data
 
 __all__ = ["AUGMENTATIONS", "DeviceLoader", "make_device_loader", "random_crop_flip", "check_augmentation"]
 
@@ -48,13 +48,7 @@ class DeviceLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, batch_size: int, *,
                  device: Union[str, torch.device, None] = None, shuffle: bool = True, seed: int = 0,
                  augment: str = "none", drop_last: bool = False, rank: int = 0, world_size: int = 1):
-        if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-            raise TypeError("DeviceLoader: x and y must be tensors")
-        if x.dim() < 1 or y.dim() != 1 or x.shape[0] != y.shape[0]:
-            raise ValueError(f"DeviceLoader: x [N, ...] and y [N] must hold the same number of samples, got "
-                             f"{tuple(x.shape)} and {tuple(y.shape)}")
-        if x.shape[0] == 0:
-            raise ValueError("DeviceLoader: the dataset is empty")
+        check_labelled_data("DeviceLoader", x, y)
         if not x.is_floating_point():
             raise TypeError(f"DeviceLoader: x must be floating point (values in [0, 1]), got {x.dtype}")
         check_int("DeviceLoader", "batch_size", batch_size, 1)

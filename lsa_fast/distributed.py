@@ -25,8 +25,10 @@ def rank_and_world_size() -> Tuple[int, int]:
 
 def setup_distributed(device: Union[str, torch.device, None] = None):
     """Under torchrun (WORLD_SIZE > 1): init the process group (NCCL on CUDA, gloo on
-    CPU) and pick this rank's device. Returns (rank, world_size, device)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    CPU) unless the caller already has, and pick this rank's device. Returns (rank,
+    world_size, device)."""
+    initialised = dist.is_available() and dist.is_initialized()
+    world_size = dist.get_world_size() if initialised else int(os.environ.get("WORLD_SIZE", "1"))
     wanted = parse_device(device, "device")
     if world_size <= 1:
         return 0, 1, wanted
@@ -34,13 +36,19 @@ def setup_distributed(device: Union[str, torch.device, None] = None):
     if wanted.type == "cuda":
         wanted = torch.device("cuda", local_rank)
         torch.cuda.set_device(wanted)
-    if not dist.is_initialized():
+    if not initialised:
         dist.init_process_group("nccl" if wanted.type == "cuda" else "gloo")
     return dist.get_rank(), dist.get_world_size(), wanted
 
 
-def teardown_distributed() -> None:
+def teardown_distributed(finished: bool = True) -> None:
+    """Destroy the process group. finished: this rank ends without an error, so it first
+    waits for the others at a barrier; a rank that tears gloo down while another is still
+    at work can abort at exit ("terminate called without an active exception"). After an
+    error (raised on every rank, see commands.train) there is no barrier to wait at."""
     if dist.is_available() and dist.is_initialized():
+        if finished:
+            dist.barrier()
         dist.destroy_process_group()
 
 

@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .attacks.autoattack import VERSIONS, autoattack
-from .checks import check_int, is_number
+from .checks import check_int, check_labelled_data, check_number
 from .devices import model_device
 from .distributed import rank_and_world_size
 from .report import atomic_write_text
@@ -267,18 +267,11 @@ def evaluate_autoattack(
 
 
 def _check_arguments(x, y, eps, norm, version, seed, batch_size):
-    if not is_number(eps) or not (eps >= 0 and math.isfinite(eps)):
-        raise ValueError(f"eps must be a finite number >= 0, got {eps!r}")
+    eps = check_number(None, "eps", eps, 0)
     check_int(None, "seed", seed, 0)
     check_int(None, "batch_size", batch_size, 1)
-    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
-        raise TypeError("x and y must be tensors")
-    if x.dim() < 2 or y.dim() != 1 or y.shape[0] != x.shape[0]:
-        raise ValueError(f"x must hold a batch of inputs and y one label per input, got x {tuple(x.shape)}, "
-                         f"y {tuple(y.shape)}")
-    if x.shape[0] == 0:
-        raise ValueError("the data holds no points")
-    return float(eps), check_norm(norm), check_version(version), seed, batch_size
+    check_labelled_data(None, x, y, min_dim=2)
+    return eps, check_norm(norm), check_version(version), seed, batch_size
 
 
 def _chunk(attack, model, x, y, index, batch_size, device, options, stage_progress):

@@ -291,17 +291,18 @@ def legend_texts(legend):
 def test_reproduce_figures_start_bars_at_zero_and_explain_their_marks(figures):
     from lsa_fast.paper import paper_table
     from lsa_fast.reproduce import ReproduceSettings, plot_cm_layers, plot_rg_scores, summarise
+    from lsa_fast.reproduce.records import RunRecord
 
     table = paper_table("moons")
     runs = []
     for name in table.names:
         row = table.row(name)
         for seed, rg in enumerate((380.0, 420.0)):
-            runs.append({"seed": seed, "row": name, "model": row.model, "training": row.training,
-                         "accuracies": {"fgsm": [rg / 6] * 6, "pgd": [rg / 7] * 6}, "rg": {"fgsm": rg, "pgd": rg * 6 / 7},
-                         "cm": {"fgsm": [0.3, 0.5, 0.8], "pgd": [0.3, 0.6, 0.9]},
-                         "mvl": [2], "layer_names": ["act1", "act2", "act3"], "clean_norm": [1.0] * 3,
-                         "difference_norm": [0.3, 0.5, 0.8], "train_accuracy": 90.0})
+            runs.append(RunRecord(seed=seed, row=name, model=row.model, training=row.training,
+                                  accuracies={"fgsm": [rg / 6] * 6, "pgd": [rg / 7] * 6},
+                                  rg={"fgsm": rg, "pgd": rg * 6 / 7}, cm={"fgsm": [0.3, 0.5, 0.8], "pgd": [0.3, 0.6, 0.9]},
+                                  mvl=[2], layer_names=["act1", "act2", "act3"], clean_norm=[1.0] * 3,
+                                  difference_norm=[0.3, 0.5, 0.8], train_accuracy=90.0))
     settings = dataclasses.replace(ReproduceSettings.defaults("moons", quick=True), sweep_bases=())
     summary = summarise(table, settings, runs)
     plot_rg_scores(summary, "rg.png")

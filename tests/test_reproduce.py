@@ -17,6 +17,7 @@ from lsa_fast.evaluation import PAPER_EPS_GRIDS
 from lsa_fast.paper import PAPER_TABLES, TABLE_2, TABLE_3, TABLE_4, paper_table, parse_training
 from lsa_fast.reproduce.paired import paired_difference, t_quantile
 from lsa_fast.reproduce import ReproduceSettings, apply_overrides, run_variant, summarise, to_markdown, variants
+from lsa_fast.reproduce.records import RunRecord
 
 torch.set_num_threads(1)  # a shared 2-core machine: keep each test on one core
 
@@ -132,7 +133,7 @@ def test_results_do_not_depend_on_the_workers(moons):
                                     for k, v in json.loads((out / "settings.json").read_text())["settings"].items()})
     row = next(v for v in variants(TABLE_2, settings) if v.name == "AT-FGSM-LR-L2 (gamma 3, numerator)")
     again = run_variant("moons", row, 0, settings)
-    assert again["accuracies"] == runs[row.name]["accuracies"] and again["cm"] == runs[row.name]["cm"]
+    assert again.accuracies == runs[row.name]["accuracies"] and again.cm == runs[row.name]["cm"]
 
 
 def test_reproduce_moons_rg_is_the_sum_of_the_cells(moons):
@@ -212,15 +213,15 @@ def _main_table(markdown, heading):
 def test_paired_difference_interval_on_known_numbers():
     # Differences 2, 4, 3, 5, 6: mean 4, std sqrt(2.5); t(0.975, 4) = 2.7764451.
     item = paired_difference([3.0, 5.0, 4.0, 6.0, 7.0], [1.0] * 5)
-    assert item["mean"] == 4.0 and item["std"] == pytest.approx(2.5 ** 0.5) and item["n"] == 5
+    assert item.mean == 4.0 and item.std == pytest.approx(2.5 ** 0.5) and item.n == 5
     half = 2.7764451052 * 2.5 ** 0.5 / 5 ** 0.5
-    assert item["half_width"] == pytest.approx(half, rel=1e-9)
-    assert (item["low"], item["high"]) == pytest.approx((4 - half, 4 + half), rel=1e-9)
-    assert item["verdict"] == "higher"
-    assert paired_difference([1.0, 2.0, 3.0], [3.0, 3.5, 5.0])["verdict"] == "lower"
-    assert paired_difference([1.0, 3.0, 2.0], [2.0, 2.0, 2.0])["verdict"] == "no difference detected"
+    assert item.half_width == pytest.approx(half, rel=1e-9)
+    assert (item.low, item.high) == pytest.approx((4 - half, 4 + half), rel=1e-9)
+    assert item.verdict == "higher"
+    assert paired_difference([1.0, 2.0, 3.0], [3.0, 3.5, 5.0]).verdict == "lower"
+    assert paired_difference([1.0, 3.0, 2.0], [2.0, 2.0, 2.0]).verdict == "no difference detected"
     one = paired_difference([5.0], [1.0])
-    assert one["verdict"] == "undecided (1 seed)" and one["low"] is None
+    assert one.verdict == "undecided (1 seed)" and one.low is None
     assert t_quantile(0.975, 1) == pytest.approx(12.7062047, rel=1e-7)
     assert t_quantile(0.975, 9) == pytest.approx(2.2621572, rel=1e-7)
     assert t_quantile(0.025, 9) == pytest.approx(-2.2621572, rel=1e-7)
@@ -244,11 +245,11 @@ def _fake_runs(table, settings, rg_default, rg_by_row=None, cm_by_row=None):
         values = (rg_by_row or {}).get(variant.name, [rg_default + seed for seed in range(settings.seeds)])
         for seed, rg in enumerate(values):
             cm = (cm_by_row or {}).get(variant.name, [0.5, 0.5, 0.5])
-            runs.append({"seed": seed, "row": variant.name, "model": variant.model, "training": variant.training,
-                         "accuracies": {"fgsm": [rg / width] * width, "pgd": [rg / width] * width},
-                         "rg": {"fgsm": rg, "pgd": rg}, "collapsed": False, "cm": {"fgsm": cm, "pgd": cm},
-                         "mvl": [0], "layer_names": ["a", "b", "c"], "clean_norm": [1.0, 1.0, 1.0],
-                         "difference_norm": cm, "train_accuracy": 90.0})
+            runs.append(RunRecord(seed=seed, row=variant.name, model=variant.model, training=variant.training,
+                                  accuracies={"fgsm": [rg / width] * width, "pgd": [rg / width] * width},
+                                  rg={"fgsm": rg, "pgd": rg}, collapsed=False, cm={"fgsm": cm, "pgd": cm},
+                                  mvl=[0], layer_names=["a", "b", "c"], clean_norm=[1.0, 1.0, 1.0],
+                                  difference_norm=cm, train_accuracy=90.0))
     return runs
 
 
@@ -256,28 +257,28 @@ def test_verdicts_follow_the_t_interval():
     settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), seeds=3, extra_rows=())
     rg = {"Normal": [250.0, 260.0, 255.0], "AT-APGD": [400.0, 410.0, 405.0], "AT-APGD-LR-L0": [420.0, 425.0, 430.0]}
     summary = summarise(TABLE_3, settings, _fake_runs(TABLE_3, settings, 0.0, rg, {"AT-APGD-LR-L0": [0.2, 0.5, 0.5]}))
-    item = summary["claims"]["lr_vs_base"][0]
+    item = summary.claims.lr_vs_base[0]
     assert item["row"] == "AT-APGD-LR-L0" and item["base_row"] == "AT-APGD"
     # Differences 20, 15, 25: mean 20, std 5, half width t(0.975, 2) * 5 / sqrt(3) = 12.42.
-    assert item["fgsm"]["mean"] == pytest.approx(20.0) and item["fgsm"]["std"] == pytest.approx(5.0)
-    assert item["fgsm"]["half_width"] == pytest.approx(4.3026527 * 5 / 3 ** 0.5, rel=1e-6)
-    assert item["fgsm"]["verdict"] == "higher" and item["pgd"]["verdict"] == "higher"
+    assert item["fgsm"].mean == pytest.approx(20.0) and item["fgsm"].std == pytest.approx(5.0)
+    assert item["fgsm"].half_width == pytest.approx(4.3026527 * 5 / 3 ** 0.5, rel=1e-6)
+    assert item["fgsm"].verdict == "higher" and item["pgd"].verdict == "higher"
     assert item["paper_difference"] == pytest.approx(541.73 - 497.99)
-    falls = summary["claims"]["cm_falls"]
+    falls = summary.claims.cm_falls
     assert {f["attack"] for f in falls} == {"fgsm", "pgd"}
-    assert all(f["change"]["mean"] == pytest.approx(-0.3) and f["change"]["verdict"] == "lower" for f in falls)
-    assert summary["rows"]["Normal"]["evaluation"]["fgsm"]["rg_std"] == pytest.approx(5.0)
-    statement = summary["claims"]["statements"][0]
-    assert statement["holds"] == "yes" and "LR-L0" in statement["claim"]
+    assert all(f["change"].mean == pytest.approx(-0.3) and f["change"].verdict == "lower" for f in falls)
+    assert summary.rows["Normal"].evaluation["fgsm"].rg_std == pytest.approx(5.0)
+    statement = summary.claims.statements[0]
+    assert statement.holds == "yes" and "LR-L0" in statement.claim
 
     rg["AT-APGD-LR-L0"] = [395.0, 420.0, 410.0]  # differences -5, +10, +5: the interval contains 0
     noisy = summarise(TABLE_3, settings, _fake_runs(TABLE_3, settings, 0.0, rg))
-    assert noisy["claims"]["lr_vs_base"][0]["fgsm"]["verdict"] == "no difference detected"
-    assert noisy["claims"]["statements"][0]["holds"] == "not shown (no difference detected)"
+    assert noisy.claims.lr_vs_base[0]["fgsm"].verdict == "no difference detected"
+    assert noisy.claims.statements[0].holds == "not shown (no difference detected)"
     rg["AT-APGD-LR-L0"] = [380.0, 390.0, 384.0]
     worse = summarise(TABLE_3, settings, _fake_runs(TABLE_3, settings, 0.0, rg))
-    assert worse["claims"]["lr_vs_base"][0]["fgsm"]["verdict"] == "lower"
-    assert worse["claims"]["statements"][0]["holds"].startswith("no (lower")
+    assert worse.claims.lr_vs_base[0]["fgsm"].verdict == "lower"
+    assert worse.claims.statements[0].holds.startswith("no (lower")
     markdown = to_markdown(worse)
     assert "Khalooei et al., arXiv:2202.02626, Table 3" in markdown and "AT-APGD-LR-L0" in markdown
     assert "-20.33 [" in markdown  # the mean difference and its interval
@@ -287,15 +288,15 @@ def test_best_layer_claim_is_checked_against_the_papers_best():
     settings = ReproduceSettings.defaults("moons", quick=True)
     rg = {"AT-FGSM-LR-L0": [430.0, 431.0]}  # L0 best here, L2 best in the paper
     summary = summarise(TABLE_2, settings, _fake_runs(TABLE_2, settings, 400.0, rg))
-    fgsm = next(item for item in summary["claims"]["best_layer"] if item["base_row"] == "AT-FGSM")
+    fgsm = next(item for item in summary.claims.best_layer if item["base_row"] == "AT-FGSM")
     assert fgsm["paper_best"] == "AT-FGSM-LR-L2" and fgsm["fgsm"]["our_best"] == "AT-FGSM-LR-L0"
-    assert not fgsm["fgsm"]["holds"] and fgsm["fgsm"]["margin"]["mean"] == pytest.approx(-30.0)
+    assert not fgsm["fgsm"]["holds"] and fgsm["fgsm"]["margin"].mean == pytest.approx(-30.0)
 
 
 def test_summarise_refuses_missing_runs():
     settings = dataclasses.replace(ReproduceSettings.defaults("mnist", quick=True), extra_rows=())
     runs = _fake_runs(TABLE_3, dataclasses.replace(settings, seeds=2), 1.0)
-    runs = [run for run in runs if not (run["row"] == "AT-APGD" and run["seed"] == 1)]
+    runs = [run for run in runs if not (run.row == "AT-APGD" and run.seed == 1)]
     with pytest.raises(ValueError, match="AT-APGD"):
         summarise(TABLE_3, settings, runs)
 
@@ -379,10 +380,10 @@ def test_verdicts_are_given_per_attack_when_the_attacks_disagree():
     rg = {"Normal": [250.0, 260.0, 255.0], "AT-APGD": [400.0, 410.0, 405.0], "AT-APGD-LR-L0": [420.0, 425.0, 430.0]}
     runs = _fake_runs(TABLE_3, settings, 0.0, rg)
     for run in runs:  # under PGD the LR row loses what it wins under FGSM
-        if run["row"] == "AT-APGD-LR-L0":
-            run["rg"]["pgd"] = run["rg"]["fgsm"] - 40.0 - run["seed"]
-    statement = summarise(TABLE_3, settings, runs)["claims"]["statements"][0]
-    assert statement["holds"] == "FGSM: yes; PGD-2: no (lower in 1 of 1)"
+        if run.row == "AT-APGD-LR-L0":
+            run.rg["pgd"] = run.rg["fgsm"] - 40.0 - run.seed
+    statement = summarise(TABLE_3, settings, runs).claims.statements[0]
+    assert statement.holds == "FGSM: yes; PGD-2: no (lower in 1 of 1)"
 
 
 def test_reproduce_mnist_quick_on_real_digits(mnist_dir, tmp_path):
@@ -437,4 +438,4 @@ def test_reproduce_cifar10_trains_on_the_device_loader_with_crop_flip(tmp_path, 
     row = next(v for v in variants(TABLE_4, settings) if v.name == "D Normal")
     run = reproduce.run_variant("cifar10", row, 0, settings, "cpu", False, images)
     assert len(loaders) == 1 and isinstance(loaders[0], DeviceLoader) and loaders[0].augment == "crop-flip"
-    assert len(run["accuracies"]["fgsm"]) == len(TABLE_4.eps_grid)
+    assert len(run.accuracies["fgsm"]) == len(TABLE_4.eps_grid)

@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import math
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, NamedTuple, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -124,6 +124,34 @@ def check_generator(fn: str, generator: GeneratorArg, x: torch.Tensor) -> Genera
         if g.device.type != x.device.type:
             raise ValueError(f"{fn}: the generator is on {g.device} but x is on {x.device}")
     return generator if single else generators
+
+
+class AttackInputs(NamedTuple):
+    """What check_attack returns: the checked batch, labels, budget and generator(s)."""
+
+    x: torch.Tensor
+    y: Optional[torch.Tensor]  # None for an attack without labels
+    eps: float
+    generator: GeneratorArg
+
+
+def check_attack(fn: str, x, y, eps, model_mode: str, generator: GeneratorArg, *, norm: Optional[str] = None,
+                 norms: Sequence[str] = NORMS, labels: bool = True) -> AttackInputs:
+    """The checks every attack makes of its batch and budget, in this order: eps, norm
+    (when the attack takes one), x, y (when it takes labels), model_mode, generator.
+    Returns them as the attack uses them."""
+    eps = check_eps(fn, eps)
+    if norm is not None:
+        check_choice(fn, "norm", norm, norms)
+    x = check_x(fn, x)
+    y = check_y(fn, x, y) if labels else None
+    check_model_mode(fn, model_mode)
+    return AttackInputs(x, y, eps, check_generator(fn, generator, x))
+
+
+def check_counts(fn: str, **counts) -> Tuple[int, ...]:
+    """Each named count (steps, n_restarts, ...) as an int >= 1, in the order given."""
+    return tuple(check_steps(fn, value, name) for name, value in counts.items())
 
 
 def check_logits(fn: str, logits, batch: int) -> torch.Tensor:

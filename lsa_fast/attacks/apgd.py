@@ -39,18 +39,13 @@ from typing import NamedTuple
 import torch
 
 from ._common import (
-    NORMS,
     GeneratorArg,
     LossArg,
     attack_mode,
     batch_shape,
+    check_attack,
     check_choice,
-    check_eps,
-    check_generator,
-    check_model_mode,
-    check_steps,
-    check_x,
-    check_y,
+    check_counts,
     correct,
     dlr_targeted_loss,
     draw,
@@ -95,20 +90,13 @@ def apgd(
     forward/backward passes (EOT, for randomised models, AutoAttack's "rand" version).
     Returns x_hat detached, x's dtype and shape: a misclassified
     point where one was found, else the highest-loss point."""
-    eps = check_eps("apgd", eps)
-    steps = check_steps("apgd", steps)
-    n_restarts = check_steps("apgd", n_restarts, "n_restarts")
-    n_target_classes = check_steps("apgd", n_target_classes, "n_target_classes")
-    eot_steps = check_steps("apgd", eot_steps, "eot_steps")
-    check_choice("apgd", "norm", norm, NORMS)
+    steps, n_restarts, n_target_classes, eot_steps = check_counts(
+        "apgd", steps=steps, n_restarts=n_restarts, n_target_classes=n_target_classes, eot_steps=eot_steps)
     if not callable(loss):
         check_choice("apgd", "loss", loss, ("ce", "dlr"))
     if not 0 < rho <= 1:
         raise ValueError(f"apgd: rho must lie in (0, 1], got {rho}")
-    x = check_x("apgd", x)
-    y = check_y("apgd", x, y)
-    check_model_mode("apgd", model_mode)
-    generator = check_generator("apgd", generator, x)
+    x, y, eps, generator = check_attack("apgd", x, y, eps, model_mode, generator, norm=norm)
 
     with attack_mode(model, model_mode):
         clean_logits = validate("apgd", model, x, y)

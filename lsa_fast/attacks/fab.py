@@ -35,13 +35,8 @@ from ._common import (
     GeneratorArg,
     attack_mode,
     batch_shape,
-    check_choice,
-    check_eps,
-    check_generator,
-    check_model_mode,
-    check_steps,
-    check_x,
-    check_y,
+    check_attack,
+    check_counts,
     correct,
     draw,
     input_gradient,
@@ -80,19 +75,13 @@ def fab(
     itself minimises the distance). generator: a torch.Generator or a list of one
     per sample (the random starts). Returns x_hat detached, x's dtype and shape: the
     first run's closest misclassified point within eps, else x."""
-    eps = check_eps("fab", eps)
-    steps = check_steps("fab", steps)
-    n_restarts = check_steps("fab", n_restarts, "n_restarts")
-    n_target_classes = check_steps("fab", n_target_classes, "n_target_classes")
+    steps, n_restarts, n_target_classes = check_counts(
+        "fab", steps=steps, n_restarts=n_restarts, n_target_classes=n_target_classes)
     if max_rows is not None:
-        max_rows = check_steps("fab", max_rows, "max_rows")
-    check_choice("fab", "norm", norm, FAB_NORMS)
+        (max_rows,) = check_counts("fab", max_rows=max_rows)
     if not 0 <= alpha_max <= 1 or not eta > 0 or not 0 < beta <= 1:
         raise ValueError(f"fab: need 0 <= alpha_max <= 1, eta > 0, 0 < beta <= 1; got {alpha_max}, {eta}, {beta}")
-    x = check_x("fab", x)
-    y = check_y("fab", x, y)
-    check_model_mode("fab", model_mode)
-    generator = check_generator("fab", generator, x)
+    x, y, eps, generator = check_attack("fab", x, y, eps, model_mode, generator, norm=norm, norms=FAB_NORMS)
     if max_rows is None:
         max_rows = max(x.shape[0], 1) if x.device.type == "cpu" else 4096
 

@@ -8,12 +8,8 @@ import torch
 from ._common import (
     LossArg,
     attack_mode,
-    check_eps,
-    check_generator,
-    check_model_mode,
+    check_attack,
     check_values,
-    check_x,
-    check_y,
     input_gradient,
     sign_for,
     summed_loss,
@@ -47,11 +43,7 @@ def fgsm(
     unused (FGSM draws nothing) and accepted so every attack takes the same keywords.
     Each sample's step is its own: the loss is summed over the batch, not averaged.
     Returns x_hat detached, with x's dtype and shape."""
-    eps = check_eps("fgsm", eps)
-    x = check_x("fgsm", x)
-    y = check_y("fgsm", x, y)
-    check_model_mode("fgsm", model_mode)
-    check_generator("fgsm", generator, x)
+    x, y, eps, _ = check_attack("fgsm", x, y, eps, model_mode, generator)
     sign = sign_for(targeted)
     with attack_mode(model, model_mode):
         return fgsm_step(model, x, y, eps, loss, sign, check=lambda logits: check_values("fgsm", x, logits, y))

@@ -11,12 +11,9 @@ from ._common import (
     GeneratorArg,
     LossArg,
     attack_mode,
+    check_attack,
     check_eps,
-    check_generator,
-    check_model_mode,
     check_values,
-    check_x,
-    check_y,
     draw,
     sign_for,
 )
@@ -52,12 +49,8 @@ def fgsm_rs(
     (a torch.Generator on x's device, or a list of one per sample: then each sample's
     start is its own, independent of the batch). Returns x_hat detached, x's dtype
     and shape."""
-    eps = check_eps("fgsm_rs", eps)
+    x, y, eps, generator = check_attack("fgsm_rs", x, y, eps, model_mode, generator)
     alpha = fgsm_rs_default_alpha(eps) if alpha is None else check_eps("fgsm_rs", alpha, "alpha")
-    x = check_x("fgsm_rs", x)
-    y = check_y("fgsm_rs", x, y)
-    check_model_mode("fgsm_rs", model_mode)
-    generator = check_generator("fgsm_rs", generator, x)
     sign = sign_for(targeted)
     x_start = fgsm_rs_start(x, eps, generator)
     with attack_mode(model, model_mode):

@@ -15,19 +15,14 @@ import torch
 
 from .. import ops
 from ._common import (
-    NORMS,
     GeneratorArg,
     LossArg,
     attack_mode,
     batch_shape,
-    check_choice,
+    check_attack,
+    check_counts,
     check_eps,
-    check_generator,
-    check_model_mode,
-    check_steps,
     check_values,
-    check_x,
-    check_y,
     draw,
     input_gradient,
     sign_for,
@@ -77,14 +72,9 @@ def pgd(
     callable(logits, y). targeted=True reads y as target classes. generator: a
     torch.Generator, or a list of one per sample (each sample's start its own).
     Returns x_hat detached, x's dtype and shape; no host sync inside the loop."""
-    eps = check_eps("pgd", eps)
-    steps = check_steps("pgd", steps)
+    x, y, eps, generator = check_attack("pgd", x, y, eps, model_mode, generator, norm=norm)
+    (steps,) = check_counts("pgd", steps=steps)
     alpha = pgd_default_alpha(eps, steps) if alpha is None else check_eps("pgd", alpha, "alpha")
-    check_choice("pgd", "norm", norm, NORMS)
-    x = check_x("pgd", x)
-    y = check_y("pgd", x, y)
-    check_model_mode("pgd", model_mode)
-    generator = check_generator("pgd", generator, x)
     sign = sign_for(targeted)
     if eps == 0:
         # The eps-ball is the point x (and the L2 projection would divide 0 by 0).

@@ -27,15 +27,10 @@ import math
 import torch
 
 from ._common import (
-    NORMS,
     GeneratorArg,
     attack_mode,
-    check_eps,
-    check_generator,
-    check_model_mode,
-    check_steps,
-    check_x,
-    check_y,
+    check_attack,
+    check_counts,
     is_binary,
     validate,
 )
@@ -64,18 +59,12 @@ def square(
     n_queries (the authors' SquareAttack default; AutoAttack turns it off).
     Returns x_hat detached, x's dtype and shape: the first misclassified point
     found, else the lowest-margin one."""
-    eps = check_eps("square", eps)
-    n_queries = check_steps("square", n_queries, "n_queries")
-    if norm not in NORMS:
-        raise ValueError(f"square: norm must be one of {NORMS}, got {norm!r}")
+    (n_queries,) = check_counts("square", n_queries=n_queries)
     if not 0 < p_init <= 1:
         raise ValueError(f"square: p_init must lie in (0, 1], got {p_init}")
-    x = check_x("square", x)
+    x, y, eps, generator = check_attack("square", x, y, eps, model_mode, generator, norm=norm)
     if x.dim() != 4:
         raise ValueError(f"square: x must be images [N, C, H, W], got shape {tuple(x.shape)}")
-    y = check_y("square", x, y)
-    check_model_mode("square", model_mode)
-    generator = check_generator("square", generator, x)
     if compact_every == 0:
         compact_every = 1 if x.device.type == "cpu" else 20
 

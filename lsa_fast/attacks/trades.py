@@ -13,11 +13,9 @@ from ._common import (
     GeneratorArg,
     as_multiclass,
     attack_mode,
+    check_attack,
+    check_counts,
     check_eps,
-    check_generator,
-    check_model_mode,
-    check_steps,
-    check_x,
     draw,
     input_gradient,
     validate,
@@ -64,12 +62,9 @@ def trades_perturb(
     summed over the batch, so each sample's gradient is its own; generator: a
     torch.Generator, or a list of one per sample (each sample's start its own).
     Returns x' detached, x's dtype and shape."""
-    eps = check_eps("trades_perturb", eps)
-    steps = check_steps("trades_perturb", steps)
+    x, _, eps, generator = check_attack("trades_perturb", x, None, eps, model_mode, generator, labels=False)
+    (steps,) = check_counts("trades_perturb", steps=steps)
     alpha = pgd_default_alpha(eps, steps) if alpha is None else check_eps("trades_perturb", alpha, "alpha")
-    x = check_x("trades_perturb", x)
-    check_model_mode("trades_perturb", model_mode)
-    generator = check_generator("trades_perturb", generator, x)
     with attack_mode(model, model_mode):
         clean_logits = validate("trades_perturb", model, x)
         if eps == 0:

@@ -32,6 +32,7 @@ from ..model_fit import check_model_fits, check_model_name, load_weights
 from ..models import build_model, model_dataset, parse_model_options, recorded_model_options
 from ..report import atomic_write_text
 from ..devices import parse_device
+from ..distributed import setup_distributed, teardown_distributed
 from ._outputs import check_output_dir
 from .arguments import comma_items
 
@@ -125,11 +126,12 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit must be >= 1, got {args.limit}")
 
-    distributed, owned = _init_distributed()
+    owned = not (torch.distributed.is_available() and torch.distributed.is_initialized())
+    rank, world_size, device = setup_distributed(args.device)
+    distributed = world_size > 1
     try:
-        device = _device(args.device, distributed)
         model.to(device)
-        data = _load(args, dataset, config, distributed)
+        data = _load(args, dataset, config, rank)
         sampler = ShardSampler(len(data)) if distributed else None
         loader = make_loader(data, args.batch_size, sampler=sampler)
         torch.manual_seed(args.seed)
@@ -138,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
             report = analyze(model, loader, perturbations, eta=args.eta, select=select, device=device,
                              progress=not args.no_progress, eta_sweep=eta_sweep, dataset=dataset,
                              model_name=model_name, moons_units=units)
-        if distributed and torch.distributed.get_rank() != 0:
+        if rank != 0:
             return 0
         collapsed = collapse_warning(report.clean_accuracy, data.tensors[1], f"clean {args.split}")
         for text in ([collapsed] if collapsed else []) + [str(warning.message) for warning in caught]:
@@ -147,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
         return _write(report, args.out)
     finally:
         if owned:
-            torch.distributed.destroy_process_group()
+            teardown_distributed(finished=sys.exc_info()[0] is None)
 
 
 # ---------------------------------------------------------------------------- helpers
@@ -198,7 +200,7 @@ def _read_checkpoint(path: str, weights: str = "final"):
     return state, config
 
 
-def _load(args, dataset: str, config: dict, distributed: bool):
+def _load(args, dataset: str, config: dict, rank: int):
     """The split to analyse, as the checkpoint's run recorded it (lsa_fast.run_data):
     files from --data, $LSA_FAST_DATA or where the run read them, checked against the
     run's fingerprint of that split."""
@@ -224,7 +226,7 @@ def _load(args, dataset: str, config: dict, distributed: bool):
     if args.limit is not None and len(data) > args.limit:
         data = TensorDataset(*(tensor[: args.limit] for tensor in data.tensors))
     where = "the run's data" if isinstance(recorded_options, dict) else "no data recorded with the weights: defaults"
-    if not distributed or torch.distributed.get_rank() == 0:
+    if rank == 0:
         shown = {**options, "data_dir": str(source.resolve())} if source else options
         print(f"lsa-fast analyze: {describe(dataset, shown, args.split, len(data))} [{where}]",
               file=sys.stderr, flush=True)
@@ -264,27 +266,3 @@ def _floats(option: str, text: str):
         return [float(part) for part in items]
     except ValueError:
         raise ValueError(f"{option}: expected comma-separated numbers, got {text!r}") from None
-
-
-def _device(name, distributed: bool) -> torch.device:
-    device = parse_device(name)
-    if device.type == "cuda":
-        if distributed and device.index is None:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-        if device.index is not None:  # plain "cuda" keeps torch's current device
-            torch.cuda.set_device(device)
-    return device
-
-
-def _init_distributed():
-    """(distributed, owned): distributed under torchrun with more than one process or
-    inside an initialised process group; owned when this command started the group
-    (and so ends it)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_world_size() > 1, False
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return False, False
-    dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return True, True

@@ -127,7 +127,7 @@ def run(args: argparse.Namespace, chosen: AutoAttackOptions, device: torch.devic
         return 0
     finally:
         if world > 1:
-            teardown_distributed()
+            teardown_distributed(finished=sys.exc_info()[0] is None)
 
 
 def _is_autoattack(name: str) -> bool:

@@ -196,7 +196,7 @@ def run(args) -> int:
             _on_rank0(rank, world_size, lambda: _claim(held, args, out_dir, rank))
             return _train(args, rank, world_size, device, out_dir, config)
     finally:
-        teardown_distributed()
+        teardown_distributed(finished=sys.exc_info()[0] is None)
 
 
 def _train(args, rank: int, world_size: int, device: torch.device, out_dir: Path, config) -> int:

@@ -26,18 +26,23 @@ figures rg_scores.png (Fig. 6) and cm_layers.png (Fig. 5). On the CPU, `workers`
 processes train runs side by side, each on one thread (the results do not depend on
 the number of workers).
 
-Modules, each importing only those before it: robustness (the AutoAttack column and the
-final / best-robust weight columns), settings (what is run), paired (the
-paired t statistics), claims (report.json's summary and the verdicts), markdown
-(report.md), figures, running (training, evaluating and analysing every run, writing
-the files). The paper's published tables are lsa_fast.paper (evaluation reads their
-eps grids too).
+Modules, each importing only those before it: records (the typed records the others
+pass: a run, a paired interval and its verdict, a claim's statement, the claims, a
+row's summary, the report; made from and turned into JSON only where a file is read or
+written), robustness (the AutoAttack column and the final / best-robust weight
+columns), settings (what is run), paired (the paired t statistics), claims
+(report.json's summary and the verdicts), markdown (report.md), figures, running
+(training, evaluating and analysing every run, writing the files). The paper's
+published tables are lsa_fast.paper (evaluation reads their eps grids too).
 """
 from .claims import REPORT_FORMAT, paper_claims, summarise
 from .figures import plot_cm_layers, plot_rg_scores
 from .markdown import to_markdown
+from .records import Claims, ColumnSummary, CurveSummary, PairedDifference, Report, RowSummary, RunRecord, Statement
 from .running import run_reproduce, run_variant
 from .settings import EVAL_ATTACKS, ReproduceSettings, Variant, apply_overrides, variants
 
 __all__ = ["ReproduceSettings", "Variant", "variants", "run_reproduce", "run_variant", "summarise", "paper_claims",
-           "to_markdown", "plot_rg_scores", "plot_cm_layers", "apply_overrides", "REPORT_FORMAT", "EVAL_ATTACKS"]
+           "to_markdown", "plot_rg_scores", "plot_cm_layers", "apply_overrides", "REPORT_FORMAT", "EVAL_ATTACKS",
+           "RunRecord", "RowSummary", "ColumnSummary", "CurveSummary", "Report", "Claims", "PairedDifference",
+           "Statement"]

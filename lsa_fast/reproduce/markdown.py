@@ -2,48 +2,49 @@
 differences, the sweep, the claims' verdicts, the layers' CM and the per-seed numbers."""
 from __future__ import annotations
 
-from typing import Dict, Optional
+from typing import Optional
 
 from ..evaluation import EvaluationTable
 from .paired import interval_text
+from .records import Report
 
 __all__ = ["to_markdown", "main_table", "claims_summary", "duration"]
 
 
-def to_markdown(summary: Dict) -> str:
-    settings = summary["settings"]
-    seeds = summary["seeds"]
-    smoke = "SMOKE RUN (--quick: tiny sizes, the numbers mean nothing): " if summary.get("smoke") else ""
-    table_rows = [name for name, row in summary["rows"].items() if not row["sweep"]]
+def to_markdown(report: Report) -> str:
+    settings = report.settings
+    seeds = report.seeds
+    smoke = "SMOKE RUN (--quick: tiny sizes, the numbers mean nothing): " if report.smoke else ""
+    table_rows = [name for name, row in report.rows.items() if not row.sweep]
     lines = [
-        f"# {smoke}Reproduction of {summary['paper_source']} ({summary['dataset']})",
+        f"# {smoke}Reproduction of {report.paper_source} ({report.dataset})",
         "",
-        f"{len(table_rows)} table rows and {len(summary['rows']) - len(table_rows)} sweep rows x {len(seeds)} seed(s) "
-        f"({', '.join(map(str, seeds))}), every run trained from scratch; device {summary.get('device', '?')}, "
-        f"{summary.get('workers', 1)} worker(s); {duration(summary.get('seconds', 0.0))}.",
+        f"{len(table_rows)} table rows and {len(report.rows) - len(table_rows)} sweep rows x {len(seeds)} seed(s) "
+        f"({', '.join(map(str, seeds))}), every run trained from scratch; device {report.device or '?'}, "
+        f"{report.workers or 1} worker(s); {duration(report.seconds or 0.0)}.",
         "",
         "## What holds",
         "",
-        claims_summary(summary),
+        claims_summary(report),
         "",
         "## Settings (one for every row, no per-row tuning; fixed before any run)",
         "",
-        f"Saved in settings.json before the first run started ({summary.get('settings_written_at', '?')}).",
+        f"Saved in settings.json before the first run started ({report.settings_written_at or '?'}).",
         "",
         "| setting | value |",
         "|---|---|",
     ]
     lines += [f"| {key} | {value} |" for key, value in settings.items()]
-    lines += ["", _units_note(summary), ""]
-    for attack in summary["eval_attacks"]:
-        lines += [main_table(summary, attack), ""]
-    lines += [_differences_section(summary), "", _sweep_section(summary), "", _gradient_paths_section(summary), "",
-              _best_section(summary), "",
-              _cm_section(summary), "", _collapse_section(summary), "", _mvl_section(summary), "",
-              _best_epochs_section(summary), "",
-              _per_seed_section(summary), "",
-              f"## The paper's table ({summary['paper_source']})", "",
-              EvaluationTable.from_dict(summary["paper"]).to_markdown(), "",
+    lines += ["", _units_note(report), ""]
+    for attack in report.eval_attacks:
+        lines += [main_table(report, attack), ""]
+    lines += [_differences_section(report), "", _sweep_section(report), "", _gradient_paths_section(report), "",
+              _best_section(report), "",
+              _cm_section(report), "", _collapse_section(report), "", _mvl_section(report), "",
+              _best_epochs_section(report), "",
+              _per_seed_section(report), "",
+              f"## The paper's table ({report.paper_source})", "",
+              EvaluationTable.from_dict(report.paper).to_markdown(), "",
               "## Figures", "",
               "- rg_scores.png: R&G per table row under each evaluation attack (mean ± std over seeds) beside the "
               "paper's FGSM R&G (like its Fig. 6).",
@@ -53,71 +54,71 @@ def to_markdown(summary: Dict) -> str:
     return "\n".join(lines)
 
 
-def claims_summary(summary: Dict) -> str:
+def claims_summary(report: Report) -> str:
     """The paper's claims, one line each: the paper's support, ours, and whether it holds."""
-    claims = summary["claims"]
-    lines = [f"Rule: {claims['rule']}.", ""]
-    lines += [f"- **{item['claim']}**: paper {item['paper']}; here {item['ours']}. Holds: **{item['holds']}**."
-              for item in claims["statements"]]
+    claims = report.claims
+    lines = [f"Rule: {claims.rule}.", ""]
+    lines += [f"- **{item.claim}**: paper {item.paper}; here {item.ours}. Holds: **{item.holds}**."
+              for item in claims.statements]
     return "\n".join(lines)
 
 
-def main_table(summary: Dict, attack: str) -> str:
-    eps = summary.get("eval_grids", {}).get(attack, summary["eps_grid"])
-    n = len(summary["seeds"])
+def main_table(report: Report, attack: str) -> str:
+    eps = report.grid(attack)
+    n = len(report.seeds)
     spread = "mean ± sample std over" if n > 1 else "one run,"
     paper = attack == "fgsm"
-    title = summary["eval_attacks"][attack]
+    title = report.eval_attacks[attack]
     single = len(eps) == 1  # one eps (AutoAttack): its accuracy, no R&G
     what = f"robust accuracy (%) at eps {eps[0]:g}" if single else "accuracy (%) per eps and R&G score"
     lines = [
         f"## {title} {what}: ours ({spread} {n} seed{'s' if n > 1 else ''})"
-        + (f", the paper's in parentheses ({summary['paper_source']})" if paper else " (not in the paper)"),
+        + (f", the paper's in parentheses ({report.paper_source})" if paper else " (not in the paper)"),
         "",
         "| Training | " + " | ".join(f"{e:g}" for e in eps) + ("" if single else " | R&G") + " |"
         + (" R&G - paper |" if paper else ""),
         "|---|" + "---:|" * (len(eps) + (0 if single else 1) + (1 if paper else 0)),
     ]
-    for name, row in summary["rows"].items():
-        if row["sweep"]:
+    for name, row in report.rows.items():
+        if row.sweep:
             continue
-        result = row["evaluation"][attack]
-        reference = row["paper"] if paper else None
+        result = row.evaluation[attack]
+        reference = row.paper if paper else None
         if single:
-            lines.append(f"| {name} | {_pm(result['mean'][0], result['std'][0])} |")
+            lines.append(f"| {name} | {_pm(result.mean[0], result.std[0])} |")
             continue
         if reference:
-            cells = [_cell(m, s, p) for m, s, p in zip(result["mean"], result["std"], reference["accuracies"])]
-            cells.append(_cell(result["rg_mean"], result["rg_std"], reference["rg"]))
-            cells.append(f"{result['rg_mean'] - reference['rg']:+.2f}")
+            cells = [_cell(m, s, p) for m, s, p in zip(result.mean, result.std, reference["accuracies"])]
+            cells.append(_cell(result.rg_mean, result.rg_std, reference["rg"]))
+            cells.append(f"{result.rg_mean - reference['rg']:+.2f}")
         else:
-            cells = [_pm(m, s) for m, s in zip(result["mean"], result["std"])] + [_pm(result["rg_mean"], result["rg_std"])]
+            cells = [_pm(m, s) for m, s in zip(result.mean, result.std)] + [_pm(result.rg_mean, result.rg_std)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _differences_section(summary: Dict) -> str:
-    claims = summary["claims"]
-    attacks = list(summary["eval_attacks"])
+def _differences_section(report: Report) -> str:
+    claims = report.claims
+    attacks = list(report.eval_attacks)
     lines = ["## LR row minus its base: R&G difference per seed pair, mean [95% interval] and verdict", "",
-             f"Rule: {claims['rule']}.", "",
-             "| LR row | base | " + " | ".join(f"{summary['eval_attacks'][a]}: difference | verdict" for a in attacks)
+             f"Rule: {claims.rule}.", "",
+             "| LR row | base | " + " | ".join(f"{report.eval_attacks[a]}: difference | verdict" for a in attacks)
              + " | paper (FGSM) |", "|---|---|" + "---:|---|" * len(attacks) + "---:|"]
-    for item in claims["lr_vs_base"]:
+    for item in claims.lr_vs_base:
         if item["sweep"]:
             continue
-        cells = [f"{interval_text(item[a])} | {item[a]['verdict']}" for a in attacks]
+        cells = [f"{interval_text(item[a])} | {item[a].verdict}" for a in attacks]
         paper = "-" if item["paper_difference"] is None else f"{item['paper_difference']:+.2f}"
         lines.append(f"| {item['row']} | {item['base_row']} | " + " | ".join(cells) + f" | {paper} |")
     return "\n".join(lines)
 
 
-def _sweep_section(summary: Dict) -> str:
-    claims = summary["claims"]
-    settings = summary["settings"]
-    attacks = list(summary["eval_attacks"])
+def _sweep_section(report: Report) -> str:
+    claims = report.claims
+    settings = report.settings
+    attacks = list(report.eval_attacks)
     sweep_bases = set(settings.get("sweep_bases") or ())
-    items = [item for item in claims["lr_vs_base"] if item["base"] in sweep_bases
+    items = [item for item in claims.lr_vs_base if item["base"] in sweep_bases
              and item["layer"] == settings.get("sweep_layer")]
     if not items or not any(item["sweep"] for item in items):
         return "## Sweep\n\nNo sweep in these settings."
@@ -125,137 +126,137 @@ def _sweep_section(summary: Dict) -> str:
              f"mean [95% interval]", "",
              "lr_grad: both = the paper's equation (gradient through phi(x) and phi(x_hat)); adversarial = the clean "
              "features detached; numerator = the denominator ||phi(x)|| detached. collapsed: runs (of "
-             f"{len(summary['seeds'])}) whose model predicts one class for every test point.", "",
-             "| base | gamma | lr_grad | " + " | ".join(f"{summary['eval_attacks'][a]} | verdict" for a in attacks)
+             f"{len(report.seeds)}) whose model predicts one class for every test point.", "",
+             "| base | gamma | lr_grad | " + " | ".join(f"{report.eval_attacks[a]} | verdict" for a in attacks)
              + " | collapsed |", "|---|---:|---|" + "---:|---|" * len(attacks) + "---:|"]
     order = {mode: i for i, mode in enumerate(settings.get("sweep_lr_grads") or ())}
     for item in sorted(items, key=lambda i: (i["base_row"], i["gamma"], order.get(i["lr_grad"], 9))):
-        cells = [f"{interval_text(item[a])} | {item[a]['verdict']}" for a in attacks]
+        cells = [f"{interval_text(item[a])} | {item[a].verdict}" for a in attacks]
         lines.append(f"| {item['base_row']} | {item['gamma']:g} | {item['lr_grad']} | " + " | ".join(cells)
                      + f" | {item['collapsed']} |")
     return "\n".join(lines)
 
 
-def _gradient_paths_section(summary: Dict) -> str:
-    items = summary["claims"].get("lr_grad_vs_table") or []
+def _gradient_paths_section(report: Report) -> str:
+    items = report.claims.lr_grad_vs_table or []
     if not items:
         return "## Gradient paths compared\n\nNo sweep of the gradient paths in these settings."
-    attacks = list(summary["eval_attacks"])
+    attacks = list(report.eval_attacks)
     against = items[0]["against"]
     lines = [f"## Gradient paths compared: each lr_grad minus lr_grad {against} (the same base, layer, gamma and "
              f"seed), R&G, mean [95% interval]", "",
-             "| base | layer | gamma | lr_grad | " + " | ".join(f"{summary['eval_attacks'][a]} | verdict" for a in attacks)
+             "| base | layer | gamma | lr_grad | " + " | ".join(f"{report.eval_attacks[a]} | verdict" for a in attacks)
              + " |", "|---|---|---:|---|" + "---:|---|" * len(attacks)]
     for item in sorted(items, key=lambda i: (i["base_row"], i["gamma"], i["lr_grad"])):
-        cells = [f"{interval_text(item[a])} | {item[a]['verdict']}" for a in attacks]
+        cells = [f"{interval_text(item[a])} | {item[a].verdict}" for a in attacks]
         lines.append(f"| {item['base_row']} | L{item['layer']} | {item['gamma']:g} | {item['lr_grad']} | "
                      + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _best_section(summary: Dict) -> str:
-    claims = summary["claims"]
+def _best_section(report: Report) -> str:
+    claims = report.claims
     lines = ["## The best LR layer of each base, and the paper's best layer", "",
              "| base | attack | best LR row here | difference to the base [95%] | verdict |", "|---|---|---|---:|---|"]
-    for item in claims["best_lr_beats_base"]:
-        lines.append(f"| {item['base_row']} | {summary['eval_attacks'][item['attack']]} | {item['row']} | "
-                     f"{interval_text(item['difference'])} | {item['difference']['verdict']} |")
-    if claims["best_layer"]:
+    for item in claims.best_lr_beats_base:
+        lines.append(f"| {item['base_row']} | {report.eval_attacks[item['attack']]} | {item['row']} | "
+                     f"{interval_text(item['difference'])} | {item['difference'].verdict} |")
+    if claims.best_layer:
         lines += ["", "| base | paper's best | attack | best here | margin of the paper's best over the best other "
                       "[95%] |", "|---|---|---|---|---|"]
-        for item in claims["best_layer"]:
-            for attack in summary["eval_attacks"]:
+        for item in claims.best_layer:
+            for attack in report.eval_attacks:
                 ours = item[attack]
-                lines.append(f"| {item['base_row']} | {item['paper_best']} | {summary['eval_attacks'][attack]} | "
+                lines.append(f"| {item['base_row']} | {item['paper_best']} | {report.eval_attacks[attack]} | "
                              f"{ours['our_best']} | {interval_text(ours['margin'])} vs {ours['runner_up']}: "
-                             f"{ours['margin']['verdict']} |")
+                             f"{ours['margin'].verdict} |")
     return "\n".join(lines)
 
 
-def _cm_section(summary: Dict) -> str:
-    claims = summary["claims"]
+def _cm_section(report: Report) -> str:
+    claims = report.claims
     lines = ["## The regulariser and the CM of its layer (mean relative error of layer k)", "",
              "| LR row | layer | attack | CM of the base | CM of the LR row | change [95%] | verdict |",
              "|---|---|---|---:|---:|---:|---|"]
-    for item in claims["cm_falls"]:
+    for item in claims.cm_falls:
         change = item["change"]
-        interval = (f"{change['mean']:+.4f}" if change["low"] is None
-                    else f"{change['mean']:+.4f} [{change['low']:+.4f}, {change['high']:+.4f}]")
+        interval = (f"{change.mean:+.4f}" if change.low is None
+                    else f"{change.mean:+.4f} [{change.low:+.4f}, {change.high:+.4f}]")
         lines.append(f"| {item['row']} | L{item['layer']} | {item['attack'].upper()} | {item['base_cm']:.4f} | "
-                     f"{item['lr_cm']:.4f} | {interval} | {change['verdict']} |")
+                     f"{item['lr_cm']:.4f} | {interval} | {change.verdict} |")
     lines += ["", "Why the CM moved, layer k under FGSM: ratio LR row / base (mean over seeds) of the clean output "
               "norm ||phi_k(x)|| (CM's denominator) and of the change ||phi_k(x) - phi_k(x_hat)|| (its numerator). "
               "A CM that falls through a larger denominator means a larger clean output, not a steadier layer.", "",
               "| LR row | layer | clean norm ratio | change norm ratio |", "|---|---|---:|---:|"]
-    for item in claims["cm_parts"]:
+    for item in claims.cm_parts:
         ratios = ["-" if r is None else f"{r:.3g}" for r in (item["clean_norm_ratio"], item["difference_norm_ratio"])]
         lines.append(f"| {item['row']} | L{item['layer']} | {ratios[0]} | {ratios[1]} |")
     return "\n".join(lines)
 
 
-def _collapse_section(summary: Dict) -> str:
-    collapsed = {name: sum(row["collapsed"]) for name, row in summary["rows"].items() if any(row["collapsed"])}
+def _collapse_section(report: Report) -> str:
+    collapsed = {name: sum(row.collapsed) for name, row in report.rows.items() if any(row.collapsed)}
     lines = ["## Collapsed runs (a constant classifier: one class for every test point)", ""]
     if not collapsed:
         return "\n".join(lines + ["None."])
     lines += ["| row | collapsed runs |", "|---|---:|"]
-    lines += [f"| {name} | {count} of {len(summary['seeds'])} |" for name, count in collapsed.items()]
+    lines += [f"| {name} | {count} of {len(report.seeds)} |" for name, count in collapsed.items()]
     return "\n".join(lines)
 
 
-def _mvl_section(summary: Dict) -> str:
-    eta = summary["settings"]["eta"]
+def _mvl_section(report: Report) -> str:
+    eta = report.settings["eta"]
     lines = [f"## LSA of each trained model: most vulnerable layers (FGSM and PGD pooled, eta = {eta:g}), per seed", "",
-             "| Training | " + " | ".join(f"seed {s}" for s in summary["seeds"]) + " |",
-             "|---|" + "---|" * len(summary["seeds"])]
-    for name, row in summary["rows"].items():
-        if not row["sweep"]:
-            lines.append(f"| {name} | " + " | ".join("[" + ", ".join(f"L{l}" for l in mvl) + "]" for mvl in row["mvl"])
+             "| Training | " + " | ".join(f"seed {s}" for s in report.seeds) + " |",
+             "|---|" + "---|" * len(report.seeds)]
+    for name, row in report.rows.items():
+        if not row.sweep:
+            lines.append(f"| {name} | " + " | ".join("[" + ", ".join(f"L{l}" for l in mvl) + "]" for mvl in row.mvl)
                          + " |")
     return "\n".join(lines)
 
 
-def _best_epochs_section(summary: Dict) -> str:
+def _best_epochs_section(report: Report) -> str:
     """Which epoch's weights the '(best-robust weights)' columns hold, per seed."""
-    rows = {name: row for name, row in summary["rows"].items() if any(e is not None for e in row.get("best_epoch", []))}
+    rows = {name: row for name, row in report.rows.items() if any(e is not None for e in row.best_epoch or [])}
     if not rows:
         return ""
-    size = summary["settings"].get("val_size")
+    size = report.settings.get("val_size")
     lines = [f"## Best-robust weights: the epoch with the highest PGD-10 accuracy on the {size} held-out training "
              f"samples (validation), per seed: epoch (validation robust accuracy %)", "",
-             "| Training | " + " | ".join(f"seed {s}" for s in summary["seeds"]) + " |",
-             "|---|" + "---|" * len(summary["seeds"])]
+             "| Training | " + " | ".join(f"seed {s}" for s in report.seeds) + " |",
+             "|---|" + "---|" * len(report.seeds)]
     for name, row in rows.items():
-        cells = [f"{e} ({v:.2f})" if e is not None else "-" for e, v in zip(row["best_epoch"], row["best_val_robust_acc"])]
+        cells = [f"{e} ({v:.2f})" if e is not None else "-" for e, v in zip(row.best_epoch, row.best_val_robust_acc)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def _per_seed_section(summary: Dict) -> str:
+def _per_seed_section(report: Report) -> str:
     lines = []
-    for attack, title in summary["eval_attacks"].items():
-        single = len(summary.get("eval_grids", {}).get(attack, summary["eps_grid"])) == 1
+    for attack, title in report.eval_attacks.items():
+        single = len(report.grid(attack)) == 1
         lines += [f"## {'Accuracy (%)' if single else 'R&G score'} per seed under {title}", "",
-                  "| Training | " + " | ".join(f"seed {s}" for s in summary["seeds"]) + " |",
-                  "|---|" + "---:|" * len(summary["seeds"])]
-        for name, row in summary["rows"].items():
-            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row["evaluation"][attack]["rg"]) + " |")
+                  "| Training | " + " | ".join(f"seed {s}" for s in report.seeds) + " |",
+                  "|---|" + "---:|" * len(report.seeds)]
+        for name, row in report.rows.items():
+            lines.append(f"| {name} | " + " | ".join(f"{v:.2f}" for v in row.evaluation[attack].rg) + " |")
         lines.append("")
     return "\n".join(lines).rstrip()
 
 
-def _units_note(summary: Dict) -> str:
-    settings = summary["settings"]
-    train = summary["train_eps"]
+def _units_note(report: Report) -> str:
+    settings = report.settings
+    train = report.train_eps
     names = "; ".join(f"model {model}: " + ", ".join(f"L{i} = {name}" for i, name in enumerate(names))
-                      for model, names in summary["layer_names"].items())
-    text = (f"Units: {summary['units']}. Training eps {train['dataset_units']:g} (= {train['input_units']:g} in the "
-            f"models' [0, 1] input units); eps grid {', '.join(f'{e:g}' for e in summary['eps_grid'])}. ")
-    if summary["dataset"] == "moons":
+                      for model, names in report.layer_names.items())
+    text = (f"Units: {report.units}. Training eps {train['dataset_units']:g} (= {train['input_units']:g} in the "
+            f"models' [0, 1] input units); eps grid {', '.join(f'{e:g}' for e in report.eps_grid)}. ")
+    if report.dataset == "moons":
         text += (f"Moons: {settings['n_train']} training and {settings['n_test']} test points drawn with the seed of "
                  f"each run, noise {settings['noise']:g}. ")
     text += (f"Probes: {settings['probes']} (LR-Lk regularises layer k of: {names}). Evaluation: "
-             + "; ".join(summary["eval_attacks"].values()) + ".")
+             + "; ".join(report.eval_attacks.values()) + ".")
     return text
 
 

@@ -13,12 +13,14 @@ inverted by bisection), so the package needs no SciPy; the tests compare it with
 from __future__ import annotations
 
 import math
-from typing import Dict, Optional, Sequence
+from typing import Optional, Sequence
+
+from .records import PairedDifference
 
 __all__ = ["paired_difference", "t_quantile", "t_cdf", "mean_std", "interval_text"]
 
 
-def paired_difference(variant: Sequence[float], base: Sequence[float], confidence: float = 0.95) -> Dict:
+def paired_difference(variant: Sequence[float], base: Sequence[float], confidence: float = 0.95) -> PairedDifference:
     """variant[i] - base[i] over seeds: mean, std (n - 1), n, the t interval (low, high,
     half_width; None for one seed), the differences and the verdict ("higher", "lower",
     "no difference detected", "undecided (1 seed)")."""
@@ -36,8 +38,8 @@ def paired_difference(variant: Sequence[float], base: Sequence[float], confidenc
     if std is not None:
         half = t_quantile((1 + confidence) / 2, n - 1) * std / math.sqrt(n)
         low, high = mean - half, mean + half
-    return {"mean": mean, "std": std, "n": n, "confidence": confidence, "low": low, "high": high,
-            "half_width": half, "differences": differences, "verdict": _verdict(mean, low, high)}
+    return PairedDifference(mean=mean, std=std, n=n, confidence=confidence, low=low, high=high, half_width=half,
+                            differences=differences, verdict=_verdict(mean, low, high))
 
 
 def mean_std(values: Sequence[float]):
@@ -83,11 +85,11 @@ def t_quantile(p: float, df: float) -> float:
     return (low + high) / 2
 
 
-def interval_text(item: Dict) -> str:
+def interval_text(item: PairedDifference) -> str:
     """'+1.23 [+0.45, +2.01]' of a paired_difference result (its mean alone for one seed)."""
-    if item["low"] is None:
-        return f"{item['mean']:+.2f}"
-    return f"{item['mean']:+.2f} [{item['low']:+.2f}, {item['high']:+.2f}]"
+    if item.low is None:
+        return f"{item.mean:+.2f}"
+    return f"{item.mean:+.2f} [{item.low:+.2f}, {item.high:+.2f}]"
 
 
 def _verdict(mean: float, low: Optional[float], high: Optional[float]) -> str:

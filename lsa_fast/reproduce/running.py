@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
 import datetime
 import json
 import multiprocessing
@@ -33,6 +34,7 @@ from ..validation import split_validation
 from .claims import REPORT_FORMAT, summarise
 from .figures import plot_cm_layers, plot_rg_scores
 from .markdown import claims_summary, duration, main_table, to_markdown
+from .records import Report, RunRecord
 from .robustness import AUTOATTACK, autoattack_accuracy, column_key, weight_sets
 from .settings import EVAL_ATTACKS, ReproduceSettings, Variant, variants
 
@@ -45,9 +47,9 @@ REPORT_FILES = (SETTINGS_FILE, REPORT_JSON, REPORT_MD, RUNS_FILE) + FIGURE_FILES
 
 
 def run_reproduce(dataset: str, out_dir="runs/reproduce", settings: Optional[ReproduceSettings] = None,
-                  data_dir=None, device=None, progress: bool = True, log=print, workers: int = 1) -> Dict:
+                  data_dir=None, device=None, progress: bool = True, log=print, workers: int = 1) -> Report:
     """Train, evaluate and analyse every row of the paper's table (and the sweep) for
-    every seed, then write the report directory; returns what report.json holds.
+    every seed, then write the report directory; returns the Report that report.json holds.
     workers > 1: that many processes side by side (CPU, Moons only), one thread each."""
     small_model = str(dataset).strip().lower() == "moons"  # model A: one CPU thread is faster
     with torch_threads(1, device or "cpu") if small_model else contextlib.nullcontext():
@@ -55,7 +57,7 @@ def run_reproduce(dataset: str, out_dir="runs/reproduce", settings: Optional[Rep
 
 
 def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings], data_dir, device,
-                   progress: bool, log, workers: int) -> Dict:
+                   progress: bool, log, workers: int) -> Report:
     table = paper_table(dataset)
     settings = settings or ReproduceSettings.defaults(table.dataset)
     if settings.dataset != table.dataset:
@@ -91,29 +93,28 @@ def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings],
     atomic_write_text(runs_path, "")
     costs = {(seed, variant.name): _cost(variant, settings) for seed, variant in jobs}
     total_cost = sum(costs.values())
-    runs: List[Dict] = []
+    runs: List[RunRecord] = []
     done_cost = 0.0
+    paper_rg = {row.name: row.rg for row in table.rows}
 
-    def finished(run: Dict) -> None:
+    def finished(run: RunRecord, variant: Variant) -> None:
         nonlocal done_cost
+        run = dataclasses.replace(run, paper_rg=paper_rg.get(variant.paper_row))
         runs.append(run)
         with open(runs_path, "a") as handle:
-            handle.write(json.dumps(run) + "\n")
-        done_cost += costs[(run["seed"], run["row"])]
+            handle.write(json.dumps(run.to_json()) + "\n")
+        done_cost += costs[(run.seed, run.row)]
         elapsed = time.perf_counter() - started
         eta = elapsed / done_cost * (total_cost - done_cost)
-        paper = f" (paper {run['paper_rg']:.2f})" if run.get("paper_rg") is not None else ""
-        warning = "; COLLAPSED to a constant classifier" if run["collapsed"] else ""
-        log(f"[{len(runs)}/{len(jobs)}] seed {run['seed']} {run['row']}: R&G FGSM {run['rg']['fgsm']:.2f}{paper}, "
-            f"PGD-{settings.eval_pgd_steps} {run['rg']['pgd']:.2f}, {run['seconds']:.1f} s{warning}; "
+        paper = f" (paper {run.paper_rg:.2f})" if run.paper_rg is not None else ""
+        warning = "; COLLAPSED to a constant classifier" if run.collapsed else ""
+        log(f"[{len(runs)}/{len(jobs)}] seed {run.seed} {run.row}: R&G FGSM {run.rg['fgsm']:.2f}{paper}, "
+            f"PGD-{settings.eval_pgd_steps} {run.rg['pgd']:.2f}, {run.seconds:.1f} s{warning}; "
             f"elapsed {duration(elapsed)}, ETA {duration(eta)}")
 
-    paper_rg = {row.name: row.rg for row in table.rows}
     if workers == 1:
         for seed, variant in jobs:
-            run = run_variant(table.dataset, variant, seed, settings, str(device), progress, images)
-            run["paper_rg"] = paper_rg.get(variant.paper_row)
-            finished(run)
+            finished(run_variant(table.dataset, variant, seed, settings, str(device), progress, images), variant)
     else:
         # The longest runs first: the pool's last minutes are not one long run alone.
         ordered = sorted(jobs, key=lambda job: -costs[(job[0], job[1].name)])
@@ -123,20 +124,15 @@ def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings],
                 futures = {pool.submit(run_variant, table.dataset, variant, seed, settings, "cpu", False, None): variant
                            for seed, variant in ordered}
                 for future in concurrent.futures.as_completed(futures):
-                    run = future.result()
-                    run["paper_rg"] = paper_rg.get(futures[future].paper_row)
-                    finished(run)
+                    finished(future.result(), futures[future])
             except BaseException:
                 pool.shutdown(wait=False, cancel_futures=True)
                 raise
 
-    summary = summarise(table, settings, runs)
-    summary["device"] = str(device)
-    summary["workers"] = workers
-    summary["settings_written_at"] = written_at
-    summary["seconds"] = round(time.perf_counter() - started, 1)
+    summary = dataclasses.replace(summarise(table, settings, runs), device=str(device), workers=workers,
+                                  settings_written_at=written_at, seconds=round(time.perf_counter() - started, 1))
     markdown = to_markdown(summary)
-    atomic_write_text(out / REPORT_JSON, json.dumps(summary, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(out / REPORT_JSON, json.dumps(summary.to_json(), indent=2, allow_nan=False) + "\n")
     atomic_write_text(out / REPORT_MD, markdown)
     figures = [out / name for name in FIGURE_FILES]
     try:  # after the results are written: a figure that cannot be drawn must not cost them
@@ -150,14 +146,14 @@ def _run_reproduce(dataset: str, out_dir, settings: Optional[ReproduceSettings],
     log(main_table(summary, "fgsm"))
     log("")
     log(claims_summary(summary))
-    log(f"\ndone in {duration(summary['seconds'])}")
+    log(f"\ndone in {duration(summary.seconds)}")
     log(f"report: {out}/report.md, {out}/report.json, {runs_path}"
         + (f"; figures: {', '.join(str(f) for f in figures)}" if figures else ""))
     return summary
 
 
 def run_variant(dataset: str, variant: Variant, seed: int, settings: ReproduceSettings, device: str = "cpu",
-                progress: bool = False, images=None) -> Dict:
+                progress: bool = False, images=None) -> RunRecord:
     """Train `variant` for `seed` from scratch, evaluate it under every EVAL_ATTACKS grid
     and analyse it: one line of runs.jsonl. Moons are drawn here (a worker process
     draws each seed's once); images: (train, test) of an image dataset."""
@@ -168,12 +164,11 @@ def run_variant(dataset: str, variant: Variant, seed: int, settings: ReproduceSe
     else:
         (train_set, test_set), data_options = images[:2], {}
     run = _run_one(table, variant, seed, settings, train_set, test_set, data_options, torch.device(device), progress)
-    run["seconds"] = round(time.perf_counter() - started, 2)
-    return run
+    return dataclasses.replace(run, seconds=round(time.perf_counter() - started, 2))
 
 
 def _run_one(table: PaperTable, variant: Variant, seed: int, settings: ReproduceSettings, train_set, test_set,
-             data_options: Dict, device: torch.device, progress: bool) -> Dict:
+             data_options: Dict, device: torch.device, progress: bool) -> RunRecord:
     dataset = table.dataset
     config = _train_config(table, variant, seed, settings, data_options)
     # The same held-out split for every row of a seed (it is drawn from the seed).
@@ -215,27 +210,27 @@ def _run_one(table: PaperTable, variant: Variant, seed: int, settings: Reproduce
         model.load_state_dict(trainer.epoch_validation.best_weights)
         model.eval()
         accuracies.update(_evaluate(model, table, settings, test_set, test_loader, seed, device, variant.name, "best"))
-    return {
-        "seed": seed,
-        "row": variant.name,
-        "model": variant.model,
-        "training": variant.training,
-        "gamma": variant.gamma,
-        "lr_grad": variant.lr_grad,
-        "accuracies": accuracies,
-        "rg": {attack: float(sum(values)) for attack, values in accuracies.items()},
-        "collapsed": collapsed is not None,
-        "cm": {"fgsm": list(fgsm_result.layer_mean), "pgd": list(pgd_result.layer_mean)},
-        "mvl": report.mvl,
-        "layer_names": report.layer_names,
-        "clean_norm": clean_norm,
-        "difference_norm": difference_norm,
-        "train_accuracy": result.metrics[-1]["train_acc"] if result.metrics else None,
-        "best_epoch": None if best is None else best.epoch,
-        "best_val_robust_acc": None if best is None else best.value,
-        "val_robust_acc": [m.get("val_robust_acc") for m in result.metrics] if settings.val_size else None,
-        "data_options": data_options,
-    }
+    return RunRecord(
+        seed=seed,
+        row=variant.name,
+        model=variant.model,
+        training=variant.training,
+        gamma=variant.gamma,
+        lr_grad=variant.lr_grad,
+        accuracies=accuracies,
+        rg={attack: float(sum(values)) for attack, values in accuracies.items()},
+        collapsed=collapsed is not None,
+        cm={"fgsm": list(fgsm_result.layer_mean), "pgd": list(pgd_result.layer_mean)},
+        mvl=report.mvl,
+        layer_names=report.layer_names,
+        clean_norm=clean_norm,
+        difference_norm=difference_norm,
+        train_accuracy=result.metrics[-1]["train_acc"] if result.metrics else None,
+        best_epoch=None if best is None else best.epoch,
+        best_val_robust_acc=None if best is None else best.value,
+        val_robust_acc=[m.get("val_robust_acc") for m in result.metrics] if settings.val_size else None,
+        data_options=data_options,
+    )
 
 
 def _evaluate(model, table: PaperTable, settings: ReproduceSettings, test_set, test_loader, seed: int,

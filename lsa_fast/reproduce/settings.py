@@ -12,6 +12,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..checks import check_int, check_number
 from ..paper import PaperTable, paper_table, parse_training
+from .records import RowTraining
 from .robustness import check_autoattack_settings
 from ..train_config import LR_GRAD_MODES, PROBE_PRESETS
 
@@ -149,19 +150,14 @@ class ReproduceSettings:
         return {key: list(value) if isinstance(value, tuple) else value for key, value in data.items()}
 
 
-@dataclasses.dataclass(frozen=True)
-class Variant:
-    """One row of the reproduction: a paper row (paper_row: its name in the paper's
-    table) at the settings' gamma and lr_grad, or a sweep row (paper_row None) at its
-    own. base_row: the row it is compared with (its base's), None for Normal and bases."""
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class Variant(RowTraining):
+    """One row of the reproduction (named `name`), what it trains: a paper row
+    (paper_row: its name in the paper's table) at the settings' gamma and lr_grad, or a
+    sweep row (paper_row None) at its own. base_row: the row it is compared with (its
+    base's), None for Normal and bases."""
 
     name: str
-    model: str
-    training: str
-    base: str
-    lr_layer: Optional[int]
-    gamma: Optional[float]
-    lr_grad: Optional[str]
     paper_row: Optional[str]
     base_row: Optional[str]
     extra: bool = False  # a row beside the paper's table (settings.extra_rows): reported like a table row
@@ -178,9 +174,10 @@ def variants(table: PaperTable, settings: ReproduceSettings) -> List[Variant]:
     rows = []
     for row in table.rows:
         lr = row.lr_layer is not None
-        rows.append(Variant(row.name, row.model, row.training, row.base, row.lr_layer,
-                            settings.gamma if lr else None, settings.lr_grad if lr else None, row.name,
-                            base_rows.get((row.model, row.base)) if lr else None))
+        rows.append(Variant(name=row.name, model=row.model, training=row.training, base=row.base,
+                            lr_layer=row.lr_layer, gamma=settings.gamma if lr else None,
+                            lr_grad=settings.lr_grad if lr else None, paper_row=row.name,
+                            base_row=base_rows.get((row.model, row.base)) if lr else None))
     names = {row.name for row in table.rows}
     model = table.models[0]
     for training in settings.extra_rows:  # beside the table: its base row first, then its LR rows
@@ -193,9 +190,10 @@ def variants(table: PaperTable, settings: ReproduceSettings) -> List[Variant]:
         elif (model, base) not in base_rows:
             raise ValueError(f"ReproduceSettings: extra row {training!r} needs its base row AT-{base.upper()} "
                              f"before it (in the table or in extra_rows)")
-        rows.append(Variant(training, model, training, base, layer, settings.gamma if layer is not None else None,
-                            settings.lr_grad if layer is not None else None, None,
-                            base_rows[(model, base)] if layer is not None else None, extra=True))
+        lr = layer is not None
+        rows.append(Variant(name=training, model=model, training=training, base=base, lr_layer=layer,
+                            gamma=settings.gamma if lr else None, lr_grad=settings.lr_grad if lr else None,
+                            paper_row=None, base_row=base_rows[(model, base)] if lr else None, extra=True))
     for base in settings.sweep_bases:
         matches = [row for row in table.rows if row.base == base and row.lr_layer == settings.sweep_layer]
         if not matches:
@@ -210,8 +208,9 @@ def variants(table: PaperTable, settings: ReproduceSettings) -> List[Variant]:
                 if name in names:
                     continue
                 names.add(name)
-                rows.append(Variant(name, row.model, row.training, row.base, row.lr_layer, gamma, mode, None,
-                                    base_rows[(row.model, row.base)]))
+                rows.append(Variant(name=name, model=row.model, training=row.training, base=row.base,
+                                    lr_layer=row.lr_layer, gamma=gamma, lr_grad=mode, paper_row=None,
+                                    base_row=base_rows[(row.model, row.base)]))
     return rows
 
 
