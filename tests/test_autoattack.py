@@ -1,6 +1,7 @@
 """AutoAttack (issue 23): FAB, Square and the ensemble against the reference
 implementation (the fra31/auto-attack code, as the package `autoattack` that
-torchattacks 3.3.0 installs) and torchattacks'
+torchattacks 3.3.0 installs, and as pyautoattack 0.2.0 through its own keyword-only
+API; on these settings the two give the same numbers) and torchattacks'
 AutoAttack, on model B adversarially trained on real MNIST and on a small CNN on
 CIFAR-shaped images (tests/aa_models.py; weights made by
 scripts/make_autoattack_models.py).
