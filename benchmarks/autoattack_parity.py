@@ -4,6 +4,9 @@ the reference implementations on the same points, in one run.
   python benchmarks/autoattack_parity.py --device cuda --data DIR --points 1000 --seeds 0,1,2 --out FILE.json
   python benchmarks/autoattack_parity.py --device cpu --points 20 --quick --out /tmp/parity.json
 
+A run that raises is recorded (the row's "errors") and the others go on; the script then
+exits non-zero.
+
 The standard version (APGD-CE 100 steps; APGD-T 9 targets, 100 steps; FAB-T 9 targets,
 100 steps; Square 5000 queries, p_init 0.8), L-inf, on
 - mnist: lsa_fast's model B adversarially trained on real MNIST (the committed weights
@@ -40,6 +43,7 @@ import os
 import sys
 import tempfile
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -334,19 +338,28 @@ def main(argv=None):
         plan += [(side, s) for s in args.seeds[1:] for side in ("ours", "fra31") if side == "ours" or side in modules]
         for attack, seed in plan:
             print(f"{name}: {attack} seed {seed} ...", flush=True)
-            if attack == "ours":
-                seconds, after = timed(lambda: run_ours(model, x, y, eps, seed, settings, args.batch_size),
-                                       args.device)
-            else:
-                run = ORACLE_CODE[attack][1]
-                seconds, after = timed(lambda: run(modules[attack], model, x, y, eps, seed, settings,
-                                                   args.batch_size, args.device), args.device)
+            try:
+                if attack == "ours":
+                    seconds, after = timed(lambda: run_ours(model, x, y, eps, seed, settings, args.batch_size),
+                                           args.device)
+                else:
+                    run = ORACLE_CODE[attack][1]
+                    seconds, after = timed(lambda: run(modules[attack], model, x, y, eps, seed, settings,
+                                                       args.batch_size, args.device), args.device)
+            except Exception as error:  # one run's failure must not cost the others (a one-shot device run)
+                traceback.print_exc()
+                row.setdefault("errors", []).append(f"{attack}:{seed}: {type(error).__name__}: {error}")
+                payload["failed"] = True
+                write_json(out, payload)
+                continue
             row["runs"].append(record(attack, seed, seconds, after))
             print(f"  {seconds:.1f} s, robust after each stage {list(row['runs'][-1]['after'].values())}", flush=True)
             row["agreement"] = pairs(row["runs"])
             write_json(out, payload)
     print_tables(payload)
     print(f"\nwrote {out}", flush=True)
+    if payload.get("failed"):
+        raise SystemExit("some runs failed: see 'errors' in the rows of " + out)
     return payload
 
 
@@ -365,9 +378,20 @@ def print_tables(payload):
         harness.print_table(f"{row['model']}: {row['points']} points, eps {row['eps']:.4f}, clean {row['clean']:.3f}"
                             " (robust accuracy after each stage)", table,
                             ["attack", "seed", *STAGES, "final", "seconds"])
+        spread = []
+        for attack in ("ours", "fra31"):
+            runs = [r for r in row["runs"] if r["attack"] == attack]
+            if len(runs) > 1:
+                spread.append({"attack": attack, "seeds": len(runs), **{
+                    s: f"{min(r['after'][s] for r in runs):.3f}-{max(r['after'][s] for r in runs):.3f}"
+                    for s in STAGES}})
+        if spread:
+            harness.print_table("spread over the seeds (min-max of robust accuracy)", spread, ["attack", "seeds", *STAGES])
+        for line in row.get("errors", []):
+            print(f"FAILED {line}")
         ours = [r for r in row["runs"] if r["attack"] == "ours"]
         if ours:
-            first = next(r for r in row["runs"] if r["attack"] == "ours")
+            first = ours[0]
             ref = [r for r in row["runs"] if r["attack"] != "ours"]
             if ref:
                 speed = [{"oracle": f"{r['attack']}:{r['seed']}", "seconds": f"{r['seconds']:.1f}",
