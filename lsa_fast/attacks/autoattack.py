@@ -151,10 +151,15 @@ def autoattack(
         if n_classes is not None and (is_binary(logits) or logits.shape[1] != n_classes):
             raise ValueError(f"{fn}: n_classes={n_classes} but the model returns logits of shape {tuple(logits.shape)}")
         plan = _applicable(fn, plan, logits, x, found)
-        if checks:
-            _model_checks(fn, model, x, y, logits, version, found)
         clean_correct = correct(logits, y)
         broken_by = torch.where(clean_correct, -1, 0).long()
+        if checks:
+            # On the first stage's first batch: the same shapes as its passes, so a GPU sets
+            # up its kernels for one batch shape, not two (a new shape costs more there than
+            # the check itself). With no correct point, on the first ones.
+            first = (broken_by == -1).nonzero().squeeze(1)[:batch_size]
+            first = first if first.numel() else torch.arange(min(batch_size, x.shape[0]), device=x.device)
+            _model_checks(fn, model, x[first], y[first], logits[first], version, found)
         adversarial = x.clone()
         for k, (name, options) in enumerate(plan, 1):
             robust = (broken_by == -1).nonzero().squeeze(1)  # one host sync per stage
@@ -231,9 +236,8 @@ def _warn(found, message):
     warnings.warn(message, AutoAttackWarning, stacklevel=3)
 
 
-def _model_checks(fn, model, x, y, logits, version, found, sample=100):
-    """The reference's checks, on the first `sample` points."""
-    xs, ys, first = x[:sample], y[:sample], logits[:sample]
+def _model_checks(fn, model, xs, ys, first, version, found):
+    """The reference's checks, on the points xs (labels ys, clean logits `first`)."""
     with torch.no_grad():
         again = model(xs)
     scale = first.abs().amax(dim=-1, keepdim=True) + 1e-10
