@@ -40,25 +40,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(ROOT / "tests"))
 import harness  # noqa: E402
+from autoattack_parity import import_fra31  # noqa: E402  (the reference, with its torch stand-in)
 
 from lsa_fast.attacks import autoattack  # noqa: E402
 
 STAGES = ("apgd-ce", "apgd-t", "fab-t", "square")
-
-
-def _zero_gradients(x):
-    if x.grad is not None:
-        x.grad.detach_()
-        x.grad.zero_()
-
-
-def reference_module():
-    gradcheck = sys.modules["torch.autograd.gradcheck"]
-    if not hasattr(gradcheck, "zero_gradients"):
-        gradcheck.zero_gradients = _zero_gradients
-    import autoattack as reference
-
-    return reference
 
 
 def run_reference(reference, model, x, y, eps, device, batch_size):
@@ -134,11 +120,12 @@ def models(args):
     from aa_models import mnist_model_b
 
     model_b, x, y = mnist_model_b(args.data)
-    n = 100 if args.quick else args.points
+    n = args.points if args.points is not None else (100 if args.quick else 500)
     if x.shape[0] < n:
         raise SystemExit(f"--points {n}: {args.data} holds only {x.shape[0]} test digits")
     yield "mnist (model B, adv. trained)", model_b.to(args.device), x[:n].to(args.device), y[:n].to(args.device), 0.3
-    if args.cifar_points == 0 and not args.quick:
+    cifar_points = args.cifar_points if args.cifar_points is not None else (8 if args.quick else 100)
+    if cifar_points == 0:
         return
     try:
         import torchvision
@@ -148,7 +135,7 @@ def models(args):
 
     torch.manual_seed(0)
     resnet = torchvision.models.resnet18(num_classes=10).eval().to(args.device)
-    n = 8 if args.quick else args.cifar_points
+    n = cifar_points
     x = torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(0)).to(args.device)
     with torch.no_grad():
         y = resnet(x).argmax(1)
@@ -157,15 +144,16 @@ def models(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--points", type=int, default=500)
-    parser.add_argument("--cifar-points", type=int, default=100, help="0 skips the CIFAR-size model")
+    parser.add_argument("--points", type=int, default=None, help="MNIST points (default 500; --quick 100)")
+    parser.add_argument("--cifar-points", type=int, default=None,
+                        help="ResNet-18 points (default 100; --quick 8); 0 skips the CIFAR-size model")
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--data", default=str(ROOT / "tests" / "data" / "mnist"),
                         help="directory of the MNIST IDX files (default: the tests' subset, 1 000 test digits)")
     parser.add_argument("--batch-size", type=int, default=500, help="points per attack batch, both sides")
     harness.add_common_arguments(parser, "-autoattack")
     args = harness.parse_common(parser)
-    reference = reference_module()
+    reference = import_fra31()
     info = harness.environment(args.device)
     rows, stage_rows = [], []
     for turn, (name, model, x, y, eps) in enumerate(models(args)):

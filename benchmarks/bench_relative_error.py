@@ -142,32 +142,52 @@ def bench_small_call(device, quick, rounds=9):
     launch are all there is. The baseline is one torch._foreach_norm over the clean
     list (what any per-layer norm costs); the public call computes two sums of squares
     per layer and checks the result for NaN/Inf (check_finite=True, the default).
+    Forward + backward (torch.autograd.grad of CM w.r.t. both lists, 32 leaves, a given
+    grad_cm) against the same gradient through torch._foreach_norm over clean +
+    perturbed and through the eager reference: there torch's autograd engine (about
+    the same work per input for every implementation) is most of the time.
     Timed in `rounds` alternating rounds (the order reverses every round), so that a
     change of the machine's load hits every implementation alike; a time is the median
     over the rounds and a ratio the median of the per-round ratios."""
     torch.manual_seed(0)
     clean = [torch.randn(2, 8, device=device) for _ in range(16)]
     perturbed = [c + 0.1 * torch.randn_like(c) for c in clean]
-    baseline = "torch._foreach_norm(clean)"
+    a = [t.clone().requires_grad_() for t in clean]
+    b = [t.clone().requires_grad_() for t in perturbed]
+    both = a + b
+    grad_cm = torch.ones(2, 16, device=device)
+    baseline, baseline_fb = "torch._foreach_norm(clean)", "fwd+bwd: torch._foreach_norm(clean + perturbed)"
     calls = {
         baseline: lambda: torch._foreach_norm(clean),
         "relative_error (check_finite=True)": lambda: lsa_fast.relative_error(clean, perturbed),
         "relative_error (check_finite=False)": lambda: lsa_fast.relative_error(clean, perturbed, check_finite=False),
         "torch.ops.lsa_fast.relative_error (the op alone)": (
             lambda: torch.ops.lsa_fast.relative_error(clean, perturbed, False, 1e-12)),
+        baseline_fb: lambda: torch.autograd.grad(torch.stack(torch._foreach_norm(both)).sum(), both),
+        "fwd+bwd: relative_error (check_finite=True)": (
+            lambda: torch.autograd.grad(lsa_fast.relative_error(a, b), both, grad_cm)),
+        "fwd+bwd: relative_error (check_finite=False)": (
+            lambda: torch.autograd.grad(lsa_fast.relative_error(a, b, check_finite=False), both, grad_cm)),
+        "fwd+bwd: eager reference": lambda: torch.autograd.grad(reference.relative_error(a, b), both, grad_cm),
     }
     per_round = {label: [] for label in calls}
     for r in range(rounds):
         for label in (list(calls) if r % 2 == 0 else list(reversed(calls))):
             per_round[label].append(harness.time_it(calls[label], device, min_run_time=0.1 if quick else 0.25))
     times = {label: statistics.median(t) for label, t in per_round.items()}
-    rows = [{"workload": "small: 16 layers x [2, 8]", "implementation": k, "ms": round(v * 1e3, 4)}
-            for k, v in times.items()]
+    rows = [{"workload": "small: 16 layers x [2, 8]", "implementation": k, "ms": round(v * 1e3, 4),
+             "us": round(v * 1e6, 1)} for k, v in times.items()]
     ratios = {}
     for label in calls:
-        if label != baseline:
+        if label in (baseline, baseline_fb):
+            continue
+        if label.startswith("fwd+bwd"):
+            name = f"{label} / foreach_norm fwd+bwd"
+            base = baseline_fb
+        else:
             name = f"{label} / foreach_norm" + (" (target <= 2)" if "True" in label else "")
-            ratios[name] = statistics.median(t / b for t, b in zip(per_round[label], per_round[baseline]))
+            base = baseline
+        ratios[name] = statistics.median(t / b for t, b in zip(per_round[label], per_round[base]))
     return {"layers": 16, "rounds": rounds, "times_ms": {k: v * 1e3 for k, v in times.items()},
             "per_round_ms": {k: [t * 1e3 for t in v] for k, v in per_round.items()}, "ratios": ratios}, rows
 

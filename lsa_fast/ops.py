@@ -212,11 +212,14 @@ def _numerator_only_relative_error(clean, perturbed, mode, check_finite):
 
 class _FusedRelativeError(torch.autograd.Function):
     """The fused forward and backward with the tensors passed flat. numerator_only:
-    the denominator ||phi(x)|| is a constant of the gradient (lr_grad="numerator")."""
+    the denominator ||phi(x)|| is a constant of the gradient (lr_grad="numerator").
+    Host work per call is most of its cost at training sizes, so: no zero gradient
+    materialised for the non-differentiable norms, and None for inputs that need no
+    gradient (the engine then skips them)."""
 
     @staticmethod
     def forward(ctx, batch_mode, eps, numerator_only, num_layers, *tensors):
-        clean, perturbed = list(tensors[:num_layers]), list(tensors[num_layers:])
+        clean, perturbed = tensors[:num_layers], tensors[num_layers:]
         if torch.compiler.is_compiling():
             cm, norms = torch.ops.lsa_fast.relative_error(clean, perturbed, batch_mode, eps)
         else:
@@ -224,20 +227,28 @@ class _FusedRelativeError(torch.autograd.Function):
         ctx.save_for_backward(*tensors, norms)
         ctx.batch_mode, ctx.eps, ctx.numerator_only, ctx.num_layers = batch_mode, eps, numerator_only, num_layers
         ctx.mark_non_differentiable(norms)
+        ctx.set_materialize_grads(False)
         return cm, norms
 
     @staticmethod
     def backward(ctx, grad_cm, _grad_norms):
-        *tensors, norms = ctx.saved_tensors
         n = ctx.num_layers
-        clean, perturbed = list(tensors[:n]), list(tensors[n:])
+        if grad_cm is None:  # only the norms were used: they carry no gradient
+            return (None,) * (4 + 2 * n)
+        *tensors, norms = ctx.saved_tensors
+        clean, perturbed = tensors[:n], tensors[n:]
         if ctx.numerator_only:
             grads = torch.ops.lsa_fast.relative_error_backward(
                 grad_cm.contiguous(), clean, perturbed, norms, ctx.batch_mode, ctx.eps)
-            perturbed_grads = list(grads[n:])
-            return (None, None, None, None, *[-g for g in perturbed_grads], *perturbed_grads)
-        grad_clean, grad_perturbed, _, _ = _relative_error_backward(ctx, grad_cm, None, clean, perturbed, norms)
-        return (None, None, None, None, *grad_clean, *grad_perturbed)
+            perturbed_grads = grads[n:]
+            grads = [-g for g in perturbed_grads] + perturbed_grads
+        else:
+            grad_clean, grad_perturbed, _, _ = _relative_error_backward(ctx, grad_cm, None, clean, perturbed, norms)
+            grads = grad_clean + grad_perturbed
+        needs = ctx.needs_input_grad
+        if not all(needs[4:]):
+            grads = [g if need else None for g, need in zip(grads, needs[4:])]
+        return (None, None, None, None, *grads)
 
 
 def pgd_step(
