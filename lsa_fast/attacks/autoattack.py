@@ -153,16 +153,18 @@ def autoattack(
         plan = _applicable(fn, plan, logits, x, found)
         clean_correct = correct(logits, y)
         broken_by = torch.where(clean_correct, -1, 0).long()
+        robust = (broken_by == -1).nonzero().squeeze(1)  # the first stage's points; one host sync per stage
         if checks:
             # On the first stage's first batch: the same shapes as its passes, so a GPU sets
             # up its kernels for one batch shape, not two (a new shape costs more there than
             # the check itself). With no correct point, on the first ones.
-            first = (broken_by == -1).nonzero().squeeze(1)[:batch_size]
-            first = first if first.numel() else torch.arange(min(batch_size, x.shape[0]), device=x.device)
-            _model_checks(fn, model, x[first], y[first], logits[first], version, found)
+            checked = robust[:batch_size] if robust.numel() else torch.arange(min(batch_size, x.shape[0]),
+                                                                                device=x.device)
+            _model_checks(fn, model, x[checked], y[checked], logits[checked], version, found)
         adversarial = x.clone()
         for k, (name, options) in enumerate(plan, 1):
-            robust = (broken_by == -1).nonzero().squeeze(1)  # one host sync per stage
+            if k > 1:
+                robust = (broken_by == -1).nonzero().squeeze(1)
             total = robust.numel()
             for first in range(0, total, batch_size):
                 idx = robust[first : first + batch_size]
