@@ -1,7 +1,8 @@
 """Issue 23: is AutoAttack's first-stage gap on a GPU a first-use cost (kernel loading,
 cuDNN plans for a new batch shape) paid by whichever side runs first? Times APGD-CE
 (the standard version's first stage, 100 steps) three times in one process: ours
-cold, the reference (warm for that shape), ours again warm; then the reference on a
+cold, the reference on 2 points (its own one-time set-up), the reference on ours'
+batch shape, ours again warm; then the reference on a
 batch shape nobody has seen (one point fewer), cold for it.
 
   python benchmarks/aa_first_stage_cold.py [--device cuda] [--points 500]"""
@@ -16,7 +17,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from bench_autoattack import _correct, _sync, reference_module  # noqa: E402
+from autoattack_parity import import_fra31  # noqa: E402
+from bench_autoattack import _correct, _sync  # noqa: E402
 
 from lsa_fast.attacks import autoattack  # noqa: E402
 
@@ -33,7 +35,7 @@ def main():
     model, x, y = model.to(args.device), x[: args.points].to(args.device), y[: args.points].to(args.device)
     xg = x[:64].clone().requires_grad_(True)  # the benchmark's old warm-up: batch 64 only
     torch.autograd.grad(torch.nn.functional.cross_entropy(model(xg), y[:64]), xg)
-    reference = reference_module()
+    reference = import_fra31()
     keep = _correct(model, x, y)
     xc, yc = x[keep], y[keep]
 
@@ -47,7 +49,8 @@ def main():
         adversary.apgd.n_iter = args.steps
         adversary.run_standard_evaluation(xs, ys, bs=500)
 
-    for label, run, xs, ys in [("ours, cold", ours, x, y), ("reference, shape seen", ref, xc, yc),
+    for label, run, xs, ys in [("ours, cold", ours, x, y), ("reference, 2 points", ref, xc[:2], yc[:2]),
+                               ("reference, shape seen", ref, xc, yc),
                                ("ours, warm", ours, x, y), ("reference, new shape", ref, xc[:-1], yc[:-1])]:
         _sync(args.device)
         start = time.perf_counter()
