@@ -20,6 +20,7 @@ import torch
 import torch.distributed as dist
 
 import fake_autoattack
+from cli_errors import one_error
 from fake_autoattack import fake_autoattack as fake
 from lsa_fast import cli
 from lsa_fast.robust_eval import evaluate_autoattack, state_path_for
@@ -58,13 +59,17 @@ def with_fake(monkeypatch):
     return fake_autoattack.CALLS
 
 
-def one_error(capsys, code, *expected):
-    captured = capsys.readouterr()
-    assert code == 2, captured.err
-    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
-    for text in expected:
-        assert text in captured.err, captured.err
-    return captured.err
+def interrupted_in_call(number, attack):
+    """`attack`, except that its call `number` raises KeyboardInterrupt (Ctrl-C in that chunk)."""
+    calls = []
+
+    def attack_until_interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == number:
+            raise KeyboardInterrupt
+        return attack(*args, **kwargs)
+
+    return attack_until_interrupted
 
 
 # ------------------------------------------------------------------- the runner
@@ -199,13 +204,7 @@ def test_the_real_autoattack_resumed_in_chunks_gives_its_whole_batch_result(tmp_
 
     model, x, y = four_class_problem()
     state = tmp_path / "out.json.state"
-    calls = []
-
-    def interrupted_in_chunk_three(*args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return autoattack(*args, **kwargs)
+    interrupted_in_chunk_three = interrupted_in_call(3, autoattack)
 
     with pytest.raises(KeyboardInterrupt):
         evaluate_autoattack(model, x, y, 0.25, batch_size=8, state_path=state, attack=interrupted_in_chunk_three)
@@ -331,14 +330,7 @@ def test_two_torchrun_processes_finish_an_interrupted_run_with_the_one_process_r
     args = ["eval", "--checkpoint", str(run), "--attack", "autoattack", "--eps", "0.4", "--batch-size", "8",
             "--device", "cpu"]
     # One process, Ctrl-C in its fourth chunk: three chunks in two.json.state ...
-    calls = []
-
-    def interrupted_in_chunk_four(*a, **kw):
-        calls.append(1)
-        if len(calls) == 4:
-            raise KeyboardInterrupt
-        return autoattack(*a, **kw)
-
+    interrupted_in_chunk_four = interrupted_in_call(4, autoattack)
     monkeypatch.setattr("lsa_fast.robust_eval.autoattack", interrupted_in_chunk_four)
     assert cli.main(args + ["--out", str(tmp_path / "two.json"), "--no-progress"]) == 130
     assert len(json.loads((tmp_path / "two.json.state").read_text())["chunks"]) == 3

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from cli_errors import one_error
 from lsa_fast import cli
 from lsa_fast.checkpoint import load_checkpoint
 from lsa_fast.models import CIFAR10_MEAN, CIFAR10_STD, build_model
@@ -28,15 +29,6 @@ def run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run") / "run"
     assert cli.main(TRAIN + ["--out", str(out)]) == 0
     return out
-
-
-def one_error(capsys, code, *expected):
-    captured = capsys.readouterr()
-    assert code == 2, captured.err
-    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err, captured.err
-    for text in expected:
-        assert text in captured.err, captured.err
-    return captured.err
 
 
 # ------------------------------------------------------------ outputs, before work
