@@ -166,9 +166,10 @@ def autoattack(
             if k > 1:
                 robust = (broken_by == -1).nonzero().squeeze(1)
             total = robust.numel()
+            robust_ids = sample_ids[robust.cpu()]  # the generators' seeds: one host copy per stage
             for first in range(0, total, batch_size):
                 idx = robust[first : first + batch_size]
-                gens = _generators(seed, sample_ids[idx.cpu()], name, x.device)
+                gens = _generators(seed, robust_ids[first : first + batch_size], name, x.device)
                 x_stage = STAGES[name](model, x[idx], y[idx], eps, norm, gens, **options)
                 with torch.no_grad():
                     fooled = ~correct(model(x_stage), y[idx])
