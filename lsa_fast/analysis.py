@@ -27,7 +27,7 @@ from .attacks import STATISTICAL, BoundAttack, canonical_name, correct, get_atta
 from .checks import check_number, is_number
 from .data import canonical_dataset, moons_unit_map
 from .devices import kept_modes, model_device
-from .distributed import rank_and_world_size
+from .distributed import gather_from_ranks, rank_and_world_size
 from .ops import relative_error
 from .probes import LayerProbe, check_same_sequence
 from .progress import batch_progress
@@ -162,12 +162,9 @@ def analyze(
 
     _, world_size = rank_and_world_size()
     if world_size > 1:
-        import torch.distributed as dist
-
         # Every rank calls the same collectives in the same order, even with an empty shard.
         accumulators = {name: acc.all_reduce() for name, acc in accumulators.items()}
-        gathered = [None] * world_size
-        dist.all_gather_object(gathered, (counts.cpu().tolist(), total, names, unmoved.cpu().tolist()))
+        gathered = gather_from_ranks((counts.cpu().tolist(), total, names, unmoved.cpu().tolist()), world_size)
         summed = [sum(g[0][i] for g in gathered) for i in range(len(entries) + 2)]
         counts = torch.tensor(summed, dtype=torch.int64)
         unmoved = torch.tensor([sum(g[3][i] for g in gathered) for i in range(len(entries))], dtype=torch.int64)

@@ -12,9 +12,8 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.distributed
 
-from .distributed import rank_and_world_size
+from .distributed import gather_from_ranks, rank_and_world_size
 from .ops import layer_moments
 from .reference import CMStatistics
 
@@ -79,8 +78,7 @@ class CMAccumulator:
         _, world_size = rank_and_world_size()
         if world_size == 1:
             return self
-        gathered = [None] * world_size
-        torch.distributed.all_gather_object(gathered, self.state() if self.count else None)
+        gathered = gather_from_ranks(self.state() if self.count else None, world_size)
         merged = CMAccumulator(self.num_layers)
         for state in gathered:
             if state is not None:

@@ -12,7 +12,7 @@ from torch.utils.data.distributed import DistributedSampler
 
 from .devices import parse_device
 
-__all__ = ["rank_and_world_size", "setup_distributed", "teardown_distributed", "average_over_ranks", "on_any_rank",
+__all__ = ["rank_and_world_size", "setup_distributed", "teardown_distributed", "average_over_ranks", "on_any_rank", "broadcast_from_rank0", "gather_from_ranks",
            "real_samples"]
 
 
@@ -66,6 +66,24 @@ def average_over_ranks(module, world_size: int) -> None:
             grad.copy_(averaged)
     for buffer in module.buffers():
         dist.broadcast(buffer, src=0)
+
+
+def broadcast_from_rank0(obj, world_size: int):
+    """Rank 0's `obj` on every rank (a picklable Python object); obj itself in one process."""
+    if world_size == 1:
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def gather_from_ranks(obj, world_size: int) -> list:
+    """Every rank's `obj`, in rank order, on every rank; [obj] in one process."""
+    if world_size == 1:
+        return [obj]
+    gathered = [None] * world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def on_any_rank(flag: bool, device: torch.device) -> bool:

@@ -32,9 +32,9 @@ from torch.utils.data import TensorDataset
 from .attacks.autoattack import VERSIONS, autoattack
 from .checks import check_int, check_labelled_data, check_number
 from .devices import model_device
-from .distributed import rank_and_world_size
+from .distributed import broadcast_from_rank0, gather_from_ranks, rank_and_world_size
 from .report import atomic_write_text
-from .run_data import fingerprint
+from .run_data import fingerprint, tensor_bytes
 
 __all__ = ["NORMS", "VERSIONS", "RobustEvaluation", "evaluate_autoattack", "check_norm", "check_version",
            "state_path_for", "weights_fingerprint"]
@@ -160,9 +160,8 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     """sha256 of the model's state_dict (names, dtypes, shapes and bytes, in order)."""
     digest = hashlib.sha256()
     for name, tensor in model.state_dict().items():
-        array = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{array.dtype}:{tuple(array.shape)};".encode())
-        digest.update(_bytes(array))
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor_bytes(tensor))
     return digest.hexdigest()
 
 
@@ -216,7 +215,7 @@ def evaluate_autoattack(
         except ValueError as refused:
             error = str(refused)
     # Rank 0 alone reads the file; every rank learns what it holds, or that it is refused.
-    state, error = _broadcast((state if state is not None else _new_state(settings, about), error), world)
+    state, error = broadcast_from_rank0((state if state is not None else _new_state(settings, about), error), world)
     if error:
         raise ValueError(error)
     done: Dict[int, Dict[str, Any]] = {int(k): v for k, v in state["chunks"].items()}
@@ -239,7 +238,7 @@ def evaluate_autoattack(
             if r < len(mine):
                 report = stage_progress if rank == 0 else None
                 result = _chunk(attack, model, x, y, mine[r], batch_size, device, options, report)
-            for finished in _gather(result, world):
+            for finished in gather_from_ranks(result, world):
                 if finished is not None:
                     done[finished["chunk"]] = finished
                     points_now += len(finished["broken_by"])
@@ -342,30 +341,5 @@ def _short(value) -> str:
     return text[:12] + "..." if len(text) > 16 and all(c in "0123456789abcdef" for c in text) else text
 
 
-def _bytes(tensor: torch.Tensor) -> bytes:
-    # Through uint8 so that dtypes NumPy lacks (bfloat16) hash too.
-    return tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b""
-
-
 def _percent(count: int, total: int) -> float:
     return 100.0 * count / total
-
-
-def _broadcast(obj, world: int):
-    if world == 1:
-        return obj
-    import torch.distributed as dist
-
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
-def _gather(obj, world: int) -> list:
-    if world == 1:
-        return [obj]
-    import torch.distributed as dist
-
-    out = [None] * world
-    dist.all_gather_object(out, obj)
-    return out

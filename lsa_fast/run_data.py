@@ -32,13 +32,14 @@ import os
 from pathlib import Path
 from typing import Any, Dict, Mapping, Optional, Union
 
+import torch
 from torch.utils.data import TensorDataset
 
 from .checks import check_int
 from .data import default_data_dir, load_dataset, moons_standardization, moons_unit_map
 
 __all__ = ["MOONS_DEFAULTS", "MOONS_ONLY", "record", "load_split", "describe", "moons_units",
-           "FILE_DATASETS", "data_dir_to_record", "data_dir_to_read", "fingerprint", "check_fingerprint",
+           "FILE_DATASETS", "data_dir_to_record", "data_dir_to_read", "fingerprint", "tensor_bytes", "check_fingerprint",
            "missing_data_hint"]
 
 # What lsa_fast.data.load_dataset uses when a moons option is not given.
@@ -178,10 +179,16 @@ def fingerprint(dataset, samples: Optional[int] = None) -> Dict:
     n = int(x.shape[0]) if samples is None else int(samples)
     digest = hashlib.sha256()
     for tensor in (x[:n], y[:n]):
-        array = tensor.detach().cpu().contiguous().numpy()
-        digest.update(str(array.dtype).encode())
-        digest.update(memoryview(array).cast("B"))
+        digest.update(str(tensor.dtype).replace("torch.", "").encode())  # NumPy's name of the dtype
+        digest.update(tensor_bytes(tensor))
     return {"samples": n, "shape": [int(s) for s in x.shape[1:]], "sha256": digest.hexdigest()}
+
+
+def tensor_bytes(tensor: torch.Tensor) -> bytes:
+    """A tensor's bytes, in row-major order, for hashing. Through uint8, so that dtypes
+    NumPy lacks (bfloat16) hash too."""
+    array = tensor.detach().cpu().contiguous()
+    return array.reshape(-1).view(torch.uint8).numpy().tobytes() if array.numel() else b""
 
 
 def check_fingerprint(recorded: Optional[Dict], dataset, split: str, source, where: str) -> None:

@@ -8,9 +8,9 @@ import warnings
 from typing import Any, Dict
 
 import torch
-import torch.distributed as dist
 
 from .checkpoint import capture_rng_state, restore_rng_state
+from .distributed import gather_from_ranks
 from .schedules import seed_everything, stream_seed
 from .train_config import TrainConfig
 
@@ -26,10 +26,7 @@ def trainer_state(trainer) -> Dict[str, Any]:
         # the batches already done); between epochs: the state for the next one.
         mid_epoch = trainer.step_in_epoch > 0 and trainer.epoch_loader_state is not None
         rng["generators"]["loader"] = (trainer.epoch_loader_state if mid_epoch else loader.get_state()).clone()
-    rng_per_rank = [rng]
-    if trainer.world_size > 1:
-        rng_per_rank = [None] * trainer.world_size
-        dist.all_gather_object(rng_per_rank, rng)
+    rng_per_rank = gather_from_ranks(rng, trainer.world_size)
     inside = trainer.step_in_epoch > 0
     sums = trainer.epoch_sums.detach().cpu() if (inside and trainer.epoch_sums is not None) else None
     return {

@@ -51,7 +51,7 @@ from .compiled_step import make_compiled_step
 from .device_loader import check_augmentation
 from .checks import check_int
 from .devices import kept_modes, model_device, parse_device
-from .distributed import rank_and_world_size, real_samples, setup_distributed, teardown_distributed
+from .distributed import broadcast_from_rank0, rank_and_world_size, real_samples, setup_distributed, teardown_distributed
 from .evaluation import accuracy
 from .probes import LayerProbe
 from .progress import TrainProgress, format_throughput
@@ -423,10 +423,7 @@ class ATLRTrainer:
         if not mvl:
             # No layer stands out by eta sigma: regularise the most vulnerable one anyway.
             mvl = [int(max(range(len(layer_mean)), key=lambda l: layer_mean[l]))]
-        if self.world_size > 1:
-            shared = [mvl, layer_mean]
-            dist.broadcast_object_list(shared, src=0)
-            mvl, layer_mean = shared
+        mvl, layer_mean = broadcast_from_rank0([mvl, layer_mean], self.world_size)
         self.mvl = [int(l) for l in mvl]
         self.lsa_summary = {"epoch": self.epoch, "eps": config.eps, "eta": config.eta,
                             "layer_mean": [float(v) for v in layer_mean], "mvl": list(self.mvl)}

@@ -41,6 +41,7 @@ from ..run_data import check_fingerprint, data_dir_to_read, data_dir_to_record, 
 from ..run_data import describe, load_split, record
 from ..device_loader import make_device_loader
 from ..devices import parse_device
+from ..distributed import broadcast_from_rank0
 from ..validation import check_val_size, split_validation
 from ..model_fit import FITS, check_model_fits, check_model_name
 from ..models import MODEL_DATASET, model_options, parse_model_options
@@ -374,10 +375,7 @@ def _on_rank0(rank: int, world_size: int, work):
         except Exception as error:  # noqa: BLE001 - passed on to the other ranks, then re-raised
             failure = error
     if world_size > 1:
-        import torch.distributed as dist
-
-        box = [None if failure is None else str(failure), result]
-        dist.broadcast_object_list(box, src=0)
+        box = broadcast_from_rank0([None if failure is None else str(failure), result], world_size)
         if rank != 0:
             if box[0] is not None:
                 raise ValueError(box[0])  # rank 0 prints it (lsa_fast.cli prints on rank 0 only)
