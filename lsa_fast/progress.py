@@ -26,6 +26,18 @@ def is_terminal(stream) -> bool:
         return False
 
 
+def terminal_bar(stream, enabled: bool, **options):
+    """A tqdm bar on `stream` when enabled, tqdm is installed and the stream is a
+    terminal (a log file gets plain lines from the caller, not the bar's redraws); else None."""
+    if not enabled or not is_terminal(stream):
+        return None
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return None
+    return tqdm(file=stream, leave=False, dynamic_ncols=True, **options)
+
+
 def batch_progress(batches, loader, enabled: bool, desc: str):
     """Yields `batches` ((x, ...) tuples) through a BatchProgress: a bar with an ETA on a
     terminal, a line per tenth of the batches in a log, the speed at the end."""
@@ -60,15 +72,7 @@ class BatchProgress:
         self.every = max(1, (total or 100) // stages)
         self.done = self.images = 0
         self.start = time.perf_counter()
-        self.bar = None
-        if enabled and is_terminal(self.stream):
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, desc=desc, unit="batch", file=self.stream, leave=False,
-                                dynamic_ncols=True)
-            except ImportError:
-                self.bar = None
+        self.bar = terminal_bar(self.stream, enabled, total=total, desc=desc, unit="batch")
 
     def update(self, images: int) -> None:
         self.done += 1
@@ -125,15 +129,7 @@ class TrainProgress:
         enabled = enabled and is_terminal(sys.stderr)
         self.enabled, self.total, self.done, self.desc, self.log_every = enabled, total, initial, desc, log_every
         self.images, self.start = 0, time.perf_counter()
-        self.bar = None
-        if enabled:
-            try:
-                from tqdm import tqdm
-
-                self.bar = tqdm(total=total, initial=initial, desc=desc, unit="batch", file=sys.stderr,
-                                leave=False, dynamic_ncols=True)
-            except ImportError:
-                self.bar = None
+        self.bar = terminal_bar(sys.stderr, enabled, total=total, initial=initial, desc=desc, unit="batch")
 
     def update(self, images: int, sums: torch.Tensor, seen: int) -> None:
         if not self.enabled:
@@ -172,14 +168,7 @@ class ChunkProgress:
         if done_now == 0:  # the start
             print(self.header + (f"; {done} points done before, read from the state file" if done else ""),
                   file=sys.stderr, flush=True)
-            if self.shown and is_terminal(sys.stderr):
-                try:
-                    from tqdm import tqdm
-
-                    self.bar = tqdm(total=total, initial=done, desc=self.desc, unit="img", file=sys.stderr,
-                                    leave=False, dynamic_ncols=True)
-                except ImportError:
-                    pass
+            self.bar = terminal_bar(sys.stderr, self.shown, total=total, initial=done, desc=self.desc, unit="img")
             return
         if self.bar is not None:  # tqdm shows the rate and the time left itself
             self.bar.update(done - self.bar.n)
